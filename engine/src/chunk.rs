@@ -1,0 +1,195 @@
+//! Chunks: Arrow data held by one worker's chunk store, and the references that name them.
+
+use crate::ids::{ChunkId, WorkerId};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The data of one chunk: a schema and zero or more record batches of that schema.
+///
+/// Cloning is cheap (Arrow buffers are reference counted). A kernel that holds the only reference
+/// to a chunk's buffers may mutate them in place.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+impl Chunk {
+    /// A chunk of `batches`, all of which must have `schema`.
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        Chunk { schema, batches }
+    }
+
+    /// A chunk holding one batch.
+    pub fn from_batch(batch: RecordBatch) -> Self {
+        Chunk {
+            schema: batch.schema(),
+            batches: vec![batch],
+        }
+    }
+
+    /// A chunk with no columns and no rows: the output of a task that only has effects.
+    pub fn empty() -> Self {
+        Chunk {
+            schema: Arc::new(Schema::empty()),
+            batches: Vec::new(),
+        }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The batches.
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+
+    /// Mutable access to the batches, for kernels that update a chunk in place.
+    pub fn batches_mut(&mut self) -> &mut Vec<RecordBatch> {
+        &mut self.batches
+    }
+
+    /// Takes the batches out.
+    pub fn into_batches(self) -> Vec<RecordBatch> {
+        self.batches
+    }
+
+    /// Total number of rows.
+    pub fn rows(&self) -> u64 {
+        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+    }
+
+    /// Bytes of Arrow memory the batches occupy.
+    pub fn bytes(&self) -> u64 {
+        self.batches
+            .iter()
+            .map(|b| b.get_array_memory_size() as u64)
+            .sum()
+    }
+}
+
+/// Where a chunk's bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MemorySpace {
+    /// Host memory of the owning worker.
+    Host,
+    /// An Arrow IPC file on the owning worker's disk.
+    Spilled,
+    /// Device memory of GPU `n` on the owning worker.
+    Gpu(u32),
+}
+
+/// Serializable facts about a chunk, as workers report them to the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkMeta {
+    /// The chunk.
+    pub id: ChunkId,
+    /// The worker whose store holds it.
+    pub owner: WorkerId,
+    /// Where on that worker.
+    pub space: MemorySpace,
+    /// Rows.
+    pub rows: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Schema.
+    pub schema: SchemaRef,
+}
+
+impl ChunkMeta {
+    /// Describes `chunk` held by `owner` in host memory under `id`.
+    pub fn describe(id: ChunkId, owner: WorkerId, chunk: &Chunk) -> Self {
+        ChunkMeta {
+            id,
+            owner,
+            space: MemorySpace::Host,
+            rows: chunk.rows(),
+            bytes: chunk.bytes(),
+            schema: chunk.schema().clone(),
+        }
+    }
+}
+
+/// A reference to a chunk: what a task argument or a task's output names. It is a snapshot of the
+/// chunk's metadata when the reference was made; the scheduler's directory is the authority on
+/// where the chunk lives now.
+pub type ChunkRef = ChunkMeta;
+
+/// One worker's chunks, in host memory.
+#[derive(Debug)]
+pub struct ChunkStore {
+    worker: WorkerId,
+    next_seq: AtomicU64,
+    chunks: RwLock<HashMap<ChunkId, Arc<Chunk>>>,
+}
+
+impl ChunkStore {
+    /// An empty store for `worker`.
+    pub fn new(worker: WorkerId) -> Self {
+        ChunkStore {
+            worker,
+            next_seq: AtomicU64::new(0),
+            chunks: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Mints a fresh chunk id for this worker.
+    pub fn mint(&self) -> ChunkId {
+        ChunkId::new(self.worker, self.next_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Stores `chunk` under a fresh id and describes it.
+    pub fn insert(&self, chunk: Chunk) -> ChunkMeta {
+        let id = self.mint();
+        let meta = ChunkMeta::describe(id, self.worker, &chunk);
+        self.chunks.write().insert(id, Arc::new(chunk));
+        meta
+    }
+
+    /// Stores `chunk` under `id`, replacing what was there.
+    pub fn insert_with_id(&self, id: ChunkId, chunk: Arc<Chunk>) -> ChunkMeta {
+        let meta = ChunkMeta::describe(id, self.worker, &chunk);
+        self.chunks.write().insert(id, chunk);
+        meta
+    }
+
+    /// A shared reference to a chunk.
+    pub fn get(&self, id: ChunkId) -> Option<Arc<Chunk>> {
+        self.chunks.read().get(&id).cloned()
+    }
+
+    /// Removes a chunk and returns it; the store no longer holds a reference.
+    pub fn take(&self, id: ChunkId) -> Option<Arc<Chunk>> {
+        self.chunks.write().remove(&id)
+    }
+
+    /// Removes chunks.
+    pub fn remove(&self, ids: &[ChunkId]) {
+        let mut map = self.chunks.write();
+        for id in ids {
+            map.remove(id);
+        }
+    }
+
+    /// Number of chunks held.
+    pub fn len(&self) -> usize {
+        self.chunks.read().len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.chunks.read().values().map(|c| c.bytes()).sum()
+    }
+}

@@ -1,0 +1,356 @@
+//! The context: the caller's entry point. It owns the scheduler thread and the workers, and is
+//! where tasks are spawned and data is put and fetched.
+
+use crate::chunk::{Chunk, ChunkRef};
+use crate::error::{EngineError, Result};
+use crate::eventlog::{now_us, EventLog, EventLogSnapshot, Transfer};
+use crate::ids::{ChunkId, TaskId, WorkerId};
+use crate::kernel::{KernelRef, KernelRegistry};
+use crate::placement::CostModel;
+use crate::scheduler::{ChunkEntry, Event, Scheduler, Submission};
+use crate::task::{Arg, TaskHandle, TaskOptions, TaskSlot};
+use crate::worker::{InProcessWorker, PeerDirectory, ReportSink, WorkerRef, WorkerStatus};
+use crossbeam_channel::{bounded, unbounded, Sender};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// State shared by the context and its task handles.
+pub(crate) struct Shared {
+    events: Sender<Event>,
+    next_task: AtomicU64,
+    next_put: AtomicUsize,
+    registry: Arc<KernelRegistry>,
+    peers: PeerDirectory,
+    log: Arc<EventLog>,
+}
+
+impl Shared {
+    fn send(&self, ev: Event) -> Result<()> {
+        self.events.send(ev).map_err(|_| EngineError::Shutdown)
+    }
+
+    pub(crate) fn cancel(&self, task: TaskId) {
+        let _ = self.send(Event::Cancel(task));
+    }
+
+    fn locate(&self, chunk: ChunkId) -> Result<ChunkEntry> {
+        let (tx, rx) = bounded(1);
+        self.send(Event::Locate(chunk, tx))?;
+        rx.recv().map_err(|_| EngineError::Shutdown)?
+    }
+
+    /// Brings a chunk's data to the caller, counting the move.
+    pub(crate) fn fetch_chunk(&self, chunk: ChunkId) -> Result<Arc<Chunk>> {
+        let entry = self.locate(chunk)?;
+        if entry.lost {
+            return Err(EngineError::ChunkLost {
+                chunk,
+                worker: entry.meta.owner,
+            });
+        }
+        let data = self.peers.get(entry.meta.owner)?.fetch_chunk(chunk)?;
+        self.log.transfer(Transfer {
+            chunk,
+            from: entry.meta.owner,
+            to: WorkerId::DRIVER,
+            bytes: data.bytes(),
+        });
+        Ok(data)
+    }
+}
+
+/// Builds a [`Context`].
+#[derive(Debug, Clone)]
+pub struct ContextBuilder {
+    workers: usize,
+    threads_per_worker: usize,
+    fake_processors: u32,
+    log_capacity: usize,
+    cost_model: CostModel,
+}
+
+impl Default for ContextBuilder {
+    fn default() -> Self {
+        ContextBuilder {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            threads_per_worker: 1,
+            fake_processors: 0,
+            log_capacity: 100_000,
+            cost_model: CostModel::default(),
+        }
+    }
+}
+
+impl ContextBuilder {
+    /// Number of in-process workers (default: one per core).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// CPU threads per in-process worker (default 1).
+    pub fn threads_per_worker(mut self, n: usize) -> Self {
+        self.threads_per_worker = n.max(1);
+        self
+    }
+
+    /// Gives every in-process worker `n` fake processors (`ProcessorKind::Fake(0..n)`), for
+    /// placement tests.
+    pub fn fake_processors(mut self, n: u32) -> Self {
+        self.fake_processors = n;
+        self
+    }
+
+    /// How many task records the event log keeps (the most recent ones; 0 keeps none).
+    pub fn event_log_capacity(mut self, n: usize) -> Self {
+        self.log_capacity = n;
+        self
+    }
+
+    /// The placement cost model.
+    pub fn cost_model(mut self, model: CostModel) -> Self {
+        self.cost_model = model;
+        self
+    }
+
+    /// Starts the scheduler and the workers.
+    pub fn build(self) -> Result<Context> {
+        let (tx, rx) = unbounded();
+        let log = Arc::new(EventLog::new(self.log_capacity));
+        let registry = Arc::new(KernelRegistry::with_builtins());
+        let peers = PeerDirectory::default();
+        let sched = Scheduler::new(
+            rx,
+            ReportSink::new(tx.clone()),
+            self.cost_model,
+            log.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("dirk-scheduler".into())
+            .spawn(move || sched.run())
+            .map_err(|e| EngineError::Io {
+                path: "scheduler thread".into(),
+                message: e.to_string(),
+            })?;
+        let ctx = Context {
+            shared: Arc::new(Shared {
+                events: tx,
+                next_task: AtomicU64::new(0),
+                next_put: AtomicUsize::new(0),
+                registry,
+                peers,
+                log,
+            }),
+            scheduler: Mutex::new(Some(thread)),
+        };
+        for i in 0..self.workers.max(1) {
+            let w = InProcessWorker::new(
+                WorkerId(i as u32),
+                self.threads_per_worker,
+                self.fake_processors,
+                ctx.shared.registry.clone(),
+                ctx.shared.peers.clone(),
+            );
+            ctx.add_worker(Arc::new(w))?;
+        }
+        Ok(ctx)
+    }
+}
+
+/// The engine as a caller sees it: spawn tasks, put and fetch chunks, read the event log.
+pub struct Context {
+    shared: Arc<Shared>,
+    scheduler: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Context {
+    /// A builder with the defaults (one in-process worker per core).
+    pub fn builder() -> ContextBuilder {
+        ContextBuilder::default()
+    }
+
+    /// Registers a kernel on every in-process worker.
+    pub fn register_kernel(&self, kernel: KernelRef) {
+        self.shared.registry.register(kernel);
+    }
+
+    /// The kernel registry shared by in-process workers.
+    pub fn kernels(&self) -> Arc<KernelRegistry> {
+        self.shared.registry.clone()
+    }
+
+    /// Adds a worker (in-process or remote).
+    pub fn add_worker(&self, worker: WorkerRef) -> Result<()> {
+        self.shared.peers.add(worker.clone());
+        self.shared.send(Event::WorkerAdded(worker))
+    }
+
+    /// Declares a worker lost: its chunks are marked lost, its running tasks fail, its queued
+    /// tasks go elsewhere.
+    pub fn remove_worker(&self, worker: WorkerId, reason: &str) -> Result<()> {
+        self.shared.peers.get(worker)?;
+        self.shared.send(Event::WorkerLost {
+            worker,
+            reason: reason.to_string(),
+        })?;
+        self.shared.peers.remove(worker);
+        Ok(())
+    }
+
+    /// The workers, by id.
+    pub fn workers(&self) -> Vec<WorkerId> {
+        self.shared.peers.all().iter().map(|w| w.id()).collect()
+    }
+
+    /// Each worker's status.
+    pub fn worker_status(&self) -> Vec<WorkerStatus> {
+        self.shared.peers.all().iter().map(|w| w.status()).collect()
+    }
+
+    /// Spawns a task: `kernel` (a registered name) applied to `args`. Returns at once.
+    pub fn spawn(&self, kernel: &str, args: Vec<Arg>, options: TaskOptions) -> TaskHandle {
+        let id = TaskId(self.shared.next_task.fetch_add(1, Ordering::Relaxed));
+        let slot = Arc::new(TaskSlot::default());
+        let sub = Submission {
+            id,
+            kernel: kernel.to_string(),
+            params: options.params,
+            args,
+            after: options.after,
+            scope: options.scope,
+            label: options.label,
+            slot: slot.clone(),
+            submitted_us: now_us(),
+        };
+        if self.shared.send(Event::Submit(Box::new(sub))).is_err() {
+            slot.complete(Err(EngineError::Shutdown));
+        }
+        TaskHandle {
+            id,
+            slot,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// An ordered queue: each task spawned through it runs after the previous one
+    /// (Dagger's `spawn_sequential`).
+    pub fn sequential(&self) -> SequentialQueue<'_> {
+        SequentialQueue {
+            ctx: self,
+            last: None,
+        }
+    }
+
+    /// Puts data into a worker's store, chosen round-robin.
+    pub fn put(&self, chunk: Chunk) -> Result<ChunkRef> {
+        let workers = self.shared.peers.all();
+        if workers.is_empty() {
+            return Err(EngineError::Shutdown);
+        }
+        let i = self.shared.next_put.fetch_add(1, Ordering::Relaxed) % workers.len();
+        self.put_on(workers[i].id(), chunk, false)
+    }
+
+    /// Puts data into `worker`'s store. A pinned chunk never moves: tasks that use it run on
+    /// `worker` (Dagger's `@mutable worker=N`).
+    pub fn put_on(&self, worker: WorkerId, chunk: Chunk, pinned: bool) -> Result<ChunkRef> {
+        let meta = self
+            .shared
+            .peers
+            .get(worker)?
+            .store_chunk(None, Arc::new(chunk))?;
+        self.shared.send(Event::ChunkAdded {
+            meta: meta.clone(),
+            pinned,
+        })?;
+        Ok(meta)
+    }
+
+    /// Brings a chunk's data to the caller.
+    pub fn fetch(&self, chunk: &ChunkRef) -> Result<Arc<Chunk>> {
+        self.shared.fetch_chunk(chunk.id)
+    }
+
+    /// Where a chunk is now, and what made it.
+    pub fn locate(&self, chunk: &ChunkRef) -> Result<ChunkEntry> {
+        self.shared.locate(chunk.id)
+    }
+
+    /// Drops chunks from their workers.
+    pub fn free(&self, chunks: &[ChunkRef]) -> Result<()> {
+        self.shared
+            .send(Event::FreeChunks(chunks.iter().map(|c| c.id).collect()))
+    }
+
+    /// Blocks until every task submitted so far has finished.
+    pub fn wait_idle(&self) -> Result<()> {
+        let (tx, rx) = bounded(1);
+        self.shared.send(Event::Idle(tx))?;
+        rx.recv().map_err(|_| EngineError::Shutdown)
+    }
+
+    /// A copy of the event log.
+    pub fn event_log(&self) -> EventLogSnapshot {
+        self.shared.log.snapshot()
+    }
+
+    /// Empties the event log.
+    pub fn clear_event_log(&self) {
+        self.shared.log.clear()
+    }
+
+    /// Writes the event log as Chrome trace JSON (open it in Perfetto).
+    pub fn write_chrome_trace(&self, path: &std::path::Path) -> Result<()> {
+        write_file(path, &self.event_log().chrome_trace())
+    }
+
+    /// Writes the task graph as Graphviz DOT.
+    pub fn write_graphviz(&self, path: &std::path::Path) -> Result<()> {
+        write_file(path, &self.event_log().graphviz())
+    }
+
+    /// Stops the scheduler and the workers. Unfinished tasks fail with `Shutdown`. Called on drop.
+    pub fn shutdown(&self) {
+        let _ = self.shared.send(Event::Shutdown);
+        if let Some(t) = self.scheduler.lock().take() {
+            let _ = t.join();
+        }
+        self.shared.peers.clear();
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| EngineError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Tasks spawned through a queue run in submission order (see [`Context::sequential`]).
+pub struct SequentialQueue<'a> {
+    ctx: &'a Context,
+    last: Option<TaskHandle>,
+}
+
+impl SequentialQueue<'_> {
+    /// Spawns a task that runs after the previously spawned one.
+    pub fn spawn(&mut self, kernel: &str, args: Vec<Arg>, options: TaskOptions) -> TaskHandle {
+        let options = match &self.last {
+            Some(prev) => options.after(prev),
+            None => options,
+        };
+        let h = self.ctx.spawn(kernel, args, options);
+        self.last = Some(h.clone());
+        h
+    }
+}

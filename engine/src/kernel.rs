@@ -1,0 +1,204 @@
+//! Kernels: the named functions tasks run. A task names its kernel and carries serialized
+//! parameters, so the same task can run on any worker that has the kernel registered.
+
+use crate::chunk::Chunk;
+use crate::error::{EngineError, Result};
+use crate::ids::{TaskId, WorkerId};
+use crate::scope::ProcessorKind;
+use crate::task::Access;
+use parking_lot::RwLock;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A partition kernel: reads its input chunks (and may update those passed with write access in
+/// place) and returns its output chunks.
+pub trait Kernel: Send + Sync + 'static {
+    /// The name tasks use to call it.
+    fn name(&self) -> &str;
+    /// Runs one task.
+    fn run(&self, call: &mut KernelCall<'_>) -> Result<Vec<Chunk>>;
+}
+
+/// Shared kernel handle.
+pub type KernelRef = Arc<dyn Kernel>;
+
+/// A kernel made from a function; handy for user kernels and tests.
+pub struct FnKernel<F> {
+    name: String,
+    f: F,
+}
+
+impl<F> FnKernel<F>
+where
+    F: Fn(&mut KernelCall<'_>) -> Result<Vec<Chunk>> + Send + Sync + 'static,
+{
+    /// A kernel called `name` that runs `f`.
+    pub fn new(name: impl Into<String>, f: F) -> Arc<Self> {
+        Arc::new(FnKernel {
+            name: name.into(),
+            f,
+        })
+    }
+}
+
+impl<F> Kernel for FnKernel<F>
+where
+    F: Fn(&mut KernelCall<'_>) -> Result<Vec<Chunk>> + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn run(&self, call: &mut KernelCall<'_>) -> Result<Vec<Chunk>> {
+        (self.f)(call)
+    }
+}
+
+/// The kernel `noop`: does nothing and returns nothing. Used by the scheduler benchmark and for
+/// tasks that only order others.
+pub struct NoopKernel;
+
+impl Kernel for NoopKernel {
+    fn name(&self) -> &str {
+        "noop"
+    }
+    fn run(&self, _call: &mut KernelCall<'_>) -> Result<Vec<Chunk>> {
+        Ok(Vec::new())
+    }
+}
+
+/// Kernels by name. Each worker looks kernels up here; in-process workers share one registry.
+#[derive(Default)]
+pub struct KernelRegistry {
+    kernels: RwLock<HashMap<String, KernelRef>>,
+}
+
+impl KernelRegistry {
+    /// A registry holding the built-in kernels.
+    pub fn with_builtins() -> Self {
+        let r = KernelRegistry::default();
+        r.register(Arc::new(NoopKernel));
+        r
+    }
+
+    /// Adds (or replaces) a kernel.
+    pub fn register(&self, kernel: KernelRef) {
+        self.kernels
+            .write()
+            .insert(kernel.name().to_string(), kernel);
+    }
+
+    /// Looks a kernel up.
+    pub fn get(&self, name: &str) -> Result<KernelRef> {
+        self.kernels
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownKernel {
+                name: name.to_string(),
+            })
+    }
+
+    /// Names of the registered kernels, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.kernels.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// One argument as a kernel sees it.
+pub struct KernelInput {
+    /// How the task declared it.
+    pub access: Access,
+    /// The data. With `Write`/`ReadWrite` access the kernel may replace it or, when it holds the
+    /// only reference, mutate its buffers in place (`Arc::get_mut`).
+    pub chunk: Arc<Chunk>,
+}
+
+/// Everything a kernel gets for one task.
+pub struct KernelCall<'a> {
+    /// The task.
+    pub task: TaskId,
+    /// The worker running it.
+    pub worker: WorkerId,
+    /// The processor kind running it.
+    pub processor: ProcessorKind,
+    params: &'a [u8],
+    inputs: Vec<KernelInput>,
+    cancelled: &'a AtomicBool,
+}
+
+impl<'a> KernelCall<'a> {
+    /// Assembles a call (workers do this).
+    pub fn new(
+        task: TaskId,
+        worker: WorkerId,
+        processor: ProcessorKind,
+        params: &'a [u8],
+        inputs: Vec<KernelInput>,
+        cancelled: &'a AtomicBool,
+    ) -> Self {
+        KernelCall {
+            task,
+            worker,
+            processor,
+            params,
+            inputs,
+            cancelled,
+        }
+    }
+
+    /// The raw parameter bytes.
+    pub fn params(&self) -> &[u8] {
+        self.params
+    }
+
+    /// Decodes parameters written with [`crate::TaskOptions::params_json`].
+    pub fn params_json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(self.params).map_err(|e| EngineError::Params {
+            kernel: String::new(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Number of inputs.
+    pub fn num_inputs(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Input `i`, read-only.
+    pub fn input(&self, i: usize) -> &Chunk {
+        &self.inputs[i].chunk
+    }
+
+    /// All inputs.
+    pub fn inputs(&self) -> &[KernelInput] {
+        &self.inputs
+    }
+
+    /// Input `i` for writing; an error unless the task declared `Write` or `ReadWrite` on it.
+    pub fn input_mut(&mut self, i: usize) -> Result<&mut Arc<Chunk>> {
+        let input = self
+            .inputs
+            .get_mut(i)
+            .ok_or_else(|| EngineError::kernel(format!("no input {i}")))?;
+        if input.access == Access::Read {
+            return Err(EngineError::kernel(format!(
+                "input {i} was declared read-only"
+            )));
+        }
+        Ok(&mut input.chunk)
+    }
+
+    /// True once the task has been cancelled; long kernels should check it and stop early.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Takes the inputs back (workers do this to store written chunks).
+    pub fn into_inputs(self) -> Vec<KernelInput> {
+        self.inputs
+    }
+}

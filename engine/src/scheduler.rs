@@ -1,0 +1,845 @@
+//! The scheduler: one event loop on its own thread that owns all scheduling state. Callers and
+//! workers talk to it only through [`Event`]s; placement decisions come from the pure functions
+//! in [`crate::placement`].
+
+use crate::chunk::ChunkMeta;
+use crate::datadeps::{DataDeps, DataKey};
+use crate::error::{EngineError, Result};
+use crate::eventlog::{now_us, EventLog, TaskRecord, TaskStatus};
+use crate::ids::{ChunkId, TaskId, WorkerId};
+use crate::placement::{self, CostModel, InputSite, ProcessorLoad, StealCandidate};
+use crate::scope::{ProcessorId, Scope};
+use crate::task::{Arg, ArgSource, TaskOutput, TaskSlot};
+use crate::worker::{InputSpec, ReportSink, TaskAssignment, TaskReport, WorkerRef};
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// How a chunk came to be: what recovery would rerun.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lineage {
+    /// Put into a store by the caller.
+    Put,
+    /// Output `index` of a task running `kernel`, or an input that task wrote in place.
+    Task {
+        /// The task.
+        task: TaskId,
+        /// Its kernel.
+        kernel: String,
+    },
+}
+
+/// The scheduler's directory entry for a chunk.
+#[derive(Debug, Clone)]
+pub struct ChunkEntry {
+    /// Facts as last reported.
+    pub meta: ChunkMeta,
+    /// Pinned to its owner (Dagger's `@mutable worker=N`): tasks using it run there.
+    pub pinned: bool,
+    /// What made it.
+    pub lineage: Lineage,
+    /// Its owner was lost.
+    pub lost: bool,
+}
+
+/// A task as submitted by a caller.
+pub(crate) struct Submission {
+    pub(crate) id: TaskId,
+    pub(crate) kernel: String,
+    pub(crate) params: Vec<u8>,
+    pub(crate) args: Vec<Arg>,
+    pub(crate) after: Vec<(TaskId, Arc<TaskSlot>)>,
+    pub(crate) scope: Scope,
+    pub(crate) label: Option<String>,
+    pub(crate) slot: Arc<TaskSlot>,
+    pub(crate) submitted_us: u64,
+}
+
+/// Everything the event loop reacts to.
+pub(crate) enum Event {
+    Submit(Box<Submission>),
+    Finished(Box<TaskReport>),
+    Cancel(TaskId),
+    WorkerAdded(WorkerRef),
+    WorkerLost { worker: WorkerId, reason: String },
+    ChunkAdded { meta: ChunkMeta, pinned: bool },
+    FreeChunks(Vec<ChunkId>),
+    Locate(ChunkId, Sender<Result<ChunkEntry>>),
+    Idle(Sender<()>),
+    Shutdown,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Phase {
+    Waiting,
+    Queued(usize),
+    Running(usize),
+}
+
+struct TaskState {
+    sub: Box<Submission>,
+    waiting_on: u32,
+    dependents: Vec<TaskId>,
+    phase: Phase,
+    keys: Vec<DataKey>,
+    deps: Vec<TaskId>,
+    est_s: f64,
+    /// Resolved at dispatch.
+    inputs: Vec<InputSpec>,
+    sites: Vec<InputSite>,
+    cancel_requested: bool,
+}
+
+struct ProcState {
+    id: ProcessorId,
+    slots: usize,
+    in_flight: usize,
+    queue: VecDeque<TaskId>,
+    queued_s: f64,
+    alive: bool,
+}
+
+struct WorkerEntry {
+    worker: WorkerRef,
+    alive: bool,
+}
+
+/// Learned run time of one kernel: an exponentially weighted mean.
+#[derive(Default)]
+struct KernelStats {
+    mean_s: f64,
+    samples: u64,
+}
+
+pub(crate) struct Scheduler {
+    events: Receiver<Event>,
+    sink: ReportSink,
+    tasks: HashMap<TaskId, TaskState>,
+    deps: DataDeps,
+    chunks: HashMap<ChunkId, ChunkEntry>,
+    workers: HashMap<WorkerId, WorkerEntry>,
+    procs: Vec<ProcState>,
+    kernels: HashMap<String, KernelStats>,
+    model: CostModel,
+    log: Arc<EventLog>,
+    idle_waiters: Vec<Sender<()>>,
+}
+
+/// How many queued tasks of each victim a thief looks at when stealing.
+const STEAL_LOOKAHEAD: usize = 8;
+
+impl Scheduler {
+    pub(crate) fn new(
+        events: Receiver<Event>,
+        sink: ReportSink,
+        model: CostModel,
+        log: Arc<EventLog>,
+    ) -> Self {
+        Scheduler {
+            events,
+            sink,
+            tasks: HashMap::new(),
+            deps: DataDeps::default(),
+            chunks: HashMap::new(),
+            workers: HashMap::new(),
+            procs: Vec::new(),
+            kernels: HashMap::new(),
+            model,
+            log,
+            idle_waiters: Vec::new(),
+        }
+    }
+
+    /// Runs until `Shutdown` (or until every sender is gone).
+    pub(crate) fn run(mut self) {
+        while let Ok(ev) = self.events.recv() {
+            if !self.handle(ev) {
+                break;
+            }
+        }
+        self.shutdown();
+    }
+
+    fn handle(&mut self, ev: Event) -> bool {
+        match ev {
+            Event::Submit(sub) => self.submit(sub),
+            Event::Finished(report) => self.finished(*report),
+            Event::Cancel(task) => self.cancel(task),
+            Event::WorkerAdded(w) => self.add_worker(w),
+            Event::WorkerLost { worker, reason } => self.lose_worker(worker, reason),
+            Event::ChunkAdded { meta, pinned } => {
+                self.chunks.insert(
+                    meta.id,
+                    ChunkEntry {
+                        meta,
+                        pinned,
+                        lineage: Lineage::Put,
+                        lost: false,
+                    },
+                );
+            }
+            Event::FreeChunks(ids) => self.free_chunks(ids),
+            Event::Locate(id, reply) => {
+                let _ = reply.send(self.chunks.get(&id).cloned().ok_or(
+                    EngineError::InvalidArgument {
+                        task: TaskId(u64::MAX),
+                        detail: format!("unknown {id}"),
+                    },
+                ));
+            }
+            Event::Idle(reply) => {
+                if self.tasks.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    self.idle_waiters.push(reply);
+                }
+            }
+            Event::Shutdown => return false,
+        }
+        true
+    }
+
+    // ---- submission -------------------------------------------------------------------------
+
+    fn submit(&mut self, sub: Box<Submission>) {
+        let id = sub.id;
+        match self.admit(&sub) {
+            Ok((keys, deps, scope_ok)) => {
+                debug_assert!(scope_ok);
+                let est_s = self.estimate(&sub.kernel);
+                let mut waiting_on = 0;
+                for d in &deps {
+                    if let Some(t) = self.tasks.get_mut(d) {
+                        t.dependents.push(id);
+                        waiting_on += 1;
+                    }
+                }
+                self.tasks.insert(
+                    id,
+                    TaskState {
+                        sub,
+                        waiting_on,
+                        dependents: Vec::new(),
+                        phase: Phase::Waiting,
+                        keys,
+                        deps,
+                        est_s,
+                        inputs: Vec::new(),
+                        sites: Vec::new(),
+                        cancel_requested: false,
+                    },
+                );
+                if waiting_on == 0 {
+                    self.make_ready(id);
+                }
+            }
+            Err(e) => {
+                self.record_unrun(&sub, &[], &e);
+                sub.slot.complete(Err(e));
+            }
+        }
+    }
+
+    /// Checks a submission and derives its data keys and dependencies. Errors are immediate:
+    /// an unknown chunk, a failed upstream, an empty scope.
+    fn admit(&mut self, sub: &Submission) -> Result<(Vec<DataKey>, Vec<TaskId>, bool)> {
+        let id = sub.id;
+        let mut keys = Vec::with_capacity(sub.args.len());
+        let mut deps = Vec::new();
+        let mut scope = sub.scope.clone();
+        let mut pinned_to = Vec::new();
+        for arg in &sub.args {
+            let key = match &arg.source {
+                ArgSource::Chunk(c) => {
+                    let entry = self.chunks.get(c).ok_or(EngineError::InvalidArgument {
+                        task: id,
+                        detail: format!("unknown {c}"),
+                    })?;
+                    if entry.lost {
+                        return Err(EngineError::ChunkLost {
+                            chunk: *c,
+                            worker: entry.meta.owner,
+                        });
+                    }
+                    if entry.pinned {
+                        pinned_to.push(entry.meta.owner);
+                        scope = scope.intersect(&Scope::worker(entry.meta.owner));
+                    }
+                    DataKey::Chunk(*c)
+                }
+                ArgSource::Output { task, index, slot } => {
+                    if self.tasks.contains_key(task) {
+                        deps.push(*task);
+                        DataKey::Output(*task, *index)
+                    } else {
+                        match slot.output_chunk(*index) {
+                            Some(Ok(c)) => DataKey::Chunk(c),
+                            Some(Err(e)) => return Err(upstream(id, *task, &e)),
+                            None => {
+                                return Err(EngineError::InvalidArgument {
+                                    task: id,
+                                    detail: format!("{task} belongs to another context"),
+                                })
+                            }
+                        }
+                    }
+                }
+            };
+            keys.push(key);
+        }
+        for (t, slot) in &sub.after {
+            if self.tasks.contains_key(t) {
+                deps.push(*t);
+            } else if let Some(Err(e)) = slot.get() {
+                return Err(upstream(id, *t, &e));
+            }
+        }
+        if scope.is_empty() || !self.procs.iter().any(|p| p.alive && scope.contains(&p.id)) {
+            let pinned = if pinned_to.is_empty() {
+                String::new()
+            } else {
+                let ws: Vec<String> = pinned_to.iter().map(|w| w.to_string()).collect();
+                format!(" ∩ inputs pinned to {}", ws.join(", "))
+            };
+            return Err(EngineError::EmptyScope {
+                task: id,
+                detail: format!("scope {}{pinned} matches no live processor", sub.scope),
+            });
+        }
+        for (arg, key) in sub.args.iter().zip(&keys) {
+            self.deps.record(id, *key, arg.access, &mut deps);
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        Ok((keys, deps, true))
+    }
+
+    fn estimate(&self, kernel: &str) -> f64 {
+        self.kernels
+            .get(kernel)
+            .filter(|k| k.samples > 0)
+            .map(|k| k.mean_s)
+            .unwrap_or(self.model.default_task_s)
+    }
+
+    // ---- placement and dispatch -------------------------------------------------------------
+
+    /// All dependencies are done: resolve inputs, place the task and queue it.
+    fn make_ready(&mut self, id: TaskId) {
+        if !self.tasks.contains_key(&id) {
+            return;
+        }
+        let (inputs, sites, scope) = match self.resolve_inputs(id) {
+            Ok(r) => r,
+            Err(e) => return self.fail(id, e),
+        };
+        let loads = self.loads();
+        let t = self.tasks.get_mut(&id).expect("checked above");
+        t.inputs = inputs;
+        t.sites = sites;
+        let Some(pid) = placement::place(&scope, &t.sites, t.est_s, &loads, &self.model) else {
+            let detail = format!("scope {scope} matches no live processor");
+            return self.fail(id, EngineError::EmptyScope { task: id, detail });
+        };
+        let pi = self
+            .procs
+            .iter()
+            .position(|p| p.id == pid)
+            .expect("placed on known processor");
+        t.phase = Phase::Queued(pi);
+        let p = &mut self.procs[pi];
+        p.queue.push_back(id);
+        p.queued_s += t.est_s;
+        self.dispatch(pi);
+    }
+
+    /// Where each input lives now, and the task's scope narrowed by pinned inputs.
+    fn resolve_inputs(&self, id: TaskId) -> Result<(Vec<InputSpec>, Vec<InputSite>, Scope)> {
+        let t = &self.tasks[&id];
+        let mut scope = t.sub.scope.clone();
+        let mut inputs = Vec::with_capacity(t.sub.args.len());
+        let mut sites = Vec::with_capacity(t.sub.args.len());
+        for arg in &t.sub.args {
+            let chunk = match &arg.source {
+                ArgSource::Chunk(c) => *c,
+                ArgSource::Output { task, index, slot } => match slot.output_chunk(*index) {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => return Err(upstream(id, *task, &e)),
+                    None => unreachable!("dependency finished before its dependent was ready"),
+                },
+            };
+            let entry = self
+                .chunks
+                .get(&chunk)
+                .ok_or(EngineError::InvalidArgument {
+                    task: id,
+                    detail: format!("{chunk} was freed"),
+                })?;
+            if entry.lost {
+                return Err(EngineError::ChunkLost {
+                    chunk,
+                    worker: entry.meta.owner,
+                });
+            }
+            if entry.pinned {
+                scope = scope.intersect(&Scope::worker(entry.meta.owner));
+            }
+            inputs.push(InputSpec {
+                chunk,
+                owner: entry.meta.owner,
+                access: arg.access,
+            });
+            sites.push(InputSite {
+                owner: entry.meta.owner,
+                bytes: entry.meta.bytes,
+            });
+        }
+        Ok((inputs, sites, scope))
+    }
+
+    fn loads(&self) -> Vec<ProcessorLoad> {
+        self.procs
+            .iter()
+            .filter(|p| p.alive)
+            .map(|p| ProcessorLoad {
+                id: p.id,
+                queued_s: p.queued_s,
+                slots: p.slots,
+            })
+            .collect()
+    }
+
+    /// Sends queued tasks of processor `pi` to its worker while it has free slots; steals when
+    /// its own queue is empty.
+    fn dispatch(&mut self, pi: usize) {
+        loop {
+            let p = &mut self.procs[pi];
+            if !p.alive || p.in_flight >= p.slots {
+                return;
+            }
+            let next = match p.queue.pop_front() {
+                Some(id) => id,
+                None => match self.steal_for(pi) {
+                    Some(id) => id,
+                    None => return,
+                },
+            };
+            self.start(pi, next);
+        }
+    }
+
+    fn start(&mut self, pi: usize, id: TaskId) {
+        let p = &mut self.procs[pi];
+        p.in_flight += 1;
+        let pid = p.id;
+        let t = self.tasks.get_mut(&id).expect("queued task exists");
+        t.phase = Phase::Running(pi);
+        let assignment = TaskAssignment {
+            task: id,
+            kernel: t.sub.kernel.clone(),
+            params: t.sub.params.clone(),
+            processor: pid.kind,
+            inputs: t.inputs.clone(),
+        };
+        let worker = self.workers[&pid.worker].worker.clone();
+        worker.run_task(assignment, self.sink.clone());
+    }
+
+    /// Takes a queued task from a busier processor when moving its inputs costs less than the
+    /// wait it saves.
+    fn steal_for(&mut self, thief_i: usize) -> Option<TaskId> {
+        let thief = &self.procs[thief_i];
+        let thief_load = ProcessorLoad {
+            id: thief.id,
+            queued_s: thief.queued_s,
+            slots: thief.slots,
+        };
+        let mut owners = Vec::new();
+        let mut cands = Vec::new();
+        for (vi, v) in self.procs.iter().enumerate() {
+            if vi == thief_i || !v.alive || v.queue.is_empty() {
+                continue;
+            }
+            let victim = ProcessorLoad {
+                id: v.id,
+                queued_s: v.queued_s,
+                slots: v.slots,
+            };
+            for (qi, tid) in v.queue.iter().enumerate().rev().take(STEAL_LOOKAHEAD) {
+                let t = &self.tasks[tid];
+                owners.push((vi, qi));
+                cands.push(StealCandidate {
+                    victim,
+                    scope: &t.sub.scope,
+                    inputs: &t.sites,
+                });
+            }
+        }
+        // Pinned inputs narrow a task's scope; check the narrowed scope, not only the declared one.
+        let pick = placement::choose_steal(&thief_load, &cands, &self.model)?;
+        let (vi, qi) = owners[pick];
+        let tid = self.procs[vi].queue[qi];
+        if self.pinned_elsewhere(tid, self.procs[thief_i].id.worker) {
+            return None;
+        }
+        self.procs[vi].queue.remove(qi);
+        let est = self.tasks[&tid].est_s;
+        self.procs[vi].queued_s = (self.procs[vi].queued_s - est).max(0.0);
+        self.procs[thief_i].queued_s += est;
+        Some(tid)
+    }
+
+    fn pinned_elsewhere(&self, id: TaskId, worker: WorkerId) -> bool {
+        self.tasks[&id]
+            .inputs
+            .iter()
+            .any(|i| i.owner != worker && self.chunks.get(&i.chunk).is_some_and(|c| c.pinned))
+    }
+
+    // ---- completion -------------------------------------------------------------------------
+
+    fn finished(&mut self, r: TaskReport) {
+        for tr in &r.transfers {
+            self.log.transfer(*tr);
+        }
+        let pi = self
+            .procs
+            .iter()
+            .position(|p| p.id.worker == r.worker && p.id.kind == r.processor);
+        let Some(mut t) = self.tasks.remove(&r.task) else {
+            if let Some(pi) = pi {
+                self.release_slot(pi, 0.0);
+            }
+            return;
+        };
+        if let Some(pi) = pi {
+            self.release_slot(pi, t.est_s);
+        }
+        let dur_s = r.finished_us.saturating_sub(r.started_us) as f64 / 1e6;
+        let stats = self.kernels.entry(t.sub.kernel.clone()).or_default();
+        stats.mean_s = if stats.samples == 0 {
+            dur_s
+        } else {
+            0.8 * stats.mean_s + 0.2 * dur_s
+        };
+        stats.samples += 1;
+
+        let lineage = Lineage::Task {
+            task: t.sub.id,
+            kernel: t.sub.kernel.clone(),
+        };
+        let result = match r.result {
+            Ok(done) => {
+                for m in &done.written {
+                    if let Some(e) = self.chunks.get_mut(&m.id) {
+                        e.meta = m.clone();
+                        e.lineage = lineage.clone();
+                    }
+                }
+                for m in &done.outputs {
+                    self.chunks.insert(
+                        m.id,
+                        ChunkEntry {
+                            meta: m.clone(),
+                            pinned: false,
+                            lineage: lineage.clone(),
+                            lost: false,
+                        },
+                    );
+                }
+                if t.cancel_requested {
+                    Err(EngineError::Cancelled { task: r.task })
+                } else {
+                    Ok(done.outputs)
+                }
+            }
+            Err(e) => Err(if t.cancel_requested {
+                EngineError::Cancelled { task: r.task }
+            } else {
+                name_failure(e, r.task, &t.sub.kernel)
+            }),
+        };
+        let deps = std::mem::take(&mut t.deps);
+        let record = |status: TaskStatus, rows_out, bytes_out| TaskRecord {
+            task: r.task,
+            name: t.sub.label.clone().unwrap_or_else(|| t.sub.kernel.clone()),
+            worker: Some(r.worker),
+            processor: Some(r.processor),
+            queued_us: t.sub.submitted_us,
+            started_us: r.started_us,
+            finished_us: r.finished_us,
+            rows_in: r.rows_in,
+            bytes_in: r.bytes_in,
+            rows_out,
+            bytes_out,
+            bytes_moved: r.transfers.iter().map(|x| x.bytes).sum(),
+            deps: deps.clone(),
+            status,
+        };
+        self.deps.forget(r.task, &t.keys);
+        match result {
+            Ok(outputs) => {
+                if self.log.enabled() {
+                    let rows = outputs.iter().map(|c| c.rows).sum();
+                    let bytes = outputs.iter().map(|c| c.bytes).sum();
+                    self.log.task(record(TaskStatus::Ok, rows, bytes));
+                }
+                for (i, m) in outputs.iter().enumerate() {
+                    self.deps
+                        .rename(DataKey::Output(r.task, i as u32), DataKey::Chunk(m.id));
+                }
+                t.sub.slot.complete(Ok(TaskOutput {
+                    task: r.task,
+                    chunks: outputs,
+                }));
+                for d in t.dependents {
+                    if let Some(dt) = self.tasks.get_mut(&d) {
+                        dt.waiting_on -= 1;
+                        if dt.waiting_on == 0 {
+                            self.make_ready(d);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let status = match e {
+                    EngineError::Cancelled { .. } => TaskStatus::Cancelled,
+                    _ => TaskStatus::Failed(e.to_string()),
+                };
+                self.log.task(record(status, 0, 0));
+                self.fail_dependents(r.task, &t.dependents, &e);
+                t.sub.slot.complete(Err(e));
+            }
+        }
+        self.check_idle();
+    }
+
+    fn release_slot(&mut self, pi: usize, est_s: f64) {
+        let p = &mut self.procs[pi];
+        p.in_flight = p.in_flight.saturating_sub(1);
+        p.queued_s = (p.queued_s - est_s).max(0.0);
+        self.dispatch(pi);
+    }
+
+    /// Fails a task that has not started, and everything that depends on it.
+    fn fail(&mut self, id: TaskId, e: EngineError) {
+        let Some(t) = self.tasks.remove(&id) else {
+            return;
+        };
+        if let Phase::Queued(pi) = t.phase {
+            let p = &mut self.procs[pi];
+            p.queue.retain(|x| *x != id);
+            p.queued_s = (p.queued_s - t.est_s).max(0.0);
+        }
+        self.deps.forget(id, &t.keys);
+        self.record_unrun(&t.sub, &t.deps, &e);
+        self.fail_dependents(id, &t.dependents, &e);
+        t.sub.slot.complete(Err(e));
+        self.check_idle();
+    }
+
+    /// Fails the dependents of `failed` (transitively): each names the task that failed first.
+    fn fail_dependents(&mut self, failed: TaskId, dependents: &[TaskId], cause: &EngineError) {
+        let (root, root_cause) = match cause {
+            EngineError::UpstreamFailed { failed, cause, .. } => (*failed, cause.clone()),
+            e => (failed, e.to_string()),
+        };
+        let cancelled = matches!(cause, EngineError::Cancelled { .. });
+        for d in dependents {
+            let e = if cancelled {
+                EngineError::Cancelled { task: *d }
+            } else {
+                EngineError::UpstreamFailed {
+                    task: *d,
+                    failed: root,
+                    cause: root_cause.clone(),
+                }
+            };
+            self.fail(*d, e);
+        }
+    }
+
+    fn record_unrun(&self, sub: &Submission, deps: &[TaskId], e: &EngineError) {
+        let now = now_us();
+        self.log.task(TaskRecord {
+            task: sub.id,
+            name: sub.label.clone().unwrap_or_else(|| sub.kernel.clone()),
+            worker: None,
+            processor: None,
+            queued_us: sub.submitted_us,
+            started_us: 0,
+            finished_us: now,
+            rows_in: 0,
+            bytes_in: 0,
+            rows_out: 0,
+            bytes_out: 0,
+            bytes_moved: 0,
+            deps: deps.to_vec(),
+            status: match e {
+                EngineError::Cancelled { .. } => TaskStatus::Cancelled,
+                e => TaskStatus::Failed(e.to_string()),
+            },
+        });
+    }
+
+    fn cancel(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        match t.phase {
+            Phase::Waiting | Phase::Queued(_) => self.fail(id, EngineError::Cancelled { task: id }),
+            Phase::Running(pi) => {
+                t.cancel_requested = true;
+                let dependents = std::mem::take(&mut t.dependents);
+                let worker = self.procs[pi].id.worker;
+                if let Some(w) = self.workers.get(&worker) {
+                    w.worker.cancel_task(id);
+                }
+                self.fail_dependents(id, &dependents, &EngineError::Cancelled { task: id });
+            }
+        }
+    }
+
+    fn check_idle(&mut self) {
+        if self.tasks.is_empty() {
+            for w in self.idle_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    // ---- workers and chunks -----------------------------------------------------------------
+
+    fn add_worker(&mut self, w: WorkerRef) {
+        let id = w.id();
+        for (kind, slots) in w.processors() {
+            self.procs.push(ProcState {
+                id: ProcessorId { worker: id, kind },
+                slots: slots.max(1),
+                in_flight: 0,
+                queue: VecDeque::new(),
+                queued_s: 0.0,
+                alive: true,
+            });
+        }
+        self.workers.insert(
+            id,
+            WorkerEntry {
+                worker: w,
+                alive: true,
+            },
+        );
+    }
+
+    /// A worker is gone: its chunks are lost (their lineage is kept for recovery), its running
+    /// tasks fail, its queued tasks are placed again elsewhere.
+    fn lose_worker(&mut self, worker: WorkerId, reason: String) {
+        let Some(entry) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if !entry.alive {
+            return;
+        }
+        entry.alive = false;
+        for c in self.chunks.values_mut() {
+            if c.meta.owner == worker {
+                c.lost = true;
+            }
+        }
+        let mut requeue = Vec::new();
+        let mut running = Vec::new();
+        for (pi, p) in self.procs.iter_mut().enumerate() {
+            if p.id.worker != worker {
+                continue;
+            }
+            p.alive = false;
+            requeue.extend(p.queue.drain(..));
+            p.queued_s = 0.0;
+            p.in_flight = 0;
+            running.extend(
+                self.tasks
+                    .iter()
+                    .filter(|(_, t)| t.phase == Phase::Running(pi))
+                    .map(|(id, _)| *id),
+            );
+        }
+        running.sort();
+        for id in running {
+            let e = EngineError::WorkerLost {
+                worker,
+                reason: reason.clone(),
+            };
+            self.fail(id, e);
+        }
+        for id in requeue {
+            if let Some(t) = self.tasks.get_mut(&id) {
+                t.phase = Phase::Waiting;
+                self.make_ready(id);
+            }
+        }
+    }
+
+    fn free_chunks(&mut self, ids: Vec<ChunkId>) {
+        let mut by_owner: HashMap<WorkerId, Vec<ChunkId>> = HashMap::new();
+        for id in ids {
+            if let Some(e) = self.chunks.remove(&id) {
+                by_owner.entry(e.meta.owner).or_default().push(id);
+            }
+        }
+        for (owner, ids) in by_owner {
+            if let Some(w) = self.workers.get(&owner).filter(|w| w.alive) {
+                w.worker.free_chunks(&ids);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let mut ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            if let Some(t) = self.tasks.remove(&id) {
+                t.sub.slot.complete(Err(EngineError::Shutdown));
+            }
+        }
+        for w in self.idle_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+fn upstream(task: TaskId, failed: TaskId, e: &EngineError) -> EngineError {
+    match e {
+        EngineError::Cancelled { .. } => EngineError::Cancelled { task },
+        EngineError::UpstreamFailed { failed, cause, .. } => EngineError::UpstreamFailed {
+            task,
+            failed: *failed,
+            cause: cause.clone(),
+        },
+        e => EngineError::UpstreamFailed {
+            task,
+            failed,
+            cause: e.to_string(),
+        },
+    }
+}
+
+/// Kernels report failures without knowing their task; fill the names in.
+fn name_failure(e: EngineError, task: TaskId, kernel: &str) -> EngineError {
+    match e {
+        EngineError::KernelFailed { message, .. } => EngineError::KernelFailed {
+            task,
+            kernel: kernel.to_string(),
+            message,
+        },
+        EngineError::Params { message, .. } => EngineError::KernelFailed {
+            task,
+            kernel: kernel.to_string(),
+            message: format!("bad parameters: {message}"),
+        },
+        other => EngineError::KernelFailed {
+            task,
+            kernel: kernel.to_string(),
+            message: other.to_string(),
+        },
+    }
+}

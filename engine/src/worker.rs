@@ -1,0 +1,434 @@
+//! Workers: a chunk store plus processors. The scheduler talks to every worker through the
+//! [`Worker`] trait; in-process workers implement it here, remote workers over Arrow Flight later.
+//! Everything the scheduler sends a worker ([`TaskAssignment`]) and everything a worker reports
+//! ([`TaskReport`]) is serializable.
+
+use crate::chunk::{Chunk, ChunkMeta, ChunkStore};
+use crate::error::{EngineError, Result};
+use crate::eventlog::{now_us, Transfer};
+use crate::ids::{ChunkId, TaskId, WorkerId};
+use crate::kernel::{KernelCall, KernelInput, KernelRegistry};
+use crate::processor::{CpuProcessor, FakeProcessor, ProcessorRef};
+use crate::scheduler::Event;
+use crate::scope::ProcessorKind;
+use crate::task::Access;
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One input of an assigned task: which chunk, who holds it, how the task uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// Its owner now.
+    pub owner: WorkerId,
+    /// How the task uses it.
+    pub access: Access,
+}
+
+/// What the scheduler sends a worker to run one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    /// The task.
+    pub task: TaskId,
+    /// The kernel's registered name.
+    pub kernel: String,
+    /// The kernel's serialized parameters.
+    pub params: Vec<u8>,
+    /// Which processor of the worker runs it.
+    pub processor: ProcessorKind,
+    /// Inputs, in argument order.
+    pub inputs: Vec<InputSpec>,
+}
+
+/// What a task did, when it succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDone {
+    /// New chunks, now held by the worker that ran the task.
+    pub outputs: Vec<ChunkMeta>,
+    /// Inputs written in place, now held by the worker that ran the task.
+    pub written: Vec<ChunkMeta>,
+}
+
+/// A worker's report on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task.
+    pub task: TaskId,
+    /// The worker that ran it.
+    pub worker: WorkerId,
+    /// The processor kind that ran it.
+    pub processor: ProcessorKind,
+    /// When it started.
+    pub started_us: u64,
+    /// When it finished.
+    pub finished_us: u64,
+    /// Rows read.
+    pub rows_in: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Chunks fetched from other workers.
+    pub transfers: Vec<Transfer>,
+    /// The outcome.
+    pub result: std::result::Result<TaskDone, EngineError>,
+}
+
+/// Where workers send their reports (the scheduler's event queue).
+#[derive(Clone)]
+pub struct ReportSink {
+    events: Sender<Event>,
+}
+
+impl ReportSink {
+    pub(crate) fn new(events: Sender<Event>) -> Self {
+        ReportSink { events }
+    }
+
+    /// Delivers a report. Reports after shutdown are dropped.
+    pub fn report(&self, report: TaskReport) {
+        let _ = self.events.send(Event::Finished(Box::new(report)));
+    }
+}
+
+/// A worker's state, as it reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// The worker.
+    pub id: WorkerId,
+    /// Chunks held.
+    pub chunks: usize,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Tasks running now.
+    pub running: usize,
+    /// Tasks finished since start.
+    pub finished: u64,
+}
+
+/// What the scheduler needs from a worker.
+pub trait Worker: Send + Sync {
+    /// Its id.
+    fn id(&self) -> WorkerId;
+    /// Its processors: kind and how many tasks each runs at once.
+    fn processors(&self) -> Vec<(ProcessorKind, usize)>;
+    /// Starts a task; the report goes to `sink` when it ends. Returns at once.
+    fn run_task(&self, assignment: TaskAssignment, sink: ReportSink);
+    /// Asks a running task to stop.
+    fn cancel_task(&self, task: TaskId);
+    /// Serves a chunk it holds.
+    fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Chunk>>;
+    /// Receives a chunk: under `id` when given (a chunk moving here), else under a fresh id.
+    fn store_chunk(&self, id: Option<ChunkId>, chunk: Arc<Chunk>) -> Result<ChunkMeta>;
+    /// Drops chunks.
+    fn free_chunks(&self, ids: &[ChunkId]);
+    /// Its state.
+    fn status(&self) -> WorkerStatus;
+}
+
+/// Shared worker handle.
+pub type WorkerRef = Arc<dyn Worker>;
+
+/// How workers find each other to fetch chunks.
+#[derive(Clone, Default)]
+pub struct PeerDirectory {
+    peers: Arc<RwLock<HashMap<WorkerId, WorkerRef>>>,
+}
+
+impl PeerDirectory {
+    /// Adds a worker.
+    pub fn add(&self, worker: WorkerRef) {
+        self.peers.write().insert(worker.id(), worker);
+    }
+
+    /// Removes a worker.
+    pub fn remove(&self, id: WorkerId) {
+        self.peers.write().remove(&id);
+    }
+
+    /// Looks a worker up.
+    pub fn get(&self, id: WorkerId) -> Result<WorkerRef> {
+        self.peers
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or(EngineError::NoSuchWorker { worker: id })
+    }
+
+    /// All workers, by id.
+    pub fn all(&self) -> Vec<WorkerRef> {
+        let mut v: Vec<WorkerRef> = self.peers.read().values().cloned().collect();
+        v.sort_by_key(|w| w.id());
+        v
+    }
+
+    /// Drops every worker (breaks the worker ↔ directory reference cycle at shutdown).
+    pub fn clear(&self) {
+        self.peers.write().clear();
+    }
+}
+
+struct WorkerCore {
+    id: WorkerId,
+    store: ChunkStore,
+    registry: Arc<KernelRegistry>,
+    peers: PeerDirectory,
+    running: Mutex<HashMap<TaskId, Arc<AtomicBool>>>,
+    finished: AtomicU64,
+}
+
+/// A worker in the driver's process: its own chunk store and processors (a CPU thread pool, and
+/// fake processors for tests). Chunks move between in-process workers as `Arc`s.
+pub struct InProcessWorker {
+    core: Arc<WorkerCore>,
+    processors: Vec<ProcessorRef>,
+}
+
+impl InProcessWorker {
+    /// A worker with `threads` CPU threads and `fakes` fake processors.
+    pub fn new(
+        id: WorkerId,
+        threads: usize,
+        fakes: u32,
+        registry: Arc<KernelRegistry>,
+        peers: PeerDirectory,
+    ) -> Self {
+        let mut processors: Vec<ProcessorRef> = vec![Arc::new(CpuProcessor::new(
+            threads,
+            &format!("dirk-w{}", id.0),
+        ))];
+        for f in 0..fakes {
+            processors.push(Arc::new(FakeProcessor::new(f)));
+        }
+        InProcessWorker {
+            core: Arc::new(WorkerCore {
+                id,
+                store: ChunkStore::new(id),
+                registry,
+                peers,
+                running: Mutex::new(HashMap::new()),
+                finished: AtomicU64::new(0),
+            }),
+            processors,
+        }
+    }
+
+    /// The processors, for tests that count what each ran.
+    pub fn processor_handles(&self) -> &[ProcessorRef] {
+        &self.processors
+    }
+}
+
+impl Worker for InProcessWorker {
+    fn id(&self) -> WorkerId {
+        self.core.id
+    }
+
+    fn processors(&self) -> Vec<(ProcessorKind, usize)> {
+        self.processors
+            .iter()
+            .map(|p| (p.kind(), p.slots()))
+            .collect()
+    }
+
+    fn run_task(&self, assignment: TaskAssignment, sink: ReportSink) {
+        let Some(proc) = self
+            .processors
+            .iter()
+            .find(|p| p.kind() == assignment.processor)
+        else {
+            let now = now_us();
+            sink.report(TaskReport {
+                task: assignment.task,
+                worker: self.core.id,
+                processor: assignment.processor,
+                started_us: now,
+                finished_us: now,
+                rows_in: 0,
+                bytes_in: 0,
+                transfers: Vec::new(),
+                result: Err(EngineError::kernel(format!(
+                    "{} has no {} processor",
+                    self.core.id, assignment.processor
+                ))),
+            });
+            return;
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.core
+            .running
+            .lock()
+            .insert(assignment.task, cancel.clone());
+        let core = self.core.clone();
+        proc.run(Box::new(move || {
+            let report = core.execute(&assignment, &cancel);
+            core.running.lock().remove(&assignment.task);
+            core.finished.fetch_add(1, Ordering::Relaxed);
+            sink.report(report);
+        }));
+    }
+
+    fn cancel_task(&self, task: TaskId) {
+        if let Some(flag) = self.core.running.lock().get(&task) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Chunk>> {
+        self.core.store.get(id).ok_or(EngineError::ChunkNotFound {
+            chunk: id,
+            worker: self.core.id,
+        })
+    }
+
+    fn store_chunk(&self, id: Option<ChunkId>, chunk: Arc<Chunk>) -> Result<ChunkMeta> {
+        Ok(match id {
+            Some(id) => self.core.store.insert_with_id(id, chunk),
+            None => {
+                let id = self.core.store.mint();
+                self.core.store.insert_with_id(id, chunk)
+            }
+        })
+    }
+
+    fn free_chunks(&self, ids: &[ChunkId]) {
+        self.core.store.remove(ids);
+    }
+
+    fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            id: self.core.id,
+            chunks: self.core.store.len(),
+            bytes: self.core.store.bytes(),
+            running: self.core.running.lock().len(),
+            finished: self.core.finished.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl WorkerCore {
+    /// Gathers inputs (fetching remote ones from their owners), runs the kernel, keeps outputs
+    /// and written inputs in this worker's store.
+    fn execute(&self, a: &TaskAssignment, cancel: &AtomicBool) -> TaskReport {
+        let started_us = now_us();
+        let mut transfers = Vec::new();
+        let mut rows_in = 0;
+        let mut bytes_in = 0;
+        let result = self.execute_inner(a, cancel, &mut transfers, &mut rows_in, &mut bytes_in);
+        TaskReport {
+            task: a.task,
+            worker: self.id,
+            processor: a.processor,
+            started_us,
+            finished_us: now_us(),
+            rows_in,
+            bytes_in,
+            transfers,
+            result,
+        }
+    }
+
+    fn execute_inner(
+        &self,
+        a: &TaskAssignment,
+        cancel: &AtomicBool,
+        transfers: &mut Vec<Transfer>,
+        rows_in: &mut u64,
+        bytes_in: &mut u64,
+    ) -> Result<TaskDone> {
+        let kernel = self.registry.get(&a.kernel)?;
+        let mut inputs = Vec::with_capacity(a.inputs.len());
+        for spec in &a.inputs {
+            let chunk = if spec.owner == self.id {
+                // A local chunk written in place leaves the store while the kernel runs, so the
+                // kernel may hold the only reference and mutate its buffers without copying.
+                let found = if spec.access.writes() {
+                    self.store.take(spec.chunk)
+                } else {
+                    self.store.get(spec.chunk)
+                };
+                found.ok_or(EngineError::ChunkNotFound {
+                    chunk: spec.chunk,
+                    worker: self.id,
+                })
+            } else {
+                let c = self.peers.get(spec.owner)?.fetch_chunk(spec.chunk)?;
+                transfers.push(Transfer {
+                    chunk: spec.chunk,
+                    from: spec.owner,
+                    to: self.id,
+                    bytes: c.bytes(),
+                });
+                Ok(c)
+            };
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    self.restore_taken(a, &inputs);
+                    return Err(e);
+                }
+            };
+            *rows_in += chunk.rows();
+            *bytes_in += chunk.bytes();
+            inputs.push(KernelInput {
+                access: spec.access,
+                chunk,
+            });
+        }
+        let mut call = KernelCall::new(a.task, self.id, a.processor, &a.params, inputs, cancel);
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| kernel.run(&mut call))).unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(EngineError::kernel(format!("kernel panicked: {msg}")))
+            });
+        let inputs = call.into_inputs();
+        match outcome {
+            Ok(outs) => {
+                let outputs = outs.into_iter().map(|c| self.store.insert(c)).collect();
+                let mut written = Vec::new();
+                for (spec, input) in a.inputs.iter().zip(inputs) {
+                    if spec.access.writes() {
+                        written.push(self.store.insert_with_id(spec.chunk, input.chunk));
+                        if spec.owner != self.id {
+                            // The chunk moved here with its new contents; the old copy is stale.
+                            if let Ok(peer) = self.peers.get(spec.owner) {
+                                peer.free_chunks(&[spec.chunk]);
+                            }
+                        }
+                    }
+                }
+                Ok(TaskDone { outputs, written })
+            }
+            Err(e) => {
+                self.restore_taken_inputs(a, inputs);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts back local chunks taken for writing when the task failed before the kernel ran.
+    fn restore_taken(&self, a: &TaskAssignment, taken: &[KernelInput]) {
+        for (spec, input) in a.inputs.iter().zip(taken) {
+            if spec.owner == self.id && spec.access.writes() {
+                self.store.insert_with_id(spec.chunk, input.chunk.clone());
+            }
+        }
+    }
+
+    /// Puts back local chunks taken for writing after the kernel failed.
+    fn restore_taken_inputs(&self, a: &TaskAssignment, inputs: Vec<KernelInput>) {
+        for (spec, input) in a.inputs.iter().zip(inputs) {
+            if spec.owner == self.id && spec.access.writes() {
+                self.store.insert_with_id(spec.chunk, input.chunk);
+            }
+        }
+    }
+}

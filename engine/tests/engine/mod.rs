@@ -1,0 +1,5 @@
+mod common;
+mod datadeps;
+mod eventlog;
+mod placement;
+mod scheduling;

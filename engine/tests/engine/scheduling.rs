@@ -1,0 +1,373 @@
+//! Tasks through the scheduler: results, errors, cancellation, ordering, scopes, locality, loss.
+
+use super::common::{context, sized_chunk, value_chunk, value_of};
+use dirk_engine::{
+    Arg, Context, EngineError, ProcessorId, ProcessorKind, Scope, TaskOptions, TaskStatus, WorkerId,
+};
+use std::time::{Duration, Instant};
+
+fn k(v: i64) -> TaskOptions {
+    TaskOptions::new().params_json(&[v]).unwrap()
+}
+
+#[test]
+fn a_graph_of_tasks_computes_its_result() {
+    let (ctx, _) = context(3);
+    let leaves: Vec<_> = (0..6)
+        .map(|i| {
+            let c = ctx.put(value_chunk(i)).unwrap();
+            ctx.spawn("add", vec![Arg::read(&c)], k(1))
+        })
+        .collect();
+    let args = leaves.iter().map(|h| Arg::output(h, 0)).collect();
+    let root = ctx.spawn("add", args, k(0));
+    // (0+1) + (1+1) + ... + (5+1) = 21
+    assert_eq!(value_of(&root.fetch().unwrap()[0]), 21);
+    let out = root.wait().unwrap();
+    assert_eq!(out.chunks.len(), 1);
+    assert_eq!(out.chunks[0].rows, 1);
+}
+
+#[test]
+fn a_failure_names_the_task_that_failed_first() {
+    let (ctx, _) = context(2);
+    let c = ctx.put(value_chunk(1)).unwrap();
+    let bad = ctx.spawn("fail", vec![Arg::read(&c)], TaskOptions::new());
+    let mid = ctx.spawn("add", vec![Arg::output(&bad, 0)], k(0));
+    let last = ctx.spawn("add", vec![Arg::output(&mid, 0)], k(0));
+    match bad.wait() {
+        Err(EngineError::KernelFailed {
+            task,
+            kernel,
+            message,
+        }) => {
+            assert_eq!(task, bad.id());
+            assert_eq!(kernel, "fail");
+            assert!(message.contains("deliberate failure"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for h in [&mid, &last] {
+        match h.wait() {
+            Err(EngineError::UpstreamFailed {
+                task,
+                failed,
+                cause,
+            }) => {
+                assert_eq!(task, h.id());
+                assert_eq!(failed, bad.id());
+                assert!(cause.contains("deliberate failure"), "{cause}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A task spawned after the failure is known fails the same way, at once.
+    let late = ctx.spawn("add", vec![Arg::output(&mid, 0)], k(0));
+    assert!(
+        matches!(late.wait(), Err(EngineError::UpstreamFailed { failed, .. }) if failed == bad.id())
+    );
+    // The context is still usable.
+    let ok = ctx.spawn("add", vec![Arg::read(&c)], k(1));
+    assert_eq!(value_of(&ok.fetch().unwrap()[0]), 2);
+}
+
+#[test]
+fn panics_and_unknown_kernels_are_errors_not_crashes() {
+    let (ctx, _) = context(2);
+    let p = ctx.spawn("panic", vec![], TaskOptions::new());
+    let err = p.wait().unwrap_err().to_string();
+    assert!(err.contains("deliberate panic"), "{err}");
+    let u = ctx.spawn("no_such_kernel", vec![], TaskOptions::new());
+    let err = u.wait().unwrap_err().to_string();
+    assert!(err.contains("unknown kernel `no_such_kernel`"), "{err}");
+    let ok = ctx.spawn("noop", vec![], TaskOptions::new());
+    assert!(ok.wait().is_ok());
+}
+
+#[test]
+fn cancelling_a_running_task_cancels_its_dependents() {
+    let (ctx, _) = context(2);
+    let slow = ctx.spawn("sleep", vec![], k(10_000));
+    let dep = ctx.spawn("noop", vec![], TaskOptions::new().after(&slow));
+    let dep2 = ctx.spawn("noop", vec![], TaskOptions::new().after(&dep));
+    let independent = ctx.spawn("noop", vec![], TaskOptions::new());
+    // Wait until the slow task is running.
+    let t0 = Instant::now();
+    while ctx.worker_status().iter().all(|s| s.running == 0) {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    slow.cancel();
+    assert!(matches!(slow.wait(), Err(EngineError::Cancelled { task }) if task == slow.id()));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the kernel saw the cancellation"
+    );
+    assert!(matches!(dep.wait(), Err(EngineError::Cancelled { .. })));
+    assert!(matches!(dep2.wait(), Err(EngineError::Cancelled { .. })));
+    assert!(independent.wait().is_ok());
+}
+
+#[test]
+fn cancelling_a_waiting_task_leaves_its_upstream_alone() {
+    let (ctx, _) = context(2);
+    let first = ctx.spawn("sleep", vec![], k(50));
+    let second = ctx.spawn("noop", vec![], TaskOptions::new().after(&first));
+    second.cancel();
+    assert!(matches!(second.wait(), Err(EngineError::Cancelled { .. })));
+    assert!(first.wait().is_ok());
+}
+
+#[test]
+fn sequential_queue_runs_in_submission_order() {
+    let (ctx, list) = context(4);
+    let mut q = ctx.sequential();
+    let mut last = None;
+    for n in 0..200 {
+        last = Some(q.spawn("log", vec![], k(n)));
+    }
+    last.unwrap().wait().unwrap();
+    assert_eq!(*list.lock(), (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn without_order_tasks_spread_over_workers() {
+    let (ctx, _) = context(4);
+    let hs: Vec<_> = (0..64).map(|_| ctx.spawn("sleep", vec![], k(2))).collect();
+    for h in &hs {
+        h.wait().unwrap();
+    }
+    let log = ctx.event_log();
+    let mut workers: Vec<_> = log.records.iter().filter_map(|r| r.worker).collect();
+    workers.sort();
+    workers.dedup();
+    assert_eq!(workers.len(), 4, "load spreads tasks over every worker");
+}
+
+#[test]
+fn empty_scope_is_an_immediate_clear_error() {
+    let (ctx, _) = context(2);
+    let pinned = ctx.put_on(WorkerId(0), value_chunk(1), true).unwrap();
+    let h = ctx.spawn(
+        "copy",
+        vec![Arg::read(&pinned)],
+        TaskOptions::new().scope(Scope::worker(WorkerId(1))),
+    );
+    match h.try_result().or_else(|| Some(h.wait())) {
+        Some(Err(EngineError::EmptyScope { detail, .. })) => {
+            assert!(detail.contains("pinned to worker 0"), "{detail}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let nowhere = ctx.spawn(
+        "noop",
+        vec![],
+        TaskOptions::new().scope(Scope::processor(ProcessorKind::Gpu(0))),
+    );
+    assert!(matches!(
+        nowhere.wait(),
+        Err(EngineError::EmptyScope { .. })
+    ));
+}
+
+#[test]
+fn pinned_inputs_keep_tasks_on_their_worker() {
+    let (ctx, _) = context(3);
+    let pinned = ctx.put_on(WorkerId(2), value_chunk(7), true).unwrap();
+    let hs: Vec<_> = (0..30)
+        .map(|_| ctx.spawn("copy", vec![Arg::read(&pinned)], TaskOptions::new()))
+        .collect();
+    for h in &hs {
+        assert_eq!(value_of(&h.fetch().unwrap()[0]), 7);
+    }
+    let log = ctx.event_log();
+    assert!(log.records.iter().all(|r| r.worker == Some(WorkerId(2))));
+    assert_eq!(log.bytes_moved_between_workers(), 0);
+}
+
+#[test]
+fn scopes_pick_processor_kinds() {
+    let ctx = Context::builder()
+        .workers(2)
+        .fake_processors(1)
+        .build()
+        .unwrap();
+    super::common::register(&ctx);
+    let fake = ProcessorKind::Fake(0);
+    let hs: Vec<_> = (0..20)
+        .map(|_| {
+            ctx.spawn(
+                "noop",
+                vec![],
+                TaskOptions::new().scope(Scope::processor(fake)),
+            )
+        })
+        .collect();
+    let exact = ProcessorId {
+        worker: WorkerId(1),
+        kind: ProcessorKind::Cpu,
+    };
+    let e = ctx.spawn(
+        "noop",
+        vec![],
+        TaskOptions::new().scope(Scope::exact(exact)),
+    );
+    for h in &hs {
+        h.wait().unwrap();
+    }
+    e.wait().unwrap();
+    let log = ctx.event_log();
+    for r in &log.records {
+        if r.task == e.id() {
+            assert_eq!(
+                (r.worker, r.processor),
+                (Some(WorkerId(1)), Some(ProcessorKind::Cpu))
+            );
+        } else {
+            assert_eq!(r.processor, Some(fake));
+        }
+    }
+}
+
+#[test]
+fn big_inputs_draw_tasks_to_their_owner_and_moves_are_counted() {
+    let (ctx, _) = context(2);
+    let big = ctx
+        .put_on(WorkerId(1), sized_chunk(1_000_000), false)
+        .unwrap();
+    let h = ctx.spawn("copy", vec![Arg::read(&big)], TaskOptions::new());
+    h.wait().unwrap();
+    let log = ctx.event_log();
+    assert_eq!(
+        log.records[0].worker,
+        Some(WorkerId(1)),
+        "8 MB input stays put"
+    );
+    assert_eq!(log.bytes_moved_between_workers(), 0);
+
+    // Forced elsewhere by scope, the input moves, and the move is counted.
+    let h = ctx.spawn(
+        "copy",
+        vec![Arg::read(&big)],
+        TaskOptions::new().scope(Scope::worker(WorkerId(0))),
+    );
+    h.wait().unwrap();
+    let log = ctx.event_log();
+    assert_eq!(log.bytes_moved_between_workers(), big.bytes);
+    let m = log.moved.iter().find(|m| m.to == WorkerId(0)).unwrap();
+    assert_eq!((m.from, m.count), (WorkerId(1), 1));
+    let rec = log.records.iter().find(|r| r.task == h.id()).unwrap();
+    assert_eq!(rec.bytes_moved, big.bytes);
+}
+
+#[test]
+fn in_place_writes_move_ownership_and_keep_the_id() {
+    let (ctx, _) = context(2);
+    let c = ctx.put_on(WorkerId(0), value_chunk(3), false).unwrap();
+    let opts = TaskOptions::new()
+        .params_json(&[2i64, 0])
+        .unwrap()
+        .scope(Scope::worker(WorkerId(1)));
+    ctx.spawn("affine", vec![Arg::read_write(&c)], opts)
+        .wait()
+        .unwrap();
+    let entry = ctx.locate(&c).unwrap();
+    assert_eq!(entry.meta.owner, WorkerId(1));
+    assert_eq!(value_of(&ctx.fetch(&c).unwrap()), 6);
+    let status = ctx.worker_status();
+    assert_eq!(status[0].chunks, 0, "the stale copy was dropped");
+}
+
+#[test]
+fn a_lost_worker_fails_what_needed_it_and_the_rest_goes_on() {
+    let (ctx, _) = context(3);
+    let on_lost = ctx.put_on(WorkerId(1), value_chunk(1), false).unwrap();
+    let elsewhere = ctx.put_on(WorkerId(0), value_chunk(2), false).unwrap();
+    ctx.wait_idle().unwrap();
+    ctx.remove_worker(WorkerId(1), "killed by test").unwrap();
+    let h = ctx.spawn("copy", vec![Arg::read(&on_lost)], TaskOptions::new());
+    assert!(
+        matches!(h.wait(), Err(EngineError::ChunkLost { worker, .. }) if worker == WorkerId(1))
+    );
+    let hs: Vec<_> = (0..20)
+        .map(|_| ctx.spawn("copy", vec![Arg::read(&elsewhere)], TaskOptions::new()))
+        .collect();
+    for h in &hs {
+        assert_eq!(value_of(&h.fetch().unwrap()[0]), 2);
+    }
+    let log = ctx.event_log();
+    assert!(log.records.iter().all(|r| r.worker != Some(WorkerId(1))));
+    assert_eq!(ctx.workers(), vec![WorkerId(0), WorkerId(2)]);
+}
+
+#[test]
+fn lineage_names_the_task_that_made_a_chunk() {
+    let (ctx, _) = context(2);
+    let c = ctx.put(value_chunk(1)).unwrap();
+    assert_eq!(ctx.locate(&c).unwrap().lineage, dirk_engine::Lineage::Put);
+    let h = ctx.spawn("copy", vec![Arg::read(&c)], TaskOptions::new());
+    let out = &h.wait().unwrap().chunks[0];
+    assert_eq!(
+        ctx.locate(out).unwrap().lineage,
+        dirk_engine::Lineage::Task {
+            task: h.id(),
+            kernel: "copy".into()
+        }
+    );
+}
+
+#[test]
+fn freed_chunks_leave_their_stores() {
+    let (ctx, _) = context(2);
+    let c = ctx.put_on(WorkerId(0), sized_chunk(1000), false).unwrap();
+    assert_eq!(ctx.worker_status()[0].chunks, 1);
+    ctx.free(std::slice::from_ref(&c)).unwrap();
+    ctx.wait_idle().unwrap();
+    assert_eq!(ctx.worker_status()[0].chunks, 0);
+    let h = ctx.spawn("copy", vec![Arg::read(&c)], TaskOptions::new());
+    assert!(matches!(h.wait(), Err(EngineError::InvalidArgument { .. })));
+}
+
+#[test]
+fn shutdown_fails_unfinished_tasks_instead_of_hanging() {
+    let (ctx, _) = context(1);
+    let slow = ctx.spawn("sleep", vec![], k(200));
+    let after = ctx.spawn("noop", vec![], TaskOptions::new().after(&slow));
+    drop(ctx);
+    assert!(matches!(after.wait(), Err(EngineError::Shutdown)));
+}
+
+#[test]
+fn handles_can_be_awaited() {
+    let (ctx, _) = context(2);
+    let c = ctx.put(value_chunk(4)).unwrap();
+    let h = ctx.spawn("add", vec![Arg::read(&c)], k(1));
+    let out = block_on(h.join()).unwrap();
+    assert_eq!(out.task, h.id());
+    let recs = ctx.event_log();
+    assert!(recs
+        .records
+        .iter()
+        .any(|r| r.task == h.id() && r.status == TaskStatus::Ok));
+}
+
+/// A minimal executor: polls a future on this thread, parking between wake-ups.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context as Cx, Poll, Wake};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Cx::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
