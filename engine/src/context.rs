@@ -7,7 +7,7 @@ use crate::eventlog::{now_us, EventLog, EventLogSnapshot, Transfer};
 use crate::ids::{ChunkId, TaskId, WorkerId};
 use crate::kernel::{KernelRef, KernelRegistry};
 use crate::placement::CostModel;
-use crate::scheduler::{ChunkEntry, Event, Scheduler, Submission};
+use crate::scheduler::{Admission, ChunkEntry, Event, Scheduler, Submission};
 use crate::task::{Arg, TaskHandle, TaskOptions, TaskSlot};
 use crate::worker::{InProcessWorker, PeerDirectory, ReportSink, WorkerRef, WorkerStatus};
 use crossbeam_channel::{bounded, unbounded, Sender};
@@ -24,6 +24,7 @@ pub(crate) struct Shared {
     registry: Arc<KernelRegistry>,
     peers: PeerDirectory,
     log: Arc<EventLog>,
+    admission: Arc<Admission>,
 }
 
 impl Shared {
@@ -68,6 +69,7 @@ pub struct ContextBuilder {
     threads_per_worker: usize,
     fake_processors: u32,
     log_capacity: usize,
+    max_outstanding: usize,
     cost_model: CostModel,
 }
 
@@ -80,6 +82,7 @@ impl Default for ContextBuilder {
             threads_per_worker: 1,
             fake_processors: 0,
             log_capacity: 100_000,
+            max_outstanding: 100_000,
             cost_model: CostModel::default(),
         }
     }
@@ -111,6 +114,12 @@ impl ContextBuilder {
         self
     }
 
+    /// How many submitted tasks may be unfinished at once before `spawn` waits (default 100,000).
+    pub fn max_outstanding_tasks(mut self, n: usize) -> Self {
+        self.max_outstanding = n.max(1);
+        self
+    }
+
     /// The placement cost model.
     pub fn cost_model(mut self, model: CostModel) -> Self {
         self.cost_model = model;
@@ -123,11 +132,13 @@ impl ContextBuilder {
         let log = Arc::new(EventLog::new(self.log_capacity));
         let registry = Arc::new(KernelRegistry::with_builtins());
         let peers = PeerDirectory::default();
+        let admission = Arc::new(Admission::new(self.max_outstanding));
         let sched = Scheduler::new(
             rx,
             ReportSink::new(tx.clone()),
             self.cost_model,
             log.clone(),
+            admission.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("dirk-scheduler".into())
@@ -144,6 +155,7 @@ impl ContextBuilder {
                 registry,
                 peers,
                 log,
+                admission,
             }),
             scheduler: Mutex::new(Some(thread)),
         };
@@ -211,23 +223,26 @@ impl Context {
         self.shared.peers.all().iter().map(|w| w.status()).collect()
     }
 
-    /// Spawns a task: `kernel` (a registered name) applied to `args`. Returns at once.
+    /// Spawns a task: `kernel` (a registered name) applied to `args`. Returns at once, unless
+    /// the bound on unfinished tasks is reached (see [`ContextBuilder::max_outstanding_tasks`]).
     pub fn spawn(&self, kernel: &str, args: Vec<Arg>, options: TaskOptions) -> TaskHandle {
+        self.shared.admission.acquire();
         let id = TaskId(self.shared.next_task.fetch_add(1, Ordering::Relaxed));
         let slot = Arc::new(TaskSlot::default());
         let sub = Submission {
             id,
-            kernel: kernel.to_string(),
+            kernel: Arc::from(kernel),
             params: options.params,
             args,
             after: options.after,
             scope: options.scope,
-            label: options.label,
+            label: options.label.map(Arc::from),
             slot: slot.clone(),
             submitted_us: now_us(),
         };
         if self.shared.send(Event::Submit(Box::new(sub))).is_err() {
             slot.complete(Err(EngineError::Shutdown));
+            self.shared.admission.release();
         }
         TaskHandle {
             id,

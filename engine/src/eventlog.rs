@@ -35,7 +35,7 @@ pub struct TaskRecord {
     /// The task.
     pub task: TaskId,
     /// Its kernel, or its label.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Where it ran (none if it never ran).
     pub worker: Option<WorkerId>,
     /// On which processor kind.

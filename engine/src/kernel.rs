@@ -6,10 +6,10 @@ use crate::error::{EngineError, Result};
 use crate::ids::{TaskId, WorkerId};
 use crate::scope::ProcessorKind;
 use crate::task::Access;
+use crate::worker::CancelSet;
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A partition kernel: reads its input chunks (and may update those passed with write access in
@@ -127,18 +127,18 @@ pub struct KernelCall<'a> {
     pub processor: ProcessorKind,
     params: &'a [u8],
     inputs: Vec<KernelInput>,
-    cancelled: &'a AtomicBool,
+    cancels: &'a CancelSet,
 }
 
 impl<'a> KernelCall<'a> {
     /// Assembles a call (workers do this).
-    pub fn new(
+    pub(crate) fn new(
         task: TaskId,
         worker: WorkerId,
         processor: ProcessorKind,
         params: &'a [u8],
         inputs: Vec<KernelInput>,
-        cancelled: &'a AtomicBool,
+        cancels: &'a CancelSet,
     ) -> Self {
         KernelCall {
             task,
@@ -146,7 +146,7 @@ impl<'a> KernelCall<'a> {
             processor,
             params,
             inputs,
-            cancelled,
+            cancels,
         }
     }
 
@@ -194,7 +194,7 @@ impl<'a> KernelCall<'a> {
 
     /// True once the task has been cancelled; long kernels should check it and stop early.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.cancels.is_cancelled(self.task)
     }
 
     /// Takes the inputs back (workers do this to store written chunks).

@@ -6,13 +6,15 @@ use crate::chunk::ChunkMeta;
 use crate::datadeps::{DataDeps, DataKey};
 use crate::error::{EngineError, Result};
 use crate::eventlog::{now_us, EventLog, TaskRecord, TaskStatus};
-use crate::ids::{ChunkId, TaskId, WorkerId};
+use crate::ids::{ChunkId, IdMap, TaskId, WorkerId};
 use crate::placement::{self, CostModel, InputSite, ProcessorLoad, StealCandidate};
 use crate::scope::{ProcessorId, Scope};
 use crate::task::{Arg, ArgSource, TaskOutput, TaskSlot};
 use crate::worker::{InputSpec, ReportSink, TaskAssignment, TaskReport, WorkerRef};
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// How a chunk came to be: what recovery would rerun.
@@ -25,7 +27,7 @@ pub enum Lineage {
         /// The task.
         task: TaskId,
         /// Its kernel.
-        kernel: String,
+        kernel: Arc<str>,
     },
 }
 
@@ -45,12 +47,12 @@ pub struct ChunkEntry {
 /// A task as submitted by a caller.
 pub(crate) struct Submission {
     pub(crate) id: TaskId,
-    pub(crate) kernel: String,
+    pub(crate) kernel: Arc<str>,
     pub(crate) params: Vec<u8>,
     pub(crate) args: Vec<Arg>,
     pub(crate) after: Vec<(TaskId, Arc<TaskSlot>)>,
     pub(crate) scope: Scope,
-    pub(crate) label: Option<String>,
+    pub(crate) label: Option<Arc<str>>,
     pub(crate) slot: Arc<TaskSlot>,
     pub(crate) submitted_us: u64,
 }
@@ -114,19 +116,79 @@ struct KernelStats {
 pub(crate) struct Scheduler {
     events: Receiver<Event>,
     sink: ReportSink,
-    tasks: HashMap<TaskId, TaskState>,
+    tasks: IdMap<TaskId, TaskState>,
     deps: DataDeps,
-    chunks: HashMap<ChunkId, ChunkEntry>,
+    chunks: IdMap<ChunkId, ChunkEntry>,
     workers: HashMap<WorkerId, WorkerEntry>,
     procs: Vec<ProcState>,
-    kernels: HashMap<String, KernelStats>,
+    kernels: HashMap<Arc<str>, KernelStats>,
+    /// Scratch space for placement, reused to avoid an allocation per task.
+    loads: Vec<ProcessorLoad>,
     model: CostModel,
     log: Arc<EventLog>,
+    admission: Arc<Admission>,
     idle_waiters: Vec<Sender<()>>,
+}
+
+/// Bounds the number of submitted, unfinished tasks: `spawn` blocks while the bound is reached,
+/// so a caller that spawns faster than tasks run cannot grow memory without limit. Blocking cannot
+/// deadlock: a task depends only on tasks submitted before it, never on the caller.
+pub(crate) struct Admission {
+    limit: usize,
+    outstanding: AtomicUsize,
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Admission {
+    pub(crate) fn new(limit: usize) -> Self {
+        Admission {
+            limit: limit.max(1),
+            outstanding: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Takes a place for one task, waiting while all places are taken.
+    pub(crate) fn acquire(&self) {
+        if self.outstanding.fetch_add(1, Ordering::SeqCst) < self.limit {
+            return;
+        }
+        let mut guard = self.lock.lock();
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        while self.outstanding.load(Ordering::SeqCst) > self.low_water() {
+            self.cv
+                .wait_for(&mut guard, std::time::Duration::from_millis(10));
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Waiters resume once the backlog has drained to three quarters of the bound, so a fast
+    /// caller is woken once per batch rather than once per finished task.
+    fn low_water(&self) -> usize {
+        self.limit - self.limit / 4
+    }
+
+    /// Gives a place back.
+    pub(crate) fn release(&self) {
+        let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
+        if before - 1 <= self.low_water() && self.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock();
+            self.cv.notify_all();
+        }
+    }
 }
 
 /// How many queued tasks of each victim a thief looks at when stealing.
 const STEAL_LOOKAHEAD: usize = 8;
+
+/// Tasks in flight per processor slot: a few more than the slot runs, so a worker never idles
+/// for a round trip to the scheduler between short tasks. Kept small so most queued work stays
+/// with the scheduler, where it can still be placed or stolen.
+const PREFETCH_PER_SLOT: usize = 4;
 
 impl Scheduler {
     pub(crate) fn new(
@@ -134,18 +196,21 @@ impl Scheduler {
         sink: ReportSink,
         model: CostModel,
         log: Arc<EventLog>,
+        admission: Arc<Admission>,
     ) -> Self {
         Scheduler {
             events,
             sink,
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             deps: DataDeps::default(),
-            chunks: HashMap::new(),
+            chunks: IdMap::default(),
             workers: HashMap::new(),
             procs: Vec::new(),
             kernels: HashMap::new(),
+            loads: Vec::new(),
             model,
             log,
+            admission,
             idle_waiters: Vec::new(),
         }
     }
@@ -235,7 +300,7 @@ impl Scheduler {
             }
             Err(e) => {
                 self.record_unrun(&sub, &[], &e);
-                sub.slot.complete(Err(e));
+                self.complete(&sub.slot, Err(e));
             }
         }
     }
@@ -246,7 +311,7 @@ impl Scheduler {
         let id = sub.id;
         let mut keys = Vec::with_capacity(sub.args.len());
         let mut deps = Vec::new();
-        let mut scope = sub.scope.clone();
+        let mut narrowed: Option<Scope> = None;
         let mut pinned_to = Vec::new();
         for arg in &sub.args {
             let key = match &arg.source {
@@ -263,7 +328,8 @@ impl Scheduler {
                     }
                     if entry.pinned {
                         pinned_to.push(entry.meta.owner);
-                        scope = scope.intersect(&Scope::worker(entry.meta.owner));
+                        let s = narrowed.as_ref().unwrap_or(&sub.scope);
+                        narrowed = Some(s.intersect(&Scope::worker(entry.meta.owner)));
                     }
                     DataKey::Chunk(*c)
                 }
@@ -294,6 +360,7 @@ impl Scheduler {
                 return Err(upstream(id, *t, &e));
             }
         }
+        let scope = narrowed.as_ref().unwrap_or(&sub.scope);
         if scope.is_empty() || !self.procs.iter().any(|p| p.alive && scope.contains(&p.id)) {
             let pinned = if pinned_to.is_empty() {
                 String::new()
@@ -329,15 +396,16 @@ impl Scheduler {
         if !self.tasks.contains_key(&id) {
             return;
         }
-        let (inputs, sites, scope) = match self.resolve_inputs(id) {
+        let (inputs, sites, narrowed) = match self.resolve_inputs(id) {
             Ok(r) => r,
             Err(e) => return self.fail(id, e),
         };
-        let loads = self.loads();
+        self.refresh_loads();
         let t = self.tasks.get_mut(&id).expect("checked above");
         t.inputs = inputs;
         t.sites = sites;
-        let Some(pid) = placement::place(&scope, &t.sites, t.est_s, &loads, &self.model) else {
+        let scope = narrowed.as_ref().unwrap_or(&t.sub.scope);
+        let Some(pid) = placement::place(scope, &t.sites, t.est_s, &self.loads, &self.model) else {
             let detail = format!("scope {scope} matches no live processor");
             return self.fail(id, EngineError::EmptyScope { task: id, detail });
         };
@@ -354,9 +422,12 @@ impl Scheduler {
     }
 
     /// Where each input lives now, and the task's scope narrowed by pinned inputs.
-    fn resolve_inputs(&self, id: TaskId) -> Result<(Vec<InputSpec>, Vec<InputSite>, Scope)> {
+    fn resolve_inputs(
+        &self,
+        id: TaskId,
+    ) -> Result<(Vec<InputSpec>, Vec<InputSite>, Option<Scope>)> {
         let t = &self.tasks[&id];
-        let mut scope = t.sub.scope.clone();
+        let mut narrowed: Option<Scope> = None;
         let mut inputs = Vec::with_capacity(t.sub.args.len());
         let mut sites = Vec::with_capacity(t.sub.args.len());
         for arg in &t.sub.args {
@@ -382,7 +453,8 @@ impl Scheduler {
                 });
             }
             if entry.pinned {
-                scope = scope.intersect(&Scope::worker(entry.meta.owner));
+                let s = narrowed.as_ref().unwrap_or(&t.sub.scope);
+                narrowed = Some(s.intersect(&Scope::worker(entry.meta.owner)));
             }
             inputs.push(InputSpec {
                 chunk,
@@ -394,19 +466,21 @@ impl Scheduler {
                 bytes: entry.meta.bytes,
             });
         }
-        Ok((inputs, sites, scope))
+        Ok((inputs, sites, narrowed))
     }
 
-    fn loads(&self) -> Vec<ProcessorLoad> {
-        self.procs
-            .iter()
-            .filter(|p| p.alive)
-            .map(|p| ProcessorLoad {
-                id: p.id,
-                queued_s: p.queued_s,
-                slots: p.slots,
-            })
-            .collect()
+    fn refresh_loads(&mut self) {
+        self.loads.clear();
+        self.loads.extend(
+            self.procs
+                .iter()
+                .filter(|p| p.alive)
+                .map(|p| ProcessorLoad {
+                    id: p.id,
+                    queued_s: p.queued_s,
+                    slots: p.slots,
+                }),
+        );
     }
 
     /// Sends queued tasks of processor `pi` to its worker while it has free slots; steals when
@@ -414,7 +488,7 @@ impl Scheduler {
     fn dispatch(&mut self, pi: usize) {
         loop {
             let p = &mut self.procs[pi];
-            if !p.alive || p.in_flight >= p.slots {
+            if !p.alive || p.in_flight >= p.slots * PREFETCH_PER_SLOT {
                 return;
             }
             let next = match p.queue.pop_front() {
@@ -437,7 +511,8 @@ impl Scheduler {
         let assignment = TaskAssignment {
             task: id,
             kernel: t.sub.kernel.clone(),
-            params: t.sub.params.clone(),
+            // A task is dispatched once; its parameters are not needed afterwards.
+            params: std::mem::take(&mut t.sub.params),
             processor: pid.kind,
             inputs: t.inputs.clone(),
         };
@@ -516,7 +591,10 @@ impl Scheduler {
             self.release_slot(pi, t.est_s);
         }
         let dur_s = r.finished_us.saturating_sub(r.started_us) as f64 / 1e6;
-        let stats = self.kernels.entry(t.sub.kernel.clone()).or_default();
+        let stats = match self.kernels.get_mut(&t.sub.kernel) {
+            Some(s) => s,
+            None => self.kernels.entry(t.sub.kernel.clone()).or_default(),
+        };
         stats.mean_s = if stats.samples == 0 {
             dur_s
         } else {
@@ -524,16 +602,16 @@ impl Scheduler {
         };
         stats.samples += 1;
 
-        let lineage = Lineage::Task {
-            task: t.sub.id,
-            kernel: t.sub.kernel.clone(),
-        };
         let result = match r.result {
             Ok(done) => {
+                let lineage = || Lineage::Task {
+                    task: t.sub.id,
+                    kernel: t.sub.kernel.clone(),
+                };
                 for m in &done.written {
                     if let Some(e) = self.chunks.get_mut(&m.id) {
                         e.meta = m.clone();
-                        e.lineage = lineage.clone();
+                        e.lineage = lineage();
                     }
                 }
                 for m in &done.outputs {
@@ -542,7 +620,7 @@ impl Scheduler {
                         ChunkEntry {
                             meta: m.clone(),
                             pinned: false,
-                            lineage: lineage.clone(),
+                            lineage: lineage(),
                             lost: false,
                         },
                     );
@@ -588,10 +666,13 @@ impl Scheduler {
                     self.deps
                         .rename(DataKey::Output(r.task, i as u32), DataKey::Chunk(m.id));
                 }
-                t.sub.slot.complete(Ok(TaskOutput {
-                    task: r.task,
-                    chunks: outputs,
-                }));
+                self.complete(
+                    &t.sub.slot,
+                    Ok(TaskOutput {
+                        task: r.task,
+                        chunks: outputs,
+                    }),
+                );
                 for d in t.dependents {
                     if let Some(dt) = self.tasks.get_mut(&d) {
                         dt.waiting_on -= 1;
@@ -608,7 +689,7 @@ impl Scheduler {
                 };
                 self.log.task(record(status, 0, 0));
                 self.fail_dependents(r.task, &t.dependents, &e);
-                t.sub.slot.complete(Err(e));
+                self.complete(&t.sub.slot, Err(e));
             }
         }
         self.check_idle();
@@ -634,7 +715,7 @@ impl Scheduler {
         self.deps.forget(id, &t.keys);
         self.record_unrun(&t.sub, &t.deps, &e);
         self.fail_dependents(id, &t.dependents, &e);
-        t.sub.slot.complete(Err(e));
+        self.complete(&t.sub.slot, Err(e));
         self.check_idle();
     }
 
@@ -698,6 +779,12 @@ impl Scheduler {
                 self.fail_dependents(id, &dependents, &EngineError::Cancelled { task: id });
             }
         }
+    }
+
+    /// Publishes a task's result and lets one more task be submitted.
+    fn complete(&self, slot: &TaskSlot, result: Result<TaskOutput>) {
+        slot.complete(result);
+        self.admission.release();
     }
 
     fn check_idle(&mut self) {
@@ -798,7 +885,7 @@ impl Scheduler {
         ids.sort();
         for id in ids {
             if let Some(t) = self.tasks.remove(&id) {
-                t.sub.slot.complete(Err(EngineError::Shutdown));
+                self.complete(&t.sub.slot, Err(EngineError::Shutdown));
             }
         }
         for w in self.idle_waiters.drain(..) {

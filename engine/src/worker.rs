@@ -15,9 +15,9 @@ use crate::task::Access;
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One input of an assigned task: which chunk, who holds it, how the task uses it.
@@ -37,7 +37,7 @@ pub struct TaskAssignment {
     /// The task.
     pub task: TaskId,
     /// The kernel's registered name.
-    pub kernel: String,
+    pub kernel: Arc<str>,
     /// The kernel's serialized parameters.
     pub params: Vec<u8>,
     /// Which processor of the worker runs it.
@@ -177,8 +177,38 @@ struct WorkerCore {
     store: ChunkStore,
     registry: Arc<KernelRegistry>,
     peers: PeerDirectory,
-    running: Mutex<HashMap<TaskId, Arc<AtomicBool>>>,
+    running: AtomicUsize,
     finished: AtomicU64,
+    cancels: CancelSet,
+}
+
+/// Tasks asked to stop. Kept apart from the per-task path: a kernel pays one relaxed load to
+/// learn nothing was cancelled.
+#[derive(Default)]
+pub(crate) struct CancelSet {
+    any: AtomicBool,
+    tasks: Mutex<HashSet<TaskId>>,
+}
+
+impl CancelSet {
+    fn cancel(&self, task: TaskId) {
+        self.tasks.lock().insert(task);
+        self.any.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_cancelled(&self, task: TaskId) -> bool {
+        self.any.load(Ordering::Acquire) && self.tasks.lock().contains(&task)
+    }
+
+    fn forget(&self, task: TaskId) {
+        if self.any.load(Ordering::Acquire) {
+            let mut t = self.tasks.lock();
+            t.remove(&task);
+            if t.is_empty() {
+                self.any.store(false, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// A worker in the driver's process: its own chunk store and processors (a CPU thread pool, and
@@ -210,8 +240,9 @@ impl InProcessWorker {
                 store: ChunkStore::new(id),
                 registry,
                 peers,
-                running: Mutex::new(HashMap::new()),
+                running: AtomicUsize::new(0),
                 finished: AtomicU64::new(0),
+                cancels: CancelSet::default(),
             }),
             processors,
         }
@@ -258,24 +289,19 @@ impl Worker for InProcessWorker {
             });
             return;
         };
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.core
-            .running
-            .lock()
-            .insert(assignment.task, cancel.clone());
+        self.core.running.fetch_add(1, Ordering::Relaxed);
         let core = self.core.clone();
         proc.run(Box::new(move || {
-            let report = core.execute(&assignment, &cancel);
-            core.running.lock().remove(&assignment.task);
+            let report = core.execute(&assignment);
+            core.cancels.forget(assignment.task);
+            core.running.fetch_sub(1, Ordering::Relaxed);
             core.finished.fetch_add(1, Ordering::Relaxed);
             sink.report(report);
         }));
     }
 
     fn cancel_task(&self, task: TaskId) {
-        if let Some(flag) = self.core.running.lock().get(&task) {
-            flag.store(true, Ordering::Relaxed);
-        }
+        self.core.cancels.cancel(task);
     }
 
     fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Chunk>> {
@@ -304,7 +330,7 @@ impl Worker for InProcessWorker {
             id: self.core.id,
             chunks: self.core.store.len(),
             bytes: self.core.store.bytes(),
-            running: self.core.running.lock().len(),
+            running: self.core.running.load(Ordering::Relaxed),
             finished: self.core.finished.load(Ordering::Relaxed),
         }
     }
@@ -313,12 +339,12 @@ impl Worker for InProcessWorker {
 impl WorkerCore {
     /// Gathers inputs (fetching remote ones from their owners), runs the kernel, keeps outputs
     /// and written inputs in this worker's store.
-    fn execute(&self, a: &TaskAssignment, cancel: &AtomicBool) -> TaskReport {
+    fn execute(&self, a: &TaskAssignment) -> TaskReport {
         let started_us = now_us();
         let mut transfers = Vec::new();
         let mut rows_in = 0;
         let mut bytes_in = 0;
-        let result = self.execute_inner(a, cancel, &mut transfers, &mut rows_in, &mut bytes_in);
+        let result = self.execute_inner(a, &mut transfers, &mut rows_in, &mut bytes_in);
         TaskReport {
             task: a.task,
             worker: self.id,
@@ -335,7 +361,6 @@ impl WorkerCore {
     fn execute_inner(
         &self,
         a: &TaskAssignment,
-        cancel: &AtomicBool,
         transfers: &mut Vec<Transfer>,
         rows_in: &mut u64,
         bytes_in: &mut u64,
@@ -379,7 +404,14 @@ impl WorkerCore {
                 chunk,
             });
         }
-        let mut call = KernelCall::new(a.task, self.id, a.processor, &a.params, inputs, cancel);
+        let mut call = KernelCall::new(
+            a.task,
+            self.id,
+            a.processor,
+            &a.params,
+            inputs,
+            &self.cancels,
+        );
         let outcome =
             catch_unwind(AssertUnwindSafe(|| kernel.run(&mut call))).unwrap_or_else(|panic| {
                 let msg = panic

@@ -19,7 +19,7 @@ fn every_task_is_recorded_and_exported() {
     let log = ctx.event_log();
     assert_eq!(log.records.len(), 3);
     let ra = log.records.iter().find(|r| r.task == a.id()).unwrap();
-    assert_eq!(ra.name, "scan");
+    assert_eq!(&*ra.name, "scan");
     assert_eq!((ra.rows_in, ra.rows_out), (1, 1));
     assert!(ra.bytes_in > 0 && ra.bytes_out > 0);
     assert!(ra.queued_us <= ra.started_us && ra.started_us <= ra.finished_us);

@@ -371,3 +371,28 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         std::thread::park();
     }
 }
+
+#[test]
+fn spawn_waits_while_too_many_tasks_are_unfinished() {
+    let ctx = Context::builder()
+        .workers(2)
+        .max_outstanding_tasks(4)
+        .build()
+        .unwrap();
+    super::common::register(&ctx);
+    let first: Vec<_> = (0..4).map(|_| ctx.spawn("sleep", vec![], k(30))).collect();
+    // The bound is reached: this spawn returns only after the backlog has drained a little.
+    let fifth = ctx.spawn("noop", vec![], TaskOptions::new());
+    assert!(
+        first.iter().any(|h| h.is_finished()),
+        "spawn did not wait for the backlog"
+    );
+    fifth.wait().unwrap();
+    // Many more tasks than the bound all complete.
+    let hs: Vec<_> = (0..500)
+        .map(|_| ctx.spawn("noop", vec![], TaskOptions::new()))
+        .collect();
+    for h in hs {
+        h.wait().unwrap();
+    }
+}

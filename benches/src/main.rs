@@ -1,0 +1,42 @@
+//! `dirk-benches`: Dirk's benchmark runner. Each suite prints the comparison it exists for, side by
+//! side, in one run; `--json FILE` also writes one JSON object per line
+//! (`{"suite", "case", "system", "metric", "value", "unit"}`) for comparisons across commits.
+//!
+//! ```text
+//! cargo run --release -p dirk-benches -- scheduler [--tasks 100000,1000000] [--json out.jsonl]
+//! ```
+
+mod report;
+mod scheduler;
+
+use clap::{Parser, Subcommand};
+use report::Report;
+
+#[derive(Parser)]
+#[command(about = "Dirk benchmarks: each suite compares Dirk with a baseline in the same run")]
+struct Cli {
+    /// Also write results as JSON lines to this file.
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand)]
+enum Suite {
+    /// Task overhead: no-op task graphs through Dirk's scheduler, against tokio::spawn and
+    /// rayon::scope as the floor.
+    Scheduler(scheduler::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let mut report = Report::new(cli.json.as_deref());
+    let result = match cli.suite {
+        Suite::Scheduler(args) => scheduler::run(&args, &mut report),
+    };
+    if let Err(e) = result.and_then(|_| report.finish()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
