@@ -59,6 +59,12 @@ pub enum EngineError {
         /// Where it was looked for.
         worker: WorkerId,
     },
+    /// No chunk with this id is known (never made, or freed).
+    #[error("unknown {chunk}")]
+    UnknownChunk {
+        /// The chunk.
+        chunk: ChunkId,
+    },
     /// A chunk's owner was lost before anyone needed it again.
     #[error("{chunk} was lost with {worker}")]
     ChunkLost {

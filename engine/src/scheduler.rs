@@ -245,12 +245,12 @@ impl Scheduler {
             }
             Event::FreeChunks(ids) => self.free_chunks(ids),
             Event::Locate(id, reply) => {
-                let _ = reply.send(self.chunks.get(&id).cloned().ok_or(
-                    EngineError::InvalidArgument {
-                        task: TaskId(u64::MAX),
-                        detail: format!("unknown {id}"),
-                    },
-                ));
+                let _ = reply.send(
+                    self.chunks
+                        .get(&id)
+                        .cloned()
+                        .ok_or(EngineError::UnknownChunk { chunk: id }),
+                );
             }
             Event::Idle(reply) => {
                 if self.tasks.is_empty() {
@@ -352,6 +352,18 @@ impl Scheduler {
                 }
             };
             keys.push(key);
+        }
+        for (i, (arg, key)) in sub.args.iter().zip(&keys).enumerate() {
+            let twice = keys[..i]
+                .iter()
+                .zip(&sub.args)
+                .any(|(k, a)| k == key && (a.access.writes() || arg.access.writes()));
+            if twice {
+                return Err(EngineError::InvalidArgument {
+                    task: id,
+                    detail: "the same chunk is passed twice and one use writes it".into(),
+                });
+            }
         }
         for (t, slot) in &sub.after {
             if self.tasks.contains_key(t) {
@@ -626,6 +638,9 @@ impl Scheduler {
                     );
                 }
                 if t.cancel_requested {
+                    // Nobody will read the outputs of a cancelled task.
+                    let ids = done.outputs.iter().map(|m| m.id).collect();
+                    self.free_chunks(ids);
                     Err(EngineError::Cancelled { task: r.task })
                 } else {
                     Ok(done.outputs)

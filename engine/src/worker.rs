@@ -393,7 +393,7 @@ impl WorkerCore {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    self.restore_taken(a, &inputs);
+                    self.restore_taken(a, inputs.iter().map(|i: &KernelInput| i.chunk.clone()));
                     return Err(e);
                 }
             };
@@ -440,26 +440,18 @@ impl WorkerCore {
                 Ok(TaskDone { outputs, written })
             }
             Err(e) => {
-                self.restore_taken_inputs(a, inputs);
+                self.restore_taken(a, inputs.into_iter().map(|i| i.chunk));
                 Err(e)
             }
         }
     }
 
-    /// Puts back local chunks taken for writing when the task failed before the kernel ran.
-    fn restore_taken(&self, a: &TaskAssignment, taken: &[KernelInput]) {
-        for (spec, input) in a.inputs.iter().zip(taken) {
+    /// Puts back local chunks taken out for writing, when the task fails: the store holds
+    /// them again, unchanged unless the kernel mutated them before failing.
+    fn restore_taken(&self, a: &TaskAssignment, chunks: impl IntoIterator<Item = Arc<Chunk>>) {
+        for (spec, chunk) in a.inputs.iter().zip(chunks) {
             if spec.owner == self.id && spec.access.writes() {
-                self.store.insert_with_id(spec.chunk, input.chunk.clone());
-            }
-        }
-    }
-
-    /// Puts back local chunks taken for writing after the kernel failed.
-    fn restore_taken_inputs(&self, a: &TaskAssignment, inputs: Vec<KernelInput>) {
-        for (spec, input) in a.inputs.iter().zip(inputs) {
-            if spec.owner == self.id && spec.access.writes() {
-                self.store.insert_with_id(spec.chunk, input.chunk);
+                self.store.insert_with_id(spec.chunk, chunk);
             }
         }
     }

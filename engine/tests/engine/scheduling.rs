@@ -396,3 +396,25 @@ fn spawn_waits_while_too_many_tasks_are_unfinished() {
         h.wait().unwrap();
     }
 }
+
+#[test]
+fn a_chunk_written_and_read_by_one_task_is_refused() {
+    let (ctx, _) = context(2);
+    let c = ctx.put(value_chunk(1)).unwrap();
+    let h = ctx.spawn("affine", vec![Arg::read_write(&c), Arg::read(&c)], k(1));
+    let err = h.wait().unwrap_err().to_string();
+    assert!(err.contains("passed twice"), "{err}");
+    // Reading it twice is fine.
+    let ok = ctx.spawn("add", vec![Arg::read(&c), Arg::read(&c)], k(0));
+    assert_eq!(value_of(&ok.fetch().unwrap()[0]), 2);
+}
+
+#[test]
+fn fetching_an_unknown_chunk_is_a_clear_error() {
+    let (ctx, _) = context(2);
+    let c = ctx.put(value_chunk(1)).unwrap();
+    ctx.free(std::slice::from_ref(&c)).unwrap();
+    let err = ctx.fetch(&c).unwrap_err();
+    assert_eq!(err, EngineError::UnknownChunk { chunk: c.id });
+    assert_eq!(err.to_string(), format!("unknown {}", c.id));
+}
