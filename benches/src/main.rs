@@ -6,6 +6,11 @@
 //! cargo run --release -p dirk-benches -- scheduler [--tasks 100000,1000000] [--json out.jsonl]
 //! ```
 
+/// Dirk's binaries use mimalloc: tasks allocate on one thread and free on another, where it is
+/// markedly faster than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod report;
 mod scheduler;
 
