@@ -253,6 +253,7 @@ impl Context {
 
     /// An ordered queue: each task spawned through it runs after the previous one
     /// (Dagger's `spawn_sequential`).
+    #[doc(alias = "spawn_sequential")]
     pub fn sequential(&self) -> SequentialQueue<'_> {
         SequentialQueue {
             ctx: self,

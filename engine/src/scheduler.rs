@@ -547,9 +547,16 @@ impl Scheduler {
             if vi == thief_i || !v.alive || v.queue.is_empty() {
                 continue;
             }
+            // Queued work was estimated when each task was queued; a kernel may since have shown
+            // itself slower (or faster). Re-estimate the backlog from what is learned now.
+            let sample = v.queue.iter().rev().take(STEAL_LOOKAHEAD);
+            let (n, sum) = sample.fold((0usize, 0.0), |(n, s), id| {
+                (n + 1, s + self.estimate(&self.tasks[id].sub.kernel))
+            });
+            let backlog = (v.queue.len() + v.in_flight) as f64 * sum / n.max(1) as f64;
             let victim = ProcessorLoad {
                 id: v.id,
-                queued_s: v.queued_s,
+                queued_s: backlog.max(v.queued_s),
                 slots: v.slots,
             };
             for (qi, tid) in v.queue.iter().enumerate().rev().take(STEAL_LOOKAHEAD) {
@@ -715,6 +722,21 @@ impl Scheduler {
         p.in_flight = p.in_flight.saturating_sub(1);
         p.queued_s = (p.queued_s - est_s).max(0.0);
         self.dispatch(pi);
+        self.feed_idle();
+    }
+
+    /// Gives processors with nothing to do a chance to steal. An idle processor has no events of
+    /// its own, so it is asked whenever work finishes elsewhere.
+    fn feed_idle(&mut self) {
+        if !self.procs.iter().any(|p| p.alive && p.queue.len() > 1) {
+            return;
+        }
+        for i in 0..self.procs.len() {
+            let p = &self.procs[i];
+            if p.alive && p.in_flight == 0 && p.queue.is_empty() {
+                self.dispatch(i);
+            }
+        }
     }
 
     /// Fails a task that has not started, and everything that depends on it.

@@ -418,3 +418,58 @@ fn fetching_an_unknown_chunk_is_a_clear_error() {
     assert_eq!(err, EngineError::UnknownChunk { chunk: c.id });
     assert_eq!(err.to_string(), format!("unknown {}", c.id));
 }
+
+/// Forty slow tasks read one 16 MB chunk on worker 0. Placement queues them there (moving the
+/// chunk looks dearer than a short queue while the kernel's run time is unknown); once the
+/// tasks turn out slow, the idle worker 1 steals some, because moving 16 MB now costs less than
+/// the wait. With a link too slow to make the move worth it, nothing is stolen.
+fn steal_run(model: dirk_engine::placement::CostModel) -> (usize, u64) {
+    let ctx = Context::builder()
+        .workers(2)
+        .cost_model(model)
+        .build()
+        .unwrap();
+    super::common::register(&ctx);
+    ctx.register_kernel(dirk_engine::FnKernel::new("slow_read", |call| {
+        let _rows = call.input(0).rows();
+        std::thread::sleep(Duration::from_millis(5));
+        Ok(vec![])
+    }));
+    let big = ctx
+        .put_on(WorkerId(0), sized_chunk(2_000_000), false)
+        .unwrap();
+    let hs: Vec<_> = (0..40)
+        .map(|_| ctx.spawn("slow_read", vec![Arg::read(&big)], TaskOptions::new()))
+        .collect();
+    for h in &hs {
+        h.wait().unwrap();
+    }
+    let log = ctx.event_log();
+    let on_w1 = log
+        .records
+        .iter()
+        .filter(|r| r.worker == Some(WorkerId(1)))
+        .count();
+    (on_w1, log.bytes_moved_between_workers())
+}
+
+#[test]
+fn idle_workers_steal_queued_work_when_moving_its_inputs_is_cheap() {
+    let fast = dirk_engine::placement::CostModel {
+        bandwidth_bytes_per_s: 1e9, // 16 MB: 16 ms to move, less than the queue's wait
+        ..Default::default()
+    };
+    let (stolen, moved) = steal_run(fast);
+    assert!(stolen > 0, "worker 1 stole nothing");
+    assert!(
+        moved >= 16_000_000,
+        "each stolen task moved the chunk ({moved} bytes)"
+    );
+
+    let slow = dirk_engine::placement::CostModel {
+        bandwidth_bytes_per_s: 1e6, // 16 s to move: never worth it
+        ..Default::default()
+    };
+    let (stolen, moved) = steal_run(slow);
+    assert_eq!((stolen, moved), (0, 0));
+}
