@@ -1,0 +1,52 @@
+//! The dtable layer's error type.
+
+use datafusion::error::DataFusionError;
+use dirk_engine::EngineError;
+use thiserror::Error;
+
+/// Result alias for this crate.
+pub type Result<T, E = DirkError> = std::result::Result<T, E>;
+
+/// What can go wrong planning or running a query.
+#[derive(Debug, Error)]
+pub enum DirkError {
+    /// DataFusion rejected the SQL or the plan (syntax, unknown table or column, types).
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+    /// The engine failed a task.
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    /// A table name that the catalog does not hold.
+    #[error("table `{name}` not found")]
+    TableNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// A table name that is already taken.
+    #[error("table `{name}` already exists")]
+    TableExists {
+        /// The name.
+        name: String,
+    },
+    /// A statement Dirk does not run (yet).
+    #[error("not supported: {what}")]
+    Unsupported {
+        /// What was asked.
+        what: String,
+    },
+    /// Batches that do not match a table's schema.
+    #[error("schema mismatch: {detail}")]
+    SchemaMismatch {
+        /// What differs.
+        detail: String,
+    },
+}
+
+impl From<DirkError> for DataFusionError {
+    fn from(e: DirkError) -> Self {
+        match e {
+            DirkError::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}

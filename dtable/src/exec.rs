@@ -1,0 +1,374 @@
+//! Dirk's own physical plan leaves and their codec.
+//!
+//! A stage's fragment reads data through two leaves: [`DTableScanExec`] (partitions of a DTable)
+//! and [`StageInputExec`] (outputs of an upstream stage). Neither names chunks: the task that
+//! runs a fragment puts the batches each leaf partition needs into a [`TaskInputs`] extension of
+//! its `TaskContext`, so one serialized fragment serves every task of its stage.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{internal_err, Result, Statistics};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Identifies a leaf within one query's staged plan.
+pub type LeafId = u32;
+
+/// The batches each (leaf, partition) of a fragment reads, for one task.
+#[derive(Debug, Default)]
+pub struct TaskInputs {
+    batches: HashMap<(LeafId, usize), Vec<RecordBatch>>,
+}
+
+impl TaskInputs {
+    /// Adds batches for partition `partition` of leaf `leaf`.
+    pub fn add(&mut self, leaf: LeafId, partition: usize, batches: Vec<RecordBatch>) {
+        self.batches
+            .entry((leaf, partition))
+            .or_default()
+            .extend(batches);
+    }
+
+    fn take(&self, leaf: LeafId, partition: usize) -> Vec<RecordBatch> {
+        self.batches
+            .get(&(leaf, partition))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn leaf_stream(
+    leaf: LeafId,
+    schema: &SchemaRef,
+    projection: Option<&[usize]>,
+    partition: usize,
+    ctx: &TaskContext,
+    what: &str,
+) -> Result<SendableRecordBatchStream> {
+    let Some(inputs) = ctx.session_config().get_extension::<TaskInputs>() else {
+        return internal_err!("{what} {leaf} executed outside a Dirk task");
+    };
+    // Chunks may carry other field names or metadata than the plan expects (a table made by a
+    // query keeps its output's names); columns are matched by position.
+    let batches = inputs
+        .take(leaf, partition)
+        .into_iter()
+        .map(|b| {
+            let b = match projection {
+                Some(p) => b.project(p)?,
+                None => b,
+            };
+            Ok(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Box::pin(MemoryStream::try_new(
+        batches,
+        schema.clone(),
+        None,
+    )?))
+}
+
+fn leaf_properties(schema: &SchemaRef, partitions: usize) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema.clone()),
+        Partitioning::UnknownPartitioning(partitions.max(1)),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}
+
+/// Scans a DTable: partition `p` yields the batches of the DTable's partition `p`.
+#[derive(Debug, Clone)]
+pub struct DTableScanExec {
+    leaf: LeafId,
+    table: String,
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    partitions: usize,
+    rows: Option<u64>,
+    props: Arc<PlanProperties>,
+}
+
+impl DTableScanExec {
+    /// A scan of `table` with `partitions` partitions, projected by `projection` to `schema`.
+    pub fn new(
+        leaf: LeafId,
+        table: String,
+        schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+        partitions: usize,
+        rows: Option<u64>,
+    ) -> Self {
+        let props = leaf_properties(&schema, partitions);
+        DTableScanExec {
+            leaf,
+            table,
+            schema,
+            projection,
+            partitions,
+            rows,
+            props,
+        }
+    }
+
+    /// The leaf id.
+    pub fn leaf(&self) -> LeafId {
+        self.leaf
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Gives the leaf a new id (each scan in a query gets its own).
+    pub fn with_leaf(&self, leaf: LeafId) -> Self {
+        DTableScanExec {
+            leaf,
+            ..self.clone()
+        }
+    }
+}
+
+impl DisplayAs for DTableScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "DTableScanExec: table={}, partitions={}, leaf={}",
+            self.table, self.partitions, self.leaf
+        )
+    }
+}
+
+impl ExecutionPlan for DTableScanExec {
+    fn name(&self) -> &str {
+        "DTableScanExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        leaf_stream(
+            self.leaf,
+            &self.schema,
+            self.projection.as_deref(),
+            partition,
+            &context,
+            "DTableScanExec",
+        )
+    }
+    fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
+        let mut stats = Statistics::new_unknown(&self.schema);
+        if let (None, Some(rows)) = (partition, self.rows) {
+            stats.num_rows = Precision::Exact(rows as usize);
+        }
+        Ok(Arc::new(stats))
+    }
+}
+
+/// Reads the outputs of an upstream stage. Partition `p` yields what the planner routed to it:
+/// hash partition `p` of every upstream task, or the whole output of upstream task `p`.
+#[derive(Debug, Clone)]
+pub struct StageInputExec {
+    leaf: LeafId,
+    stage: usize,
+    schema: SchemaRef,
+    partitions: usize,
+    props: Arc<PlanProperties>,
+}
+
+impl StageInputExec {
+    /// A reader of stage `stage` with `partitions` partitions.
+    pub fn new(leaf: LeafId, stage: usize, schema: SchemaRef, partitions: usize) -> Self {
+        let props = leaf_properties(&schema, partitions);
+        StageInputExec {
+            leaf,
+            stage,
+            schema,
+            partitions,
+            props,
+        }
+    }
+
+    /// The leaf id.
+    pub fn leaf(&self) -> LeafId {
+        self.leaf
+    }
+
+    /// The stage it reads.
+    pub fn stage(&self) -> usize {
+        self.stage
+    }
+}
+
+impl DisplayAs for StageInputExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "StageInputExec: stage={}, partitions={}",
+            self.stage, self.partitions
+        )
+    }
+}
+
+impl ExecutionPlan for StageInputExec {
+    fn name(&self) -> &str {
+        "StageInputExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        leaf_stream(
+            self.leaf,
+            &self.schema,
+            None,
+            partition,
+            &context,
+            "StageInputExec",
+        )
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum LeafNode {
+    Scan {
+        leaf: LeafId,
+        table: String,
+        schema: arrow::datatypes::Schema,
+        projection: Option<Vec<usize>>,
+        partitions: usize,
+        rows: Option<u64>,
+    },
+    Input {
+        leaf: LeafId,
+        stage: usize,
+        schema: arrow::datatypes::Schema,
+        partitions: usize,
+    },
+}
+
+/// Serializes Dirk's plan nodes inside datafusion-proto plans.
+#[derive(Debug, Default)]
+pub struct DirkCodec;
+
+impl PhysicalExtensionCodec for DirkCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        _inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let node: LeafNode = serde_json::from_slice(buf)
+            .map_err(|e| datafusion::error::DataFusionError::Internal(e.to_string()))?;
+        Ok(match node {
+            LeafNode::Scan {
+                leaf,
+                table,
+                schema,
+                projection,
+                partitions,
+                rows,
+            } => Arc::new(DTableScanExec::new(
+                leaf,
+                table,
+                Arc::new(schema),
+                projection,
+                partitions,
+                rows,
+            )),
+            LeafNode::Input {
+                leaf,
+                stage,
+                schema,
+                partitions,
+            } => Arc::new(StageInputExec::new(
+                leaf,
+                stage,
+                Arc::new(schema),
+                partitions,
+            )),
+        })
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let leaf = if let Some(s) = node.downcast_ref::<DTableScanExec>() {
+            LeafNode::Scan {
+                leaf: s.leaf,
+                table: s.table.clone(),
+                schema: s.schema.as_ref().clone(),
+                projection: s.projection.clone(),
+                partitions: s.partitions,
+                rows: s.rows,
+            }
+        } else if let Some(s) = node.downcast_ref::<StageInputExec>() {
+            LeafNode::Input {
+                leaf: s.leaf,
+                stage: s.stage,
+                schema: s.schema.as_ref().clone(),
+                partitions: s.partitions,
+            }
+        } else {
+            return internal_err!("DirkCodec cannot encode {}", node.name());
+        };
+        serde_json::to_writer(buf, &leaf)
+            .map_err(|e| datafusion::error::DataFusionError::Internal(e.to_string()))
+    }
+}

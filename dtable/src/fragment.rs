@@ -1,0 +1,175 @@
+//! The `dirk.fragment` kernel: runs one partition of a serialized plan fragment on a worker.
+//!
+//! Parameters: a small JSON header (partition, output split, which task inputs feed which leaf
+//! partitions) followed by the fragment as datafusion-proto bytes (with [`DirkCodec`] for Dirk's
+//! own leaves). Nothing in a task refers to driver memory, so the same task runs on any worker.
+
+use crate::exec::{DirkCodec, LeafId, TaskInputs};
+use arrow::array::RecordBatch;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::metrics::Time;
+use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
+use datafusion_proto::bytes::{
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+};
+use dirk_engine::{Chunk, EngineError, Kernel, KernelCall};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The kernel's registered name.
+pub const FRAGMENT_KERNEL: &str = "dirk.fragment";
+
+/// Which task inputs feed one leaf partition: arguments `start..end`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeafFeed {
+    /// The leaf.
+    pub leaf: LeafId,
+    /// Its partition.
+    pub partition: usize,
+    /// First argument.
+    pub start: usize,
+    /// One past the last argument.
+    pub end: usize,
+}
+
+/// The header of a fragment task's parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FragmentHeader {
+    /// The partition of the fragment this task runs.
+    pub partition: usize,
+    /// `Some(n)`: split the output into `n` chunks by the root `RepartitionExec`.
+    pub split: Option<usize>,
+    /// Input routing.
+    pub feeds: Vec<LeafFeed>,
+}
+
+/// Serializes a fragment once per stage.
+pub fn encode_plan(plan: &Arc<dyn ExecutionPlan>) -> datafusion::common::Result<Vec<u8>> {
+    Ok(physical_plan_to_bytes_with_extension_codec(Arc::clone(plan), &DirkCodec)?.to_vec())
+}
+
+/// Parameters of one task: header length (4 bytes, little endian), header, plan.
+pub fn encode_params(header: &FragmentHeader, plan: &[u8]) -> Vec<u8> {
+    let h = serde_json::to_vec(header).expect("header serializes");
+    let mut out = Vec::with_capacity(4 + h.len() + plan.len());
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(plan);
+    out
+}
+
+fn decode_params(params: &[u8]) -> Result<(FragmentHeader, &[u8]), EngineError> {
+    let bad = |m: &str| EngineError::kernel(format!("bad fragment parameters: {m}"));
+    if params.len() < 4 {
+        return Err(bad("too short"));
+    }
+    let n = u32::from_le_bytes(params[..4].try_into().expect("4 bytes")) as usize;
+    let header = params
+        .get(4..4 + n)
+        .ok_or_else(|| bad("truncated header"))?;
+    let header = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    Ok((header, &params[4 + n..]))
+}
+
+thread_local! {
+    /// Each worker thread keeps a DataFusion session (for function lookup while decoding) and a
+    /// single-threaded runtime to drive a fragment's streams.
+    static LOCAL: (SessionState, tokio::runtime::Runtime) = (
+        SessionStateBuilder::new().with_default_features().build(),
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime for fragments"),
+    );
+}
+
+/// Runs plan fragments; see the module docs.
+pub struct FragmentKernel;
+
+impl Kernel for FragmentKernel {
+    fn name(&self) -> &str {
+        FRAGMENT_KERNEL
+    }
+
+    fn run(&self, call: &mut KernelCall<'_>) -> dirk_engine::Result<Vec<Chunk>> {
+        let (header, plan_bytes) = decode_params(call.params())?;
+        let mut inputs = TaskInputs::default();
+        for f in &header.feeds {
+            for i in f.start..f.end {
+                if i >= call.num_inputs() {
+                    return Err(EngineError::kernel(format!(
+                        "feed refers to missing input {i}"
+                    )));
+                }
+                inputs.add(f.leaf, f.partition, call.input(i).batches().to_vec());
+            }
+        }
+        LOCAL.with(|(state, runtime)| {
+            let config = state.config().clone().with_extension(Arc::new(inputs));
+            let ctx = Arc::new(TaskContext::from(state).with_session_config(config));
+            let plan = physical_plan_from_bytes_with_extension_codec(plan_bytes, &ctx, &DirkCodec)
+                .map_err(df_err)?;
+            runtime.block_on(run_fragment(plan, &header, ctx))
+        })
+    }
+}
+
+fn df_err(e: datafusion::error::DataFusionError) -> EngineError {
+    EngineError::kernel(e.to_string())
+}
+
+async fn run_fragment(
+    plan: Arc<dyn ExecutionPlan>,
+    header: &FragmentHeader,
+    ctx: Arc<TaskContext>,
+) -> dirk_engine::Result<Vec<Chunk>> {
+    let Some(n) = header.split else {
+        let schema = plan.schema();
+        let stream = plan.execute(header.partition, ctx).map_err(df_err)?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(df_err)?;
+        return Ok(vec![Chunk::new(schema, batches)]);
+    };
+    let Some(rep) = plan.downcast_ref::<RepartitionExec>() else {
+        return Err(EngineError::kernel(
+            "a splitting fragment must end in RepartitionExec",
+        ));
+    };
+    let input = Arc::clone(rep.input());
+    let mut partitioner = match rep.partitioning() {
+        Partitioning::Hash(exprs, parts) if *parts == n => {
+            BatchPartitioner::new_hash_partitioner(exprs.clone(), n, Time::new()).map_err(df_err)?
+        }
+        Partitioning::RoundRobinBatch(parts) if *parts == n => {
+            BatchPartitioner::new_round_robin_partitioner(
+                n,
+                Time::new(),
+                header.partition,
+                input.output_partitioning().partition_count(),
+            )
+        }
+        other => {
+            return Err(EngineError::kernel(format!(
+                "cannot split by {other} into {n} partitions"
+            )))
+        }
+    };
+    let schema = plan.schema();
+    let mut outs: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+    let mut stream = input.execute(header.partition, ctx).map_err(df_err)?;
+    while let Some(batch) = stream.try_next().await.map_err(df_err)? {
+        partitioner
+            .partition(batch, |i, b| {
+                outs[i].push(b);
+                Ok(())
+            })
+            .map_err(df_err)?;
+    }
+    Ok(outs
+        .into_iter()
+        .map(|b| Chunk::new(schema.clone(), b))
+        .collect())
+}

@@ -1,0 +1,19 @@
+//! # dirk-dtable
+//!
+//! Distributed tables and the planner. A [`Session`] holds a catalog of [`DTable`]s whose
+//! partitions are chunks on the engine's workers. SQL and DataFrame calls become DataFusion
+//! logical plans; DataFusion optimizes them and builds a physical plan; [`stages::cut`] cuts that
+//! plan at its exchanges into stages, and every stage runs one `dirk.fragment` task per partition
+//! through the engine's scheduler, its fragment serialized with datafusion-proto.
+
+pub mod error;
+pub mod exec;
+pub mod fragment;
+pub mod session;
+pub mod stages;
+pub mod table;
+
+pub use datafusion;
+pub use error::{DirkError, Result};
+pub use session::{DataFrame, Session, SessionBuilder};
+pub use table::DTable;

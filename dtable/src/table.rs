@@ -1,0 +1,132 @@
+//! DTable: a distributed table, a schema plus partitions whose chunks live on workers.
+
+use crate::error::{DirkError, Result};
+use crate::exec::DTableScanExec;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session as DfSession;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use dirk_engine::{ChunkRef, Context};
+use std::sync::Arc;
+
+/// A distributed table. Each partition is a list of chunks; the chunks stay on their workers
+/// across queries. Cloning a DTable clones references, not data: a clone is a snapshot.
+#[derive(Debug, Clone)]
+pub struct DTable {
+    schema: SchemaRef,
+    partitions: Vec<Vec<ChunkRef>>,
+}
+
+impl DTable {
+    /// A table of `partitions`, each a list of chunks of `schema`.
+    pub fn new(schema: SchemaRef, partitions: Vec<Vec<ChunkRef>>) -> Self {
+        DTable { schema, partitions }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The partitions.
+    pub fn partitions(&self) -> &[Vec<ChunkRef>] {
+        &self.partitions
+    }
+
+    /// Number of partitions.
+    pub fn num_partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Rows in all partitions.
+    pub fn num_rows(&self) -> u64 {
+        self.partitions.iter().flatten().map(|c| c.rows).sum()
+    }
+
+    /// Bytes in all partitions.
+    pub fn num_bytes(&self) -> u64 {
+        self.partitions.iter().flatten().map(|c| c.bytes).sum()
+    }
+
+    /// Adds partitions (what `INSERT` does: new chunks, existing ones untouched).
+    pub fn append(&mut self, other: DTable) -> Result<()> {
+        if other.schema.fields().len() != self.schema.fields().len() {
+            return Err(DirkError::SchemaMismatch {
+                detail: format!(
+                    "table has {} columns, rows have {}",
+                    self.schema.fields().len(),
+                    other.schema.fields().len()
+                ),
+            });
+        }
+        self.partitions.extend(
+            other
+                .partitions
+                .into_iter()
+                .filter(|p| p.iter().any(|c| c.rows > 0)),
+        );
+        Ok(())
+    }
+
+    /// Brings every batch to the caller, partition by partition.
+    pub fn collect(&self, engine: &Context) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for c in self.partitions.iter().flatten() {
+            let chunk = engine.fetch(c)?;
+            out.extend(chunk.batches().iter().map(|b| {
+                // Chunks keep the schema they were made with; present them with the table's
+                // (same types, possibly other field names or metadata).
+                RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())
+                    .unwrap_or_else(|_| b.clone())
+            }));
+        }
+        Ok(out)
+    }
+
+    /// All chunk references.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.partitions.iter().flatten()
+    }
+}
+
+/// Lets DataFusion plan over a DTable: the scan is a [`DTableScanExec`].
+#[derive(Debug)]
+pub(crate) struct DTableProvider {
+    pub(crate) name: String,
+    pub(crate) table: DTable,
+}
+
+#[async_trait]
+impl TableProvider for DTableProvider {
+    fn schema(&self) -> SchemaRef {
+        self.table.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.table.schema.project(p)?),
+            None => self.table.schema.clone(),
+        };
+        Ok(Arc::new(DTableScanExec::new(
+            0,
+            self.name.clone(),
+            schema,
+            projection.cloned(),
+            self.table.num_partitions(),
+            Some(self.table.num_rows()),
+        )))
+    }
+}

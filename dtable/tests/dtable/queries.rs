@@ -1,0 +1,235 @@
+//! Every query's result equals DataFusion's on one node over the same data, at any number of
+//! workers and partitions.
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use dirk_dtable::Session;
+use std::sync::Arc;
+
+/// Deterministic test data: `t(a, b, c, k)` with nulls, and `u(k, name)`.
+fn tables() -> Vec<(&'static str, RecordBatch)> {
+    let n = 2000i64;
+    let mut x: u64 = 0x9E37_79B9;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let a: Int64Array = (0..n)
+        .map(|i| {
+            if i % 17 == 0 {
+                None
+            } else {
+                Some((next() % 1000) as i64 - 300)
+            }
+        })
+        .collect();
+    let b: StringArray = (0..n)
+        .map(|i| {
+            if i % 23 == 0 {
+                None
+            } else {
+                Some(["red", "green", "blue", "teal"][(next() % 4) as usize])
+            }
+        })
+        .collect();
+    let c: Float64Array = (0..n)
+        .map(|i| {
+            if i % 29 == 0 {
+                None
+            } else {
+                Some((next() % 10_000) as f64 / 7.0)
+            }
+        })
+        .collect();
+    let k: Int64Array = (0..n).map(|_| Some((next() % 60) as i64)).collect();
+    let t = RecordBatch::try_from_iter([
+        ("a", Arc::new(a) as ArrayRef),
+        ("b", Arc::new(b) as ArrayRef),
+        ("c", Arc::new(c) as ArrayRef),
+        ("k", Arc::new(k) as ArrayRef),
+    ])
+    .unwrap();
+    let uk: Int64Array = (0..50).map(Some).collect();
+    let name: StringArray = (0..50).map(|i| Some(format!("name{}", i % 7))).collect();
+    let u = RecordBatch::try_from_iter([
+        ("k", Arc::new(uk) as ArrayRef),
+        ("name", Arc::new(name) as ArrayRef),
+    ])
+    .unwrap();
+    vec![("t", t), ("u", u)]
+}
+
+/// (query, whether its row order is defined)
+const QUERIES: &[(&str, bool)] = &[
+    ("SELECT * FROM t", false),
+    ("SELECT a, b FROM t WHERE a > 100 AND b <> 'red'", false),
+    ("SELECT a + 1 AS a1, c * 2, upper(b) FROM t WHERE c IS NOT NULL", false),
+    ("SELECT count(*), count(a), sum(a), min(c), max(c), avg(a) FROM t", true),
+    ("SELECT b, count(*), sum(a), avg(c) FROM t GROUP BY b", false),
+    ("SELECT k, b, count(*) AS n FROM t GROUP BY k, b HAVING count(*) > 5", false),
+    ("SELECT t.a, u.name FROM t JOIN u ON t.k = u.k WHERE t.a < 0", false),
+    ("SELECT t.k, u.name FROM t LEFT JOIN u ON t.k = u.k", false),
+    ("SELECT u.k, t.a FROM t RIGHT JOIN u ON t.k = u.k AND t.a > 500", false),
+    ("SELECT t.k, u.k FROM t FULL JOIN u ON t.k = u.k AND t.a > 600", false),
+    ("SELECT * FROM u WHERE k IN (SELECT k FROM t WHERE a > 650)", false),
+    ("SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.k = u.k AND t.a > 0)", false),
+    ("SELECT a, b, c FROM t ORDER BY a DESC NULLS LAST, c, b LIMIT 50", true),
+    ("SELECT DISTINCT b FROM t", false),
+    ("SELECT b FROM t WHERE a > 600 UNION ALL SELECT name FROM u", false),
+    ("SELECT b FROM t UNION SELECT name FROM u", false),
+    ("SELECT k, a, rank() OVER (PARTITION BY k ORDER BY a, c) AS r FROM t WHERE a IS NOT NULL AND c IS NOT NULL", false),
+    ("SELECT k, sum(a) OVER (PARTITION BY k) AS s FROM t", false),
+    ("WITH big AS (SELECT k, sum(a) AS s FROM t GROUP BY k) SELECT u.name, big.s FROM big JOIN u USING (k) ORDER BY big.s, u.name", true),
+    ("SELECT count(DISTINCT b), count(DISTINCT k) FROM t", true),
+    ("SELECT k, count(*) FROM t GROUP BY k ORDER BY count(*) DESC, k LIMIT 5", true),
+    ("SELECT * FROM (VALUES (1, 'x'), (2, 'y')) AS v(n, s)", false),
+    ("SELECT 1 + 2, 'literal', NULL", true),
+    ("SELECT a FROM t WHERE a > 10000", false),
+    ("SELECT t1.k, count(*) FROM t t1 JOIN t t2 ON t1.k = t2.k AND t1.a < t2.a GROUP BY t1.k", false),
+];
+
+/// One cell: floats keep their value (compared with a relative tolerance, since the order of a
+/// parallel float sum changes its last bits), everything else compares as text.
+#[derive(Debug, Clone)]
+enum Cell {
+    Float(f64),
+    Text(String),
+}
+
+impl Cell {
+    fn key(&self) -> String {
+        match self {
+            Cell::Float(v) => format!("{v:.6e}"),
+            Cell::Text(s) => s.clone(),
+        }
+    }
+
+    fn same(&self, other: &Cell) -> bool {
+        match (self, other) {
+            (Cell::Float(a), Cell::Float(b)) => {
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+            }
+            (Cell::Text(a), Cell::Text(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+fn rows(batches: &[RecordBatch], ordered: bool) -> Vec<Vec<Cell>> {
+    use arrow::array::Array;
+    use arrow::datatypes::DataType;
+    let mut out = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            let row = b
+                .columns()
+                .iter()
+                .map(|col| match col.data_type() {
+                    DataType::Float64 if col.is_valid(r) => Cell::Float(
+                        col.as_any()
+                            .downcast_ref::<Float64Array>()
+                            .unwrap()
+                            .value(r),
+                    ),
+                    _ => Cell::Text(arrow::util::display::array_value_to_string(col, r).unwrap()),
+                })
+                .collect();
+            out.push(row);
+        }
+    }
+    if !ordered {
+        out.sort_by_key(|row: &Vec<Cell>| row.iter().map(Cell::key).collect::<Vec<_>>());
+    }
+    out
+}
+
+fn assert_same(got: &[RecordBatch], want: &[RecordBatch], ordered: bool, what: &str) {
+    let names = |bs: &[RecordBatch]| {
+        bs.first().map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect::<Vec<_>>()
+        })
+    };
+    if let (Some(g), Some(w)) = (names(got), names(want)) {
+        assert_eq!(g, w, "column types differ: {what}");
+    }
+    let (g, w) = (rows(got, ordered), rows(want, ordered));
+    let show = |bs: &[RecordBatch]| pretty_format_batches(bs).unwrap().to_string();
+    let equal = g.len() == w.len()
+        && g.iter()
+            .zip(&w)
+            .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y)));
+    assert!(equal, "{what}\ngot:\n{}\nwant:\n{}", show(got), show(want));
+}
+
+async fn reference(sql: &str) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    for (name, batch) in tables() {
+        let t = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+        ctx.register_table(name, Arc::new(t)).unwrap();
+    }
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+fn session(workers: usize, partitions: usize) -> Session {
+    let s = Session::builder()
+        .workers(workers)
+        .partitions(partitions)
+        .build()
+        .unwrap();
+    for (name, batch) in tables() {
+        s.create_table(name, vec![batch]).unwrap();
+    }
+    s
+}
+
+async fn check_all(workers: usize, partitions: usize) {
+    let s = session(workers, partitions);
+    for (sql, ordered) in QUERIES {
+        let want = reference(sql).await;
+        let got = match s.sql(sql).await {
+            Ok(df) => df.collect().await,
+            Err(e) => Err(e),
+        };
+        let got = got.unwrap_or_else(|e| panic!("{workers}w/{partitions}p: {sql}: {e}"));
+        let what = format!("{workers} workers, {partitions} partitions: {sql}");
+        assert_same(&got, &want, *ordered, &what);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_equal_datafusion_on_one_worker() {
+    for p in [1, 3, 8] {
+        check_all(1, p).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_equal_datafusion_on_two_workers() {
+    for p in [1, 3, 8] {
+        check_all(2, p).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_equal_datafusion_on_four_workers() {
+    for p in [1, 3, 8] {
+        check_all(4, p).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "debugging aid: prints a staged plan"]
+async fn print_staged_plan() {
+    let s = session(2, 3);
+    let sql = std::env::var("DIRK_SQL").unwrap_or_else(|_| "SELECT 1".into());
+    let df = s.sql(&sql).await.unwrap();
+    println!("{}", df.explain().await.unwrap());
+}

@@ -1,0 +1,3 @@
+//! Integration tests of DTables, the planner and the session, one module per area.
+
+mod dtable;
