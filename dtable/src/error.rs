@@ -11,10 +11,10 @@ pub type Result<T, E = DirkError> = std::result::Result<T, E>;
 #[derive(Debug, Error)]
 pub enum DirkError {
     /// DataFusion rejected the SQL or the plan (syntax, unknown table or column, types).
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     DataFusion(#[from] DataFusionError),
     /// The engine failed a task.
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Engine(#[from] EngineError),
     /// A table name that the catalog does not hold.
     #[error("table `{name}` not found")]
@@ -49,4 +49,14 @@ impl From<DirkError> for DataFusionError {
             other => DataFusionError::External(Box::new(other)),
         }
     }
+}
+
+/// Errors are shown on one line: DataFusion's multi-line hints are joined.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

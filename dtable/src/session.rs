@@ -142,10 +142,16 @@ impl Session {
         };
         self.planner.deregister_table(name)?;
         self.planner.register_table(name, Arc::new(provider))?;
+        let kept: std::collections::HashSet<_> = table.chunks().map(|c| c.id).collect();
         if let Some(old) = tables.insert(name.to_string(), table) {
             drop(tables);
-            self.engine
-                .free(&old.chunks().cloned().collect::<Vec<_>>())?;
+            // A new version (an INSERT) shares its old chunks; free only what it dropped.
+            let gone: Vec<_> = old
+                .chunks()
+                .filter(|c| !kept.contains(&c.id))
+                .cloned()
+                .collect();
+            self.engine.free(&gone)?;
         }
         Ok(())
     }

@@ -1,1 +1,2 @@
 mod queries;
+mod statements;
