@@ -12,6 +12,7 @@ pub mod fragment;
 pub mod session;
 pub mod stages;
 pub mod table;
+pub mod tpch;
 
 pub use datafusion;
 pub use error::{DirkError, Result};

@@ -48,6 +48,7 @@ impl SessionBuilder {
         }
         let engine = engine.build()?;
         engine.register_kernel(Arc::new(FragmentKernel));
+        engine.register_kernel(Arc::new(crate::tpch::TpchGenKernel));
         let partitions = self.partitions.unwrap_or(engine.workers().len());
         let config = SessionConfig::new()
             .with_target_partitions(partitions)
@@ -57,6 +58,7 @@ impl SessionBuilder {
             planner: SessionContext::new_with_config(config),
             tables: Mutex::new(BTreeMap::new()),
             partitions,
+            temp_counter: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -68,6 +70,7 @@ pub struct Session {
     planner: SessionContext,
     tables: Mutex<BTreeMap<String, DTable>>,
     partitions: usize,
+    temp_counter: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -88,7 +91,12 @@ impl Session {
 
     /// Names of the tables, sorted.
     pub fn table_names(&self) -> Vec<String> {
-        self.tables.lock().keys().cloned().collect()
+        self.tables
+            .lock()
+            .keys()
+            .filter(|n| !n.starts_with("__driver_source_"))
+            .cloned()
+            .collect()
     }
 
     /// A snapshot of a table.
@@ -154,6 +162,11 @@ impl Session {
             self.engine.free(&gone)?;
         }
         Ok(())
+    }
+
+    /// Registers `table` as `name`, replacing any table of that name.
+    pub fn register_replacing(&self, name: &str, table: DTable) -> Result<()> {
+        self.register(name, table, true)
     }
 
     fn drop_table(&self, name: &str) -> Result<bool> {
@@ -277,6 +290,70 @@ impl Session {
     /// engine; returns the final stage's outputs as a DTable and frees the intermediates.
     pub async fn run_physical(&self, physical: Arc<dyn ExecutionPlan>) -> Result<DTable> {
         let schema = physical.schema();
+        let mut driver_tables = Vec::new();
+        let physical = self
+            .materialize_driver_leaves(physical, &mut driver_tables)
+            .await?;
+        let result = self.run_staged(physical, schema).await;
+        for name in driver_tables {
+            self.drop_table(&name)?;
+        }
+        result
+    }
+
+    /// Some sources exist only on the driver: DataFusion's catalog views (`SHOW TABLES`,
+    /// `information_schema`) read the driver's catalog and cannot be serialized. They are
+    /// evaluated here, put on the workers as a temporary DTable, and scanned from there; the rest
+    /// of the query runs as tasks.
+    async fn materialize_driver_leaves(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        made: &mut Vec<String>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let children = plan.children();
+        if children.is_empty() {
+            if plan.is::<DTableScanExec>() || encode_plan(&plan).is_ok() {
+                return Ok(plan);
+            }
+            let batches =
+                datafusion::physical_plan::collect(Arc::clone(&plan), self.planner.task_ctx())
+                    .await?;
+            let schema = plan.schema();
+            let name = format!("__driver_source_{}", self.next_temp());
+            let table = if batches.iter().all(|b| b.num_rows() == 0) {
+                DTable::new(schema.clone(), vec![])
+            } else {
+                self.put_batches(schema.clone(), batches)?
+            };
+            self.register(&name, table.clone(), false)?;
+            made.push(name.clone());
+            return Ok(Arc::new(DTableScanExec::new(
+                0,
+                name,
+                schema,
+                None,
+                table.num_partitions(),
+                Some(table.num_rows()),
+            )));
+        }
+        let mut new_children = Vec::with_capacity(children.len());
+        for c in children {
+            new_children.push(Box::pin(self.materialize_driver_leaves(Arc::clone(c), made)).await?);
+        }
+        #[expect(deprecated, reason = "replace_children needs options we do not have")]
+        Ok(plan.with_new_children(new_children)?)
+    }
+
+    fn next_temp(&self) -> u64 {
+        self.temp_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn run_staged(
+        &self,
+        physical: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+    ) -> Result<DTable> {
         let staged = cut(physical)?;
         let handles = self.spawn_stages(&staged)?;
         let last = handles.last().expect("final stage");

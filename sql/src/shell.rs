@@ -1,0 +1,362 @@
+//! The shell: runs statements and backslash commands, prints results in the chosen format.
+
+use crate::statements::{split, Piece};
+use crate::Format;
+use arrow::array::RecordBatch;
+use dirk_dtable::Session;
+use rustyline::completion::Completer;
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::Validator;
+use rustyline::{Editor, Helper};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+const KEYWORDS: &[&str] = &[
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "GROUP BY",
+    "ORDER BY",
+    "HAVING",
+    "LIMIT",
+    "JOIN",
+    "LEFT JOIN",
+    "RIGHT JOIN",
+    "FULL JOIN",
+    "INNER JOIN",
+    "ON",
+    "USING",
+    "AS",
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "EXISTS",
+    "BETWEEN",
+    "LIKE",
+    "IS NULL",
+    "IS NOT NULL",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "ELSE",
+    "END",
+    "DISTINCT",
+    "UNION",
+    "UNION ALL",
+    "WITH",
+    "OVER",
+    "PARTITION BY",
+    "INSERT INTO",
+    "VALUES",
+    "CREATE TABLE",
+    "DROP TABLE",
+    "EXPLAIN",
+    "SHOW TABLES",
+    "DESCRIBE",
+    "COUNT",
+    "SUM",
+    "AVG",
+    "MIN",
+    "MAX",
+    "CAST",
+    "DESC",
+    "ASC",
+];
+
+const HELP: &str = "\
+\\q              quit
+\\dt             list tables
+\\d TABLE        describe a table
+\\timing         toggle timing of statements
+\\mode MODE      output as table, csv or json
+\\tpch SCALE     generate TPC-H at SCALE and register its tables
+\\?              this help
+Statements end with `;`.";
+
+pub(crate) struct Shell {
+    session: Session,
+    runtime: tokio::runtime::Runtime,
+    format: Format,
+    timing: bool,
+    words: Arc<Mutex<Vec<String>>>,
+}
+
+impl Shell {
+    pub(crate) fn new(session: Session, runtime: tokio::runtime::Runtime, format: Format) -> Self {
+        let shell = Shell {
+            session,
+            runtime,
+            format,
+            timing: false,
+            words: Arc::new(Mutex::new(Vec::new())),
+        };
+        shell.refresh_words();
+        shell
+    }
+
+    pub(crate) fn load_tpch(&mut self, scale: f64) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let loaded = self.runtime.block_on(self.session.load_tpch(scale))?;
+        let rows: u64 = loaded.iter().map(|(_, t)| t.num_rows()).sum();
+        eprintln!(
+            "TPC-H SF {scale}: {} tables, {rows} rows, {} partitions each, on {} workers ({:.1} s)",
+            loaded.len(),
+            self.session.partitions(),
+            self.session.engine().workers().len(),
+            start.elapsed().as_secs_f64()
+        );
+        self.refresh_words();
+        Ok(())
+    }
+
+    /// Runs every statement and command in `text`; true when all succeeded.
+    pub(crate) fn run_text(&mut self, text: &str) -> bool {
+        let (mut pieces, rest) = split(text);
+        if !rest.trim().is_empty() {
+            pieces.push(Piece::Sql(rest.trim().to_string()));
+        }
+        let mut ok = true;
+        for p in pieces {
+            ok &= self.run_piece(p);
+        }
+        ok
+    }
+
+    fn run_piece(&mut self, piece: Piece) -> bool {
+        match piece {
+            Piece::Sql(sql) => self.run_sql(&sql),
+            Piece::Command(c) => self.run_command(&c),
+        }
+    }
+
+    fn run_sql(&mut self, sql: &str) -> bool {
+        let start = Instant::now();
+        let result = self.runtime.block_on(async {
+            let df = self.session.sql(sql).await?;
+            df.collect().await
+        });
+        let ok = match result {
+            Ok(batches) => {
+                self.print(&batches);
+                true
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                false
+            }
+        };
+        if self.timing {
+            eprintln!("Time: {:.3} ms", start.elapsed().as_secs_f64() * 1000.0);
+        }
+        self.refresh_words();
+        ok
+    }
+
+    fn run_command(&mut self, line: &str) -> bool {
+        let mut parts = line.split_whitespace();
+        let cmd = parts.next().unwrap_or("");
+        let arg = parts.next();
+        match (cmd, arg) {
+            ("q" | "quit", _) => std::process::exit(0),
+            ("?" | "h" | "help", _) => {
+                println!("{HELP}");
+                true
+            }
+            ("timing", _) => {
+                self.timing = !self.timing;
+                eprintln!("Timing is {}.", if self.timing { "on" } else { "off" });
+                true
+            }
+            ("dt", _) => self.run_sql("SHOW TABLES"),
+            ("d", None) => self.run_sql("SHOW TABLES"),
+            ("d", Some(t)) => {
+                if self.session.table(t).is_err() {
+                    eprintln!("error: table `{t}` not found");
+                    return false;
+                }
+                self.run_sql(&format!("DESCRIBE {t}"))
+            }
+            ("mode", Some(m)) => {
+                self.format = match m {
+                    "table" => Format::Table,
+                    "csv" => Format::Csv,
+                    "json" => Format::Json,
+                    other => {
+                        eprintln!("error: unknown mode `{other}` (table, csv or json)");
+                        return false;
+                    }
+                };
+                true
+            }
+            ("tpch", Some(sf)) => match sf.parse::<f64>() {
+                Ok(sf) => match self.load_tpch(sf) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        false
+                    }
+                },
+                Err(_) => {
+                    eprintln!("error: `{sf}` is not a scale factor");
+                    false
+                }
+            },
+            _ => {
+                eprintln!("error: unknown command `\\{line}` (\\? for help)");
+                false
+            }
+        }
+    }
+
+    fn print(&self, batches: &[RecordBatch]) {
+        let schema_empty = batches.first().is_none_or(|b| b.num_columns() == 0);
+        if schema_empty {
+            if self.format == Format::Table {
+                println!("OK");
+            }
+            return;
+        }
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let out = match self.format {
+            Format::Table => arrow::util::pretty::pretty_format_batches(batches)
+                .map(|t| format!("{t}\n({rows} row{})", if rows == 1 { "" } else { "s" })),
+            Format::Csv => {
+                let mut buf = Vec::new();
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut buf);
+                let r = batches.iter().try_for_each(|b| w.write(b));
+                drop(w);
+                r.map(|_| String::from_utf8_lossy(&buf).trim_end().to_string())
+            }
+            Format::Json => {
+                let mut buf = Vec::new();
+                let mut w = arrow::json::ArrayWriter::new(&mut buf);
+                let r = batches
+                    .iter()
+                    .try_for_each(|b| w.write(b))
+                    .and_then(|_| w.finish());
+                drop(w);
+                r.map(|_| String::from_utf8_lossy(&buf).to_string())
+            }
+        };
+        match out {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: cannot print the result: {e}"),
+        }
+    }
+
+    /// Table and column names for tab completion.
+    fn refresh_words(&self) {
+        let mut words: Vec<String> = KEYWORDS.iter().map(|k| k.to_string()).collect();
+        for name in self.session.table_names() {
+            if let Ok(t) = self.session.table(&name) {
+                words.extend(t.schema().fields().iter().map(|f| f.name().clone()));
+            }
+            words.push(name);
+        }
+        words.sort();
+        words.dedup();
+        if let Ok(mut w) = self.words.lock() {
+            *w = words;
+        }
+    }
+
+    pub(crate) fn interactive(&mut self) -> anyhow::Result<()> {
+        let mut editor: Editor<ShellHelper, DefaultHistory> = Editor::new()?;
+        editor.set_helper(Some(ShellHelper {
+            words: self.words.clone(),
+        }));
+        let history =
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".dirk_history"));
+        if let Some(h) = &history {
+            let _ = editor.load_history(h);
+        }
+        println!(
+            "Dirk {} — {} workers. \\? for help, \\q to quit.",
+            env!("CARGO_PKG_VERSION"),
+            self.session.engine().workers().len()
+        );
+        let mut buffer = String::new();
+        loop {
+            let prompt = if buffer.trim().is_empty() {
+                "dirk> "
+            } else {
+                "   -> "
+            };
+            match editor.readline(prompt) {
+                Ok(line) => {
+                    buffer.push_str(&line);
+                    buffer.push('\n');
+                    let (pieces, rest) = split(&buffer);
+                    if !pieces.is_empty() {
+                        let entry = buffer[..buffer.len() - rest.len()].trim().to_string();
+                        let _ = editor.add_history_entry(entry);
+                    }
+                    buffer = rest;
+                    for p in pieces {
+                        self.run_piece(p);
+                    }
+                }
+                Err(ReadlineError::Interrupted) => buffer.clear(),
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(h) = &history {
+            let _ = editor.save_history(h);
+        }
+        Ok(())
+    }
+}
+
+struct ShellHelper {
+    words: Arc<Mutex<Vec<String>>>,
+}
+
+impl Completer for ShellHelper {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        let start = line[..pos]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let prefix = &line[start..pos];
+        if prefix.is_empty() {
+            return Ok((pos, Vec::new()));
+        }
+        let lower = prefix.to_lowercase();
+        let words = self.words.lock().map(|w| w.clone()).unwrap_or_default();
+        let matches = words
+            .into_iter()
+            .filter(|w| w.to_lowercase().starts_with(&lower))
+            .map(|w| {
+                // Keywords follow the case the user typed.
+                if w.chars().all(|c| c.is_uppercase() || c == ' ')
+                    && prefix.chars().all(|c| c.is_lowercase())
+                {
+                    w.to_lowercase()
+                } else {
+                    w
+                }
+            })
+            .collect();
+        Ok((start, matches))
+    }
+}
+
+impl Hinter for ShellHelper {
+    type Hint = String;
+}
+impl Highlighter for ShellHelper {}
+impl Validator for ShellHelper {}
+impl Helper for ShellHelper {}

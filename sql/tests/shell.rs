@@ -1,0 +1,132 @@
+//! The `dirk` binary, driven as a user would: `-c`, `-f`, stdin, formats, errors, TPC-H.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn dirk(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dirk"))
+        .args(["--local-workers", "2"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dirk");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[test]
+fn commands_run_in_order_and_print_tables() {
+    let out = dirk(
+        &[
+            "-c",
+            "CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a'), (2, 'b')) v(x, y)",
+            "-c",
+            "SELECT sum(x) AS s FROM t",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("| s |") && stdout.contains("| 3 |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(1 row)"), "{stdout}");
+}
+
+#[test]
+fn csv_and_json_formats() {
+    let sql = "SELECT x, y FROM (VALUES (1, 'a'), (2, 'b')) v(x, y) ORDER BY x";
+    let out = dirk(&["--format", "csv", "-c", sql], None);
+    assert_eq!(text(&out.stdout).trim(), "x,y\n1,a\n2,b");
+    let out = dirk(&["--format", "json", "-c", sql], None);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        r#"[{"x":1,"y":"a"},{"x":2,"y":"b"}]"#
+    );
+}
+
+#[test]
+fn files_and_stdin_with_multiline_statements_and_commands() {
+    let dir = std::env::temp_dir().join(format!("dirk-shell-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("script.sql");
+    std::fs::write(&file, "CREATE TABLE n AS\n  SELECT 40 AS v;\n-- a comment; with a semicolon\nSELECT v + 2\n  AS answer FROM n;\n").unwrap();
+    let out = dirk(&["--format", "csv", "-f", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "answer\n42");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let out = dirk(
+        &["--format", "csv"],
+        Some("SELECT 'x;y' AS s;\n\\mode json\nSELECT 1 AS one;\n\\dt\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("s\nx;y\n"), "{stdout}");
+    assert!(stdout.contains(r#"[{"one":1}]"#), "{stdout}");
+}
+
+#[test]
+fn errors_are_one_line_and_set_the_exit_code() {
+    let out = dirk(&["-c", "SELEC 1", "-c", "SELECT 2 AS two"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(
+        line.contains("SELEC") && line.contains("Line: 1, Column: 1"),
+        "{line}"
+    );
+    assert!(
+        text(&out.stdout).contains("| 2   |"),
+        "later statements still run"
+    );
+    let out = dirk(&["-c", "\\nonsense"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown command"));
+    let out = dirk(&["-f", "/no/such/file.sql"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read /no/such/file.sql"));
+}
+
+#[test]
+fn tpch_tables_are_loaded_and_queryable() {
+    let out = dirk(
+        &[
+            "--tpch",
+            "0.01",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n FROM nation",
+            "-c",
+            "SELECT count(*) AS n FROM lineitem",
+            "-c",
+            "\\dt",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("n\n25\nn\n60175\n"), "{stdout}");
+    for t in [
+        "lineitem", "orders", "customer", "part", "partsupp", "supplier", "nation", "region",
+    ] {
+        assert!(
+            stdout.contains(&format!(",{t},BASE TABLE")),
+            "{t} missing: {stdout}"
+        );
+    }
+    assert!(text(&out.stderr).contains("TPC-H SF 0.01: 8 tables"));
+}
