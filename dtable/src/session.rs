@@ -50,9 +50,22 @@ impl SessionBuilder {
         engine.register_kernel(Arc::new(FragmentKernel));
         engine.register_kernel(Arc::new(crate::tpch::TpchGenKernel));
         let partitions = self.partitions.unwrap_or(engine.workers().len());
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(partitions)
             .with_information_schema(true);
+        // DataFusion 55 can run uncorrelated scalar subqueries in a `ScalarSubqueryExec` whose
+        // results reach expressions deep in its input through shared memory; a fragment cut out
+        // below it could not see them. Planned as joins instead, they distribute like any join.
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.enable_physical_uncorrelated_scalar_subquery = false;
+        // Dynamic filters are shared in memory between the partitions of one plan instance
+        // (a partitioned hash join even waits at a barrier for every partition's build side).
+        // Dirk runs partitions as separate tasks with separate plan instances: a barrier would
+        // never fill. Off until Dirk ships filters between tasks itself.
+        optimizer.enable_dynamic_filter_pushdown = false;
+        optimizer.enable_join_dynamic_filter_pushdown = false;
+        optimizer.enable_topk_dynamic_filter_pushdown = false;
+        optimizer.enable_aggregate_dynamic_filter_pushdown = false;
         Ok(Session {
             engine: Arc::new(engine),
             planner: SessionContext::new_with_config(config),

@@ -1,2 +1,4 @@
+mod compare;
 mod queries;
 mod statements;
+mod tpch;

@@ -1,8 +1,8 @@
 //! Every query's result equals DataFusion's on one node over the same data, at any number of
 //! workers and partitions.
 
+use super::compare::assert_same;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use dirk_dtable::Session;
@@ -91,83 +91,6 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT a FROM t WHERE a > 10000", false),
     ("SELECT t1.k, count(*) FROM t t1 JOIN t t2 ON t1.k = t2.k AND t1.a < t2.a GROUP BY t1.k", false),
 ];
-
-/// One cell: floats keep their value (compared with a relative tolerance, since the order of a
-/// parallel float sum changes its last bits), everything else compares as text.
-#[derive(Debug, Clone)]
-enum Cell {
-    Float(f64),
-    Text(String),
-}
-
-impl Cell {
-    fn key(&self) -> String {
-        match self {
-            Cell::Float(v) => format!("{v:.6e}"),
-            Cell::Text(s) => s.clone(),
-        }
-    }
-
-    fn same(&self, other: &Cell) -> bool {
-        match (self, other) {
-            (Cell::Float(a), Cell::Float(b)) => {
-                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
-            }
-            (Cell::Text(a), Cell::Text(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
-fn rows(batches: &[RecordBatch], ordered: bool) -> Vec<Vec<Cell>> {
-    use arrow::array::Array;
-    use arrow::datatypes::DataType;
-    let mut out = Vec::new();
-    for b in batches {
-        for r in 0..b.num_rows() {
-            let row = b
-                .columns()
-                .iter()
-                .map(|col| match col.data_type() {
-                    DataType::Float64 if col.is_valid(r) => Cell::Float(
-                        col.as_any()
-                            .downcast_ref::<Float64Array>()
-                            .unwrap()
-                            .value(r),
-                    ),
-                    _ => Cell::Text(arrow::util::display::array_value_to_string(col, r).unwrap()),
-                })
-                .collect();
-            out.push(row);
-        }
-    }
-    if !ordered {
-        out.sort_by_key(|row: &Vec<Cell>| row.iter().map(Cell::key).collect::<Vec<_>>());
-    }
-    out
-}
-
-fn assert_same(got: &[RecordBatch], want: &[RecordBatch], ordered: bool, what: &str) {
-    let names = |bs: &[RecordBatch]| {
-        bs.first().map(|b| {
-            b.schema()
-                .fields()
-                .iter()
-                .map(|f| f.data_type().clone())
-                .collect::<Vec<_>>()
-        })
-    };
-    if let (Some(g), Some(w)) = (names(got), names(want)) {
-        assert_eq!(g, w, "column types differ: {what}");
-    }
-    let (g, w) = (rows(got, ordered), rows(want, ordered));
-    let show = |bs: &[RecordBatch]| pretty_format_batches(bs).unwrap().to_string();
-    let equal = g.len() == w.len()
-        && g.iter()
-            .zip(&w)
-            .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y)));
-    assert!(equal, "{what}\ngot:\n{}\nwant:\n{}", show(got), show(want));
-}
 
 async fn reference(sql: &str) -> Vec<RecordBatch> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));

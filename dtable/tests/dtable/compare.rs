@@ -1,0 +1,81 @@
+//! Comparing results with DataFusion's: row by row, or as multisets where order is undefined.
+
+use arrow::array::{Float64Array, RecordBatch};
+use arrow::util::pretty::pretty_format_batches;
+
+/// One cell: floats keep their value (compared with a relative tolerance, since the order of a
+/// parallel float sum changes its last bits), everything else compares as text.
+#[derive(Debug, Clone)]
+enum Cell {
+    Float(f64),
+    Text(String),
+}
+
+impl Cell {
+    fn key(&self) -> String {
+        match self {
+            Cell::Float(v) => format!("{v:.6e}"),
+            Cell::Text(s) => s.clone(),
+        }
+    }
+
+    fn same(&self, other: &Cell) -> bool {
+        match (self, other) {
+            (Cell::Float(a), Cell::Float(b)) => {
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+            }
+            (Cell::Text(a), Cell::Text(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+fn rows(batches: &[RecordBatch], ordered: bool) -> Vec<Vec<Cell>> {
+    use arrow::array::Array;
+    use arrow::datatypes::DataType;
+    let mut out = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            let row = b
+                .columns()
+                .iter()
+                .map(|col| match col.data_type() {
+                    DataType::Float64 if col.is_valid(r) => Cell::Float(
+                        col.as_any()
+                            .downcast_ref::<Float64Array>()
+                            .unwrap()
+                            .value(r),
+                    ),
+                    _ => Cell::Text(arrow::util::display::array_value_to_string(col, r).unwrap()),
+                })
+                .collect();
+            out.push(row);
+        }
+    }
+    if !ordered {
+        out.sort_by_key(|row: &Vec<Cell>| row.iter().map(Cell::key).collect::<Vec<_>>());
+    }
+    out
+}
+
+pub(crate) fn assert_same(got: &[RecordBatch], want: &[RecordBatch], ordered: bool, what: &str) {
+    let names = |bs: &[RecordBatch]| {
+        bs.first().map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect::<Vec<_>>()
+        })
+    };
+    if let (Some(g), Some(w)) = (names(got), names(want)) {
+        assert_eq!(g, w, "column types differ: {what}");
+    }
+    let (g, w) = (rows(got, ordered), rows(want, ordered));
+    let show = |bs: &[RecordBatch]| pretty_format_batches(bs).unwrap().to_string();
+    let equal = g.len() == w.len()
+        && g.iter()
+            .zip(&w)
+            .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y)));
+    assert!(equal, "{what}\ngot:\n{}\nwant:\n{}", show(got), show(want));
+}

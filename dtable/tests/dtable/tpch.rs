@@ -1,0 +1,93 @@
+//! TPC-H: all 22 queries at SF 0.01 equal DataFusion's on one node over the same data, with 1, 2
+//! and 4 workers and 1, 3 and 8 partitions per table.
+
+use super::compare::assert_same;
+use arrow::array::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use dirk_dtable::tpch::{QUERIES, TABLES};
+use dirk_dtable::Session;
+use std::sync::Arc;
+
+const SCALE: f64 = 0.01;
+
+/// DataFusion on one node, over the tables as generated whole (one part each).
+async fn reference() -> SessionContext {
+    let gen = Session::builder().workers(1).partitions(1).build().unwrap();
+    gen.load_tpch(SCALE).await.unwrap();
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    for t in TABLES {
+        let table = gen.table(t).unwrap();
+        let batches: Vec<RecordBatch> = table.collect(gen.engine()).unwrap();
+        let mem = MemTable::try_new(table.schema().clone(), vec![batches]).unwrap();
+        ctx.register_table(t, Arc::new(mem)).unwrap();
+    }
+    ctx
+}
+
+async fn check(workers: usize, partitions: usize, reference: &SessionContext) {
+    // Generated in `partitions` parts by tasks on the workers: the same rows as one part.
+    let s = Session::builder()
+        .workers(workers)
+        .partitions(partitions)
+        .build()
+        .unwrap();
+    s.load_tpch(SCALE).await.unwrap();
+    for (i, sql) in QUERIES.iter().enumerate() {
+        let what = format!(
+            "q{:02} on {workers} workers, {partitions} partitions",
+            i + 1
+        );
+        let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
+        let got = match s.sql(sql).await {
+            Ok(df) => df.collect().await,
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(!want.is_empty(), "{what}: the reference returned nothing");
+        assert_same(&got, &want, true, &what);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_equals_datafusion_at_every_worker_and_partition_count() {
+    let reference = reference().await;
+    for workers in [1, 2, 4] {
+        for partitions in [1, 3, 8] {
+            check(workers, partitions, &reference).await;
+        }
+    }
+}
+
+/// The staged plan of every TPC-H query (2 workers, 4 partitions, SF 0.01 statistics) is kept in
+/// `tests/golden/tpch/qNN.txt`; a change to a plan shows up as a diff in review. Run with
+/// `DIRK_BLESS=1` to rewrite the files after an intended change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_tpch_plans_match_their_golden_files() {
+    let s = Session::builder().workers(2).partitions(4).build().unwrap();
+    s.load_tpch(SCALE).await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tpch");
+    let bless = std::env::var_os("DIRK_BLESS").is_some();
+    let mut changed = Vec::new();
+    for (i, sql) in QUERIES.iter().enumerate() {
+        let plan = s.sql(sql).await.unwrap().explain().await.unwrap();
+        let path = dir.join(format!("q{:02}.txt", i + 1));
+        if bless {
+            std::fs::write(&path, &plan).unwrap();
+            continue;
+        }
+        let golden = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{} is missing; run with DIRK_BLESS=1", path.display()));
+        if golden != plan {
+            changed.push(format!(
+                "q{:02}:\n--- golden\n{golden}\n--- now\n{plan}",
+                i + 1
+            ));
+        }
+    }
+    assert!(
+        changed.is_empty(),
+        "staged plans changed (rerun with DIRK_BLESS=1 if intended):\n{}",
+        changed.join("\n")
+    );
+}
