@@ -79,3 +79,17 @@ pub(crate) fn assert_same(got: &[RecordBatch], want: &[RecordBatch], ordered: bo
             .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y)));
     assert!(equal, "{what}\ngot:\n{}\nwant:\n{}", show(got), show(want));
 }
+
+/// Runs a query through Dirk, failing (instead of hanging the suite) if it takes over 120 s.
+pub(crate) async fn run_dirk(s: &dirk_dtable::Session, sql: &str, what: &str) -> Vec<RecordBatch> {
+    let run = async {
+        match s.sql(sql).await {
+            Ok(df) => df.collect().await,
+            Err(e) => Err(e),
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(120), run).await {
+        Ok(r) => r.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => panic!("{what}: no result after 120 s"),
+    }
+}

@@ -1,7 +1,7 @@
 //! Every query's result equals DataFusion's on one node over the same data, at any number of
 //! workers and partitions.
 
-use super::compare::assert_same;
+use super::compare::{assert_same, run_dirk};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -117,12 +117,8 @@ async fn check_all(workers: usize, partitions: usize) {
     let s = session(workers, partitions);
     for (sql, ordered) in QUERIES {
         let want = reference(sql).await;
-        let got = match s.sql(sql).await {
-            Ok(df) => df.collect().await,
-            Err(e) => Err(e),
-        };
-        let got = got.unwrap_or_else(|e| panic!("{workers}w/{partitions}p: {sql}: {e}"));
         let what = format!("{workers} workers, {partitions} partitions: {sql}");
+        let got = run_dirk(&s, sql, &what).await;
         assert_same(&got, &want, *ordered, &what);
     }
 }

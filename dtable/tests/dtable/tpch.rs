@@ -1,7 +1,7 @@
 //! TPC-H: all 22 queries at SF 0.01 equal DataFusion's on one node over the same data, with 1, 2
 //! and 4 workers and 1, 3 and 8 partitions per table.
 
-use super::compare::assert_same;
+use super::compare::{assert_same, run_dirk};
 use arrow::array::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -39,11 +39,7 @@ async fn check(workers: usize, partitions: usize, reference: &SessionContext) {
             i + 1
         );
         let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
-        let got = match s.sql(sql).await {
-            Ok(df) => df.collect().await,
-            Err(e) => Err(e),
-        }
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let got = run_dirk(&s, sql, &what).await;
         assert!(!want.is_empty(), "{what}: the reference returned nothing");
         assert_same(&got, &want, true, &what);
     }
