@@ -90,6 +90,31 @@ fn leaf_properties(schema: &SchemaRef, partitions: usize) -> Arc<PlanProperties>
     ))
 }
 
+/// The `ExecutionPlan` methods every Dirk leaf shares: no children, no expressions, properties
+/// computed once.
+macro_rules! leaf_plan_methods {
+    () => {
+        fn properties(&self) -> &Arc<PlanProperties> {
+            &self.props
+        }
+        fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+            vec![]
+        }
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        ) -> Result<TreeNodeRecursion> {
+            Ok(TreeNodeRecursion::Continue)
+        }
+        fn with_new_children(
+            self: Arc<Self>,
+            _children: Vec<Arc<dyn ExecutionPlan>>,
+        ) -> Result<Arc<dyn ExecutionPlan>> {
+            Ok(self)
+        }
+    };
+}
+
 /// Scans a DTable: partition `p` yields the batches of the DTable's partition `p`.
 #[derive(Debug, Clone)]
 pub struct DTableScanExec {
@@ -157,24 +182,7 @@ impl ExecutionPlan for DTableScanExec {
     fn name(&self) -> &str {
         "DTableScanExec"
     }
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
-    }
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
+    leaf_plan_methods!();
     fn execute(
         &self,
         partition: usize,
@@ -247,24 +255,7 @@ impl ExecutionPlan for StageInputExec {
     fn name(&self) -> &str {
         "StageInputExec"
     }
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
-    }
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
+    leaf_plan_methods!();
     fn execute(
         &self,
         partition: usize,

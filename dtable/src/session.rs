@@ -353,8 +353,7 @@ impl Session {
         for c in children {
             new_children.push(Box::pin(self.materialize_driver_leaves(Arc::clone(c), made)).await?);
         }
-        #[expect(deprecated, reason = "replace_children needs options we do not have")]
-        Ok(plan.with_new_children(new_children)?)
+        Ok(crate::stages::with_children(plan, new_children)?)
     }
 
     fn next_temp(&self) -> u64 {

@@ -110,6 +110,20 @@ impl StagedPlan {
     }
 }
 
+/// `plan` with `children` in place of its own (unchanged when it has none). The one place that
+/// calls DataFusion's deprecated `with_new_children`: `replace_children` wants options this
+/// crate cannot know.
+pub(crate) fn with_children(
+    plan: Arc<dyn ExecutionPlan>,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if children.is_empty() {
+        return Ok(plan);
+    }
+    #[expect(deprecated, reason = "replace_children needs options we do not have")]
+    plan.with_new_children(children)
+}
+
 /// Cuts `plan` into stages. Scans get fresh leaf ids.
 pub fn cut(plan: Arc<dyn ExecutionPlan>) -> Result<StagedPlan> {
     let plan = gather_probe_sides(plan)?;
@@ -138,12 +152,7 @@ fn gather_probe_sides(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionP
         .into_iter()
         .map(|c| gather_probe_sides(Arc::clone(c)))
         .collect::<Result<Vec<_>>>()?;
-    let plan = if children.is_empty() {
-        plan
-    } else {
-        #[expect(deprecated, reason = "replace_children needs options we do not have")]
-        plan.with_new_children(children)?
-    };
+    let plan = with_children(plan, children)?;
     let emits_build_rows = |t: &JoinType| {
         matches!(
             t,
@@ -168,8 +177,7 @@ fn gather_probe_sides(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionP
     let left = Arc::clone(children[0]);
     let right: Arc<dyn ExecutionPlan> =
         Arc::new(CoalescePartitionsExec::new(Arc::clone(children[1])));
-    #[expect(deprecated, reason = "replace_children needs options we do not have")]
-    plan.with_new_children(vec![left, right])
+    with_children(plan, vec![left, right])
 }
 
 struct Cutter {
@@ -211,12 +219,7 @@ impl Cutter {
             .into_iter()
             .map(|c| self.visit(Arc::clone(c)))
             .collect::<Result<Vec<_>>>()?;
-        let node = if children.is_empty() {
-            node
-        } else {
-            #[expect(deprecated, reason = "replace_children needs options we do not have")]
-            node.with_new_children(children)?
-        };
+        let node = with_children(node, children)?;
         if node.is::<RepartitionExec>() {
             let n = node.output_partitioning().partition_count();
             let tasks = node.children()[0].output_partitioning().partition_count();
@@ -231,8 +234,7 @@ impl Cutter {
             let stage = self.push(child, StageOutput::Whole, tasks);
             let reader: Arc<dyn ExecutionPlan> =
                 Arc::new(StageInputExec::new(self.leaf(), stage, schema, tasks));
-            #[expect(deprecated, reason = "replace_children needs options we do not have")]
-            return node.with_new_children(vec![reader]);
+            return with_children(node, vec![reader]);
         }
         Ok(node)
     }
