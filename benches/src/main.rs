@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p dirk-benches -- scheduler [--tasks 100000,1000000] [--json out.jsonl]
+//! cargo run --release -p dirk-benches -- tpch --scale 1 [--runs 3] [--queries 1,6] [--json out.jsonl]
 //! ```
 
 /// Dirk's binaries use mimalloc: tasks allocate on one thread and free on another, where it is
@@ -13,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod report;
 mod scheduler;
+mod tpch;
 
 use clap::{Parser, Subcommand};
 use report::Report;
@@ -32,6 +34,8 @@ enum Suite {
     /// Task overhead: no-op task graphs through Dirk's scheduler, against tokio::spawn and
     /// rayon::scope as the floor.
     Scheduler(scheduler::Args),
+    /// TPC-H's 22 queries through Dirk and through DataFusion on one node, same data.
+    Tpch(tpch::Args),
 }
 
 fn main() {
@@ -39,6 +43,7 @@ fn main() {
     let mut report = Report::new(cli.json.as_deref());
     let result = match cli.suite {
         Suite::Scheduler(args) => scheduler::run(&args, &mut report),
+        Suite::Tpch(args) => tpch::run(&args, &mut report),
     };
     if let Err(e) = result.and_then(|_| report.finish()) {
         eprintln!("error: {e}");

@@ -51,6 +51,12 @@ impl From<DirkError> for DataFusionError {
     }
 }
 
+impl From<arrow::error::ArrowError> for DirkError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        DirkError::DataFusion(DataFusionError::from(e))
+    }
+}
+
 /// Errors are shown on one line: DataFusion's multi-line hints are joined.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     e.to_string()

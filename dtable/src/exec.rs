@@ -71,7 +71,7 @@ fn leaf_stream(
                 Some(p) => b.project(p)?,
                 None => b,
             };
-            Ok(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?)
+            Ok(with_schema(&b, schema)?)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Box::pin(MemoryStream::try_new(
@@ -362,4 +362,14 @@ impl PhysicalExtensionCodec for DirkCodec {
         serde_json::to_writer(buf, &leaf)
             .map_err(|e| datafusion::error::DataFusionError::Internal(e.to_string()))
     }
+}
+
+/// `batch` presented with `schema` (same column types; names and metadata may differ). The row
+/// count is kept explicitly: a batch of no columns (what `count(*)` scans) still has rows.
+pub(crate) fn with_schema(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
 }

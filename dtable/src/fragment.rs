@@ -7,6 +7,7 @@
 use crate::exec::{DirkCodec, LeafId, TaskInputs};
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::metrics::Time;
@@ -45,6 +46,12 @@ pub struct FragmentHeader {
     pub split: Option<usize>,
     /// Input routing.
     pub feeds: Vec<LeafFeed>,
+    /// Session options that differ from DataFusion's defaults (time zone, formats, ...).
+    #[serde(default)]
+    pub settings: Vec<(String, String)>,
+    /// Memory this task may use, in bytes; operators spill to disk beyond it.
+    #[serde(default)]
+    pub memory_limit: Option<usize>,
 }
 
 /// Serializes a fragment once per stage.
@@ -109,8 +116,26 @@ impl Kernel for FragmentKernel {
             }
         }
         LOCAL.with(|(state, runtime)| {
-            let config = state.config().clone().with_extension(Arc::new(inputs));
-            let ctx = Arc::new(TaskContext::from(state).with_session_config(config));
+            let mut config = state.config().clone().with_extension(Arc::new(inputs));
+            for (key, value) in &header.settings {
+                config.options_mut().set(key, value).map_err(df_err)?;
+            }
+            // With work stealing, the partitions of one file scan share a queue of files; a task
+            // runs one partition of its own plan instance, so it would drain the whole queue and
+            // read every partition's files.
+            config
+                .options_mut()
+                .execution
+                .enable_file_stream_work_stealing = false;
+            let mut ctx = TaskContext::from(state).with_session_config(config);
+            if let Some(limit) = header.memory_limit {
+                let env = RuntimeEnvBuilder::new()
+                    .with_memory_limit(limit, 1.0)
+                    .build_arc()
+                    .map_err(df_err)?;
+                ctx = ctx.with_runtime(env);
+            }
+            let ctx = Arc::new(ctx);
             let plan = physical_plan_from_bytes_with_extension_codec(plan_bytes, &ctx, &DirkCodec)
                 .map_err(df_err)?;
             runtime.block_on(run_fragment(plan, &header, ctx))

@@ -6,15 +6,18 @@
 //! plan at its exchanges into stages, and every stage runs one `dirk.fragment` task per partition
 //! through the engine's scheduler, its fragment serialized with datafusion-proto.
 
+pub mod dataframe;
 pub mod error;
 pub mod exec;
 pub mod fragment;
+pub mod prelude;
 pub mod session;
 pub mod stages;
 pub mod table;
 pub mod tpch;
 
+pub use dataframe::{DataFrame, GroupBy};
 pub use datafusion;
 pub use error::{DirkError, Result};
-pub use session::{DataFrame, Session, SessionBuilder};
+pub use session::{Session, SessionBuilder};
 pub use table::DTable;

@@ -1,5 +1,6 @@
 //! The session: the catalog of DTables, the planner, and the engine underneath.
 
+use crate::dataframe::DataFrame;
 use crate::error::{DirkError, Result};
 use crate::exec::DTableScanExec;
 use crate::fragment::{
@@ -12,10 +13,14 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::dataframe::DataFrame as DfDataFrame;
 use datafusion::execution::context::SessionContext;
-use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::SessionConfig;
-use dirk_engine::{Arg, Chunk, Context, TaskHandle, TaskOptions};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::{
+    CreateExternalTable, DdlStatement, DmlStatement, LogicalPlan, Statement, WriteOp,
+};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig};
+use dirk_engine::{Arg, Chunk, Context, TaskHandle, TaskId, TaskOptions, WorkerId};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,6 +30,8 @@ use std::sync::Arc;
 pub struct SessionBuilder {
     workers: Option<usize>,
     partitions: Option<usize>,
+    memory: Option<usize>,
+    planner_state: Option<SessionState>,
 }
 
 impl SessionBuilder {
@@ -40,6 +47,23 @@ impl SessionBuilder {
         self
     }
 
+    /// Memory for running queries, in bytes, shared equally by the tasks that run at once (one
+    /// per worker). A task's sorts, aggregations and joins spill to disk beyond its share, or
+    /// fail with "Resources exhausted" where they cannot. Default: no limit. Resident DTables are
+    /// not counted.
+    pub fn memory(mut self, bytes: usize) -> Self {
+        self.memory = Some(bytes);
+        self
+    }
+
+    /// Plans with `state`'s catalog, functions and settings instead of DataFusion's defaults
+    /// (Dirk still sets the partition count and keeps the options it needs). Tables already in
+    /// that catalog are DataFusion providers: a query reads them in its tasks.
+    pub fn planner_state(mut self, state: SessionState) -> Self {
+        self.planner_state = Some(state);
+        self
+    }
+
     /// Starts the engine and an empty catalog.
     pub fn build(self) -> Result<Session> {
         let mut engine = Context::builder();
@@ -50,31 +74,56 @@ impl SessionBuilder {
         engine.register_kernel(Arc::new(FragmentKernel));
         engine.register_kernel(Arc::new(crate::tpch::TpchGenKernel));
         let partitions = self.partitions.unwrap_or(engine.workers().len());
-        let mut config = SessionConfig::new()
+        let task_memory = self
+            .memory
+            .map(|m| (m / engine.workers().len().max(1)).max(1 << 20));
+        let base = match &self.planner_state {
+            Some(state) => state.config().clone(),
+            None => SessionConfig::new(),
+        };
+        let mut config = base
             .with_target_partitions(partitions)
             .with_information_schema(true);
         // DataFusion 55 can run uncorrelated scalar subqueries in a `ScalarSubqueryExec` whose
         // results reach expressions deep in its input through shared memory; a fragment cut out
         // below it could not see them. Planned as joins instead, they distribute like any join.
-        let optimizer = &mut config.options_mut().optimizer;
-        optimizer.enable_physical_uncorrelated_scalar_subquery = false;
+        //
         // Dynamic filters are shared in memory between the partitions of one plan instance
         // (a partitioned hash join even waits at a barrier for every partition's build side).
         // Dirk runs partitions as separate tasks with separate plan instances: a barrier would
         // never fill. Off until Dirk ships filters between tasks itself.
-        optimizer.enable_dynamic_filter_pushdown = false;
-        optimizer.enable_join_dynamic_filter_pushdown = false;
-        optimizer.enable_topk_dynamic_filter_pushdown = false;
-        optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+        for key in PINNED_OFF {
+            config.options_mut().set(key, "false")?;
+        }
+        let planner = match self.planner_state {
+            Some(state) => SessionContext::new_with_state(
+                SessionStateBuilder::new_from_existing(state)
+                    .with_config(config)
+                    .build(),
+            ),
+            None => SessionContext::new_with_config(config),
+        };
         Ok(Session {
             engine: Arc::new(engine),
-            planner: SessionContext::new_with_config(config),
+            planner,
             tables: Mutex::new(BTreeMap::new()),
             partitions,
+            task_memory,
             temp_counter: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
+
+/// Planner options Dirk keeps off: each assumes the partitions of a plan share memory in one
+/// process (see [`SessionBuilder::build`]). `SET` cannot turn them on.
+const PINNED_OFF: [&str; 6] = [
+    "datafusion.execution.enable_file_stream_work_stealing",
+    "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery",
+    "datafusion.optimizer.enable_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
+];
 
 /// A Dirk session: owns the engine (workers and scheduler) and the catalog of DTables. SQL and
 /// DataFrame calls both become DataFusion plans, which Dirk cuts into stages and runs as tasks.
@@ -83,6 +132,7 @@ pub struct Session {
     planner: SessionContext,
     tables: Mutex<BTreeMap<String, DTable>>,
     partitions: usize,
+    task_memory: Option<usize>,
     temp_counter: std::sync::atomic::AtomicU64,
 }
 
@@ -196,6 +246,10 @@ impl Session {
     /// and return their result (for `INSERT`, the row count).
     pub async fn sql(&self, sql: &str) -> Result<DataFrame<'_>> {
         let plan = self.planner.state().create_logical_plan(sql).await?;
+        self.execute_logical(plan).await
+    }
+
+    async fn execute_logical(&self, plan: LogicalPlan) -> Result<DataFrame<'_>> {
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
                 let name = c.name.table().to_string();
@@ -206,11 +260,43 @@ impl Session {
                 self.register(&name, table, c.or_replace)?;
                 self.empty()
             }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(c)) => {
+                let name = c.name.table().to_string();
+                if self.tables.lock().contains_key(&name) {
+                    if c.if_not_exists {
+                        return self.empty();
+                    }
+                    if !c.or_replace {
+                        return Err(DirkError::TableExists { name });
+                    }
+                }
+                let table = self.ingest_external(&c).await?;
+                self.register(&name, table, c.or_replace)?;
+                self.empty()
+            }
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
                 let name = d.name.table().to_string();
-                if !self.drop_table(&name)? && !d.if_exists {
+                if self.drop_table(&name)? {
+                    return self.empty();
+                }
+                if self.planner.table_exist(d.name.clone())? {
+                    // Not a DTable: a provider registered with DataFusion directly.
+                    self.planner
+                        .execute_logical_plan(LogicalPlan::Ddl(DdlStatement::DropTable(d)))
+                        .await?;
+                    return self.empty();
+                }
+                if !d.if_exists {
                     return Err(DirkError::TableNotFound { name });
                 }
+                self.empty()
+            }
+            // Views, schemas, catalogs and functions change only the driver's catalog: no data
+            // is read or written, so DataFusion's own handling is the right one.
+            LogicalPlan::Ddl(other) => {
+                self.planner
+                    .execute_logical_plan(LogicalPlan::Ddl(other))
+                    .await?;
                 self.empty()
             }
             LogicalPlan::Dml(DmlStatement {
@@ -227,37 +313,233 @@ impl Session {
                 self.register(&name, table, true)?;
                 self.count(rows)
             }
-            LogicalPlan::Ddl(other) => Err(DirkError::Unsupported {
-                what: other.name().to_string(),
-            }),
             LogicalPlan::Dml(d) => Err(DirkError::Unsupported {
                 what: format!("{} (in-place mutation comes in its own issue)", d.op),
             }),
-            LogicalPlan::Explain(e) if !e.verbose => {
+            LogicalPlan::Statement(s) => self.statement(s).await,
+            LogicalPlan::Explain(e) => {
                 let df = DfDataFrame::new(self.planner.state(), (*e.plan).clone());
-                let text = self.explain_plan(df).await?;
-                self.text_result("plan", text)
+                let mut rows = Vec::new();
+                if e.verbose {
+                    rows.extend(self.datafusion_plans(df.clone()).await?);
+                } else {
+                    let optimized = df.clone().into_optimized_plan()?;
+                    rows.push((
+                        "logical_plan".to_string(),
+                        optimized.display_indent().to_string(),
+                    ));
+                }
+                rows.push(("dirk_stages".to_string(), self.explain_plan(df).await?));
+                self.plan_rows(rows)
             }
-            plan => Ok(DataFrame {
-                session: self,
-                df: DfDataFrame::new(self.planner.state(), plan),
-            }),
+            LogicalPlan::Analyze(a) => {
+                let df = DfDataFrame::new(self.planner.state(), (*a.input).clone());
+                let physical = df.create_physical_plan().await?;
+                let text = self.explain_analyze(physical).await?;
+                self.plan_rows(vec![("Plan with Metrics".to_string(), text)])
+            }
+            plan => Ok(DataFrame::new(
+                self,
+                DfDataFrame::new(self.planner.state(), plan),
+            )),
         }
+    }
+
+    /// `SET`, `RESET`, `PREPARE`, `EXECUTE`, transactions: DataFusion's handling, except that
+    /// the options Dirk keeps off stay off, and an `EXECUTE` runs through Dirk's tasks.
+    async fn statement(&self, statement: Statement) -> Result<DataFrame<'_>> {
+        if let Statement::SetVariable(set) = &statement {
+            let key = set.variable.to_lowercase();
+            if PINNED_OFF.contains(&key.as_str()) && !set.value.eq_ignore_ascii_case("false") {
+                return Err(DirkError::Unsupported {
+                    what: format!(
+                        "setting {key}: Dirk runs each partition as its own task, and this \
+                         option assumes the partitions of a plan share memory"
+                    ),
+                });
+            }
+        }
+        let df = self
+            .planner
+            .execute_logical_plan(LogicalPlan::Statement(statement))
+            .await?;
+        let state = self.planner.state_ref();
+        let mut state = state.write();
+        for key in PINNED_OFF {
+            state.config_mut().options_mut().set(key, "false")?;
+        }
+        drop(state);
+        match df.logical_plan() {
+            LogicalPlan::EmptyRelation(_) => self.empty(),
+            _ => Ok(DataFrame::new(self, df)),
+        }
+    }
+
+    /// Reads a `CREATE EXTERNAL TABLE`'s files into a DTable.
+    async fn ingest_external(&self, cmd: &CreateExternalTable) -> Result<DTable> {
+        let state = self.planner.state();
+        let file_type = cmd.file_type.to_uppercase();
+        let factory = state
+            .table_factories()
+            .get(file_type.as_str())
+            .cloned()
+            .ok_or_else(|| DirkError::Unsupported {
+                what: format!("external tables stored as {}", cmd.file_type),
+            })?;
+        let provider = factory.create(&state, cmd).await?;
+        let scan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            cmd.name.clone(),
+            datafusion::datasource::provider_as_source(provider),
+            None,
+        )?
+        .build()?;
+        self.ingest(scan).await
+    }
+
+    /// Runs a plan that reads files into a DTable. DataFusion lists the files and splits them
+    /// into byte ranges, one group per partition; each group is read by one task, on the worker
+    /// that then owns the partition (Dagger's `File`): the data never passes through the driver.
+    async fn ingest(&self, plan: LogicalPlan) -> Result<DTable> {
+        let mut state = self.planner.state();
+        // Split files of any size, so every partition gets a share of the reading.
+        state
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .repartition_file_min_size = 0;
+        let physical = DfDataFrame::new(state, plan).create_physical_plan().await?;
+        self.run_physical(physical).await
+    }
+
+    /// Reads CSV files (a file, a directory, or a glob) into a DTable registered as `name`, as
+    /// `CREATE EXTERNAL TABLE name STORED AS CSV LOCATION path` does.
+    pub async fn register_csv(
+        &self,
+        name: &str,
+        path: &str,
+        options: CsvReadOptions<'_>,
+    ) -> Result<DTable> {
+        let plan = self.planner.read_csv(path, options).await?;
+        self.register_ingested(name, plan).await
+    }
+
+    /// Reads Parquet files into a DTable registered as `name`.
+    pub async fn register_parquet(
+        &self,
+        name: &str,
+        path: &str,
+        options: ParquetReadOptions<'_>,
+    ) -> Result<DTable> {
+        let plan = self.planner.read_parquet(path, options).await?;
+        self.register_ingested(name, plan).await
+    }
+
+    async fn register_ingested(&self, name: &str, files: DfDataFrame) -> Result<DTable> {
+        if self.tables.lock().contains_key(name) {
+            return Err(DirkError::TableExists { name: name.into() });
+        }
+        let table = self.ingest(files.into_unoptimized_plan()).await?;
+        self.register(name, table.clone(), false)?;
+        Ok(table)
+    }
+
+    /// A DataFrame over CSV files, read afresh by the tasks of each query that runs it.
+    pub async fn read_csv(&self, path: &str, options: CsvReadOptions<'_>) -> Result<DataFrame<'_>> {
+        Ok(DataFrame::new(
+            self,
+            self.planner.read_csv(path, options).await?,
+        ))
+    }
+
+    /// A DataFrame over Parquet files, read afresh by the tasks of each query that runs it.
+    pub async fn read_parquet(
+        &self,
+        path: &str,
+        options: ParquetReadOptions<'_>,
+    ) -> Result<DataFrame<'_>> {
+        Ok(DataFrame::new(
+            self,
+            self.planner.read_parquet(path, options).await?,
+        ))
+    }
+
+    /// Redistributes table `name` over `n` partitions, batch by batch, spread over the
+    /// workers; the new layout replaces the old.
+    pub async fn repartition(&self, name: &str, n: usize) -> Result<DTable> {
+        self.relayout(name, |_| Ok(Partitioning::RoundRobinBatch(n.max(1))))
+            .await
+    }
+
+    /// Redistributes table `name` over `n` partitions so that rows with equal `columns` share a
+    /// partition.
+    pub async fn repartition_by(&self, name: &str, columns: &[&str], n: usize) -> Result<DTable> {
+        self.relayout(name, |schema| {
+            let keys = columns
+                .iter()
+                .map(|c| {
+                    let column =
+                        datafusion::physical_expr::expressions::Column::new_with_schema(c, schema)?;
+                    Ok(Arc::new(column) as Arc<dyn datafusion::physical_expr::PhysicalExpr>)
+                })
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            Ok(Partitioning::Hash(keys, n.max(1)))
+        })
+        .await
+    }
+
+    /// Runs a scan of `name` under an exchange to `partitioning` (placed on the physical plan,
+    /// where DataFusion's optimizer cannot drop it) and makes the result the table.
+    async fn relayout(
+        &self,
+        name: &str,
+        partitioning: impl FnOnce(&Schema) -> datafusion::error::Result<Partitioning>,
+    ) -> Result<DTable> {
+        let scan = self.table_df(name).await?.inner().clone();
+        let scan = scan.create_physical_plan().await?;
+        let partitioning = partitioning(&scan.schema())?;
+        let exchange: Arc<dyn ExecutionPlan> =
+            Arc::new(RepartitionExec::try_new(scan, partitioning)?);
+        let table = self.run_physical(exchange).await?;
+        self.register(name, table.clone(), true)?;
+        Ok(table)
+    }
+
+    /// Moves every chunk of table `name` to `worker` and pins it there: tasks that read the
+    /// table run on that worker, and the scheduler never moves its chunks.
+    pub fn pin_table(&self, name: &str, worker: WorkerId) -> Result<DTable> {
+        let table = self.table(name)?;
+        if !self.engine.workers().contains(&worker) {
+            return Err(DirkError::Unsupported {
+                what: format!("pinning to worker {}: no such worker", worker.0),
+            });
+        }
+        let mut partitions = Vec::with_capacity(table.num_partitions());
+        for part in table.partitions() {
+            let mut moved = Vec::with_capacity(part.len());
+            for c in part {
+                let data = self.engine.fetch(c)?;
+                let chunk = Chunk::new(c.schema.clone(), data.batches().to_vec());
+                moved.push(self.engine.put_on(worker, chunk, true)?);
+            }
+            partitions.push(moved);
+        }
+        let pinned = DTable::new(table.schema().clone(), partitions);
+        self.register(name, pinned.clone(), true)?;
+        Ok(pinned)
     }
 
     /// A DataFrame over a registered table.
     pub async fn table_df(&self, name: &str) -> Result<DataFrame<'_>> {
-        Ok(DataFrame {
-            session: self,
-            df: self.planner.table(name).await?,
-        })
+        Ok(DataFrame::new(self, self.planner.table(name).await?))
     }
 
+    /// No rows and no columns: what a statement returns.
     fn empty(&self) -> Result<DataFrame<'_>> {
-        Ok(DataFrame {
-            session: self,
-            df: self.planner.read_empty()?,
-        })
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::empty(false).build()?;
+        Ok(DataFrame::new(
+            self,
+            DfDataFrame::new(self.planner.state(), plan),
+        ))
     }
 
     fn count(&self, rows: u64) -> Result<DataFrame<'_>> {
@@ -268,26 +550,44 @@ impl Session {
         )]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(UInt64Array::from(vec![rows]))])
             .map_err(datafusion::error::DataFusionError::from)?;
-        Ok(DataFrame {
-            session: self,
-            df: self.planner.read_batch(batch)?,
-        })
+        Ok(DataFrame::new(self, self.planner.read_batch(batch)?))
     }
 
-    fn text_result(&self, column: &str, text: String) -> Result<DataFrame<'_>> {
-        let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+    /// A two-column result (`plan_type`, `plan`), as DataFusion's `EXPLAIN` gives.
+    fn plan_rows(&self, rows: Vec<(String, String)>) -> Result<DataFrame<'_>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plan_type", DataType::Utf8, false),
+            Field::new("plan", DataType::Utf8, false),
+        ]));
+        let (types, plans): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
         let batch = RecordBatch::try_new(
             schema,
-            vec![Arc::new(arrow::array::StringArray::from(vec![text]))],
+            vec![
+                Arc::new(arrow::array::StringArray::from(types)),
+                Arc::new(arrow::array::StringArray::from(plans)),
+            ],
         )
         .map_err(datafusion::error::DataFusionError::from)?;
-        Ok(DataFrame {
-            session: self,
-            df: self.planner.read_batch(batch)?,
-        })
+        Ok(DataFrame::new(self, self.planner.read_batch(batch)?))
     }
 
-    async fn explain_plan(&self, df: DfDataFrame) -> Result<String> {
+    /// DataFusion's own plans for `EXPLAIN VERBOSE`: every logical and physical rewrite. They
+    /// are text the physical planner records while planning; nothing runs.
+    async fn datafusion_plans(&self, df: DfDataFrame) -> Result<Vec<(String, String)>> {
+        let physical = df.explain(true, false)?.create_physical_plan().await?;
+        let explain = physical
+            .downcast_ref::<datafusion::physical_plan::explain::ExplainExec>()
+            .ok_or_else(|| DirkError::Unsupported {
+                what: "EXPLAIN VERBOSE of this statement".into(),
+            })?;
+        Ok(explain
+            .stringified_plans()
+            .iter()
+            .map(|p| (p.plan_type.to_string(), p.plan.to_string()))
+            .collect())
+    }
+
+    pub(crate) async fn explain_plan(&self, df: DfDataFrame) -> Result<String> {
         let physical = df.create_physical_plan().await?;
         Ok(cut(physical)?.display())
     }
@@ -367,7 +667,17 @@ impl Session {
         schema: SchemaRef,
     ) -> Result<DTable> {
         let staged = cut(physical)?;
-        let handles = self.spawn_stages(&staged)?;
+        Ok(self.run_stages(&staged, schema).await?.0)
+    }
+
+    /// Runs every stage's tasks; returns the final stage's outputs as a DTable, and the tasks of
+    /// each stage (for `EXPLAIN ANALYZE`). Intermediate outputs are freed.
+    async fn run_stages(
+        &self,
+        staged: &StagedPlan,
+        schema: SchemaRef,
+    ) -> Result<(DTable, Vec<Vec<TaskId>>)> {
+        let handles = self.spawn_stages(staged)?;
         let last = handles.last().expect("final stage");
         let mut partitions = Vec::with_capacity(last.len());
         let mut failure = None;
@@ -394,12 +704,115 @@ impl Session {
                 .free(&partitions.into_iter().flatten().collect::<Vec<_>>())?;
             return Err(e.into());
         }
-        Ok(DTable::new(schema, partitions))
+        let ids = handles
+            .iter()
+            .map(|stage| stage.iter().map(TaskHandle::id).collect())
+            .collect();
+        Ok((DTable::new(schema, partitions), ids))
+    }
+
+    /// `EXPLAIN ANALYZE`: runs the plan, then prints each stage with what its tasks did, from
+    /// the engine's event log: tasks, workers, wall time, task time, rows, and bytes moved
+    /// between workers to feed them.
+    async fn explain_analyze(&self, physical: Arc<dyn ExecutionPlan>) -> Result<String> {
+        let schema = physical.schema();
+        let mut driver_tables = Vec::new();
+        let physical = self
+            .materialize_driver_leaves(physical, &mut driver_tables)
+            .await?;
+        let staged = cut(physical)?;
+        let started = std::time::Instant::now();
+        let run = self.run_stages(&staged, schema).await;
+        let wall = started.elapsed();
+        for name in driver_tables {
+            self.drop_table(&name)?;
+        }
+        let (table, ids) = run?;
+        self.engine
+            .free(&table.chunks().cloned().collect::<Vec<_>>())?;
+        let log = self.engine.event_log();
+        let by_task: HashMap<TaskId, &dirk_engine::TaskRecord> =
+            log.records.iter().map(|r| (r.task, r)).collect();
+        let mut moved_total = 0;
+        let notes: Vec<String> = ids
+            .iter()
+            .map(|tasks| {
+                let records: Vec<_> = tasks.iter().filter_map(|t| by_task.get(t)).collect();
+                let workers: std::collections::BTreeSet<_> = records
+                    .iter()
+                    .filter_map(|r| r.worker)
+                    .map(|w| w.0)
+                    .collect();
+                let first = records.iter().map(|r| r.started_us).min().unwrap_or(0);
+                let last = records.iter().map(|r| r.finished_us).max().unwrap_or(0);
+                let busy: u64 = records
+                    .iter()
+                    .map(|r| r.finished_us.saturating_sub(r.started_us))
+                    .sum();
+                let rows_in: u64 = records.iter().map(|r| r.rows_in).sum();
+                let rows_out: u64 = records.iter().map(|r| r.rows_out).sum();
+                let bytes_out: u64 = records.iter().map(|r| r.bytes_out).sum();
+                let moved: u64 = records.iter().map(|r| r.bytes_moved).sum();
+                moved_total += moved;
+                format!(
+                    "workers={workers:?}, wall={:.3} ms, task_time={:.3} ms, rows_in={rows_in}, \
+                     rows_out={rows_out}, bytes_out={bytes_out}, bytes_moved={moved}{}",
+                    last.saturating_sub(first) as f64 / 1000.0,
+                    busy as f64 / 1000.0,
+                    if records.len() < tasks.len() {
+                        " (event log full: some tasks not counted)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        let mut text = staged.display_annotated(&notes);
+        text.push_str(&format!(
+            "Total: {} tasks in {} stages, {:.3} ms, {} rows out, {moved_total} bytes moved \
+             between workers\n",
+            ids.iter().map(Vec::len).sum::<usize>(),
+            ids.len(),
+            wall.as_secs_f64() * 1000.0,
+            table.num_rows(),
+        ));
+        Ok(text)
+    }
+
+    /// Options the workers must see as the planner does (time zone, formats, batch size, file
+    /// reading): every `datafusion.execution`, `datafusion.format` and `datafusion.sql_parser`
+    /// option that differs from DataFusion's default.
+    fn execution_settings(&self) -> Vec<(String, String)> {
+        let defaults: HashMap<String, Option<String>> = SessionConfig::new()
+            .options()
+            .entries()
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
+        self.planner
+            .state()
+            .config()
+            .options()
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                [
+                    "datafusion.execution.",
+                    "datafusion.format.",
+                    "datafusion.sql_parser.",
+                ]
+                .iter()
+                .any(|p| e.key.starts_with(p))
+            })
+            .filter(|e| defaults.get(&e.key) != Some(&e.value))
+            .filter_map(|e| Some((e.key, e.value?)))
+            .collect()
     }
 
     /// Spawns every task of every stage; returns the handles per stage.
     fn spawn_stages(&self, staged: &StagedPlan) -> Result<Vec<Vec<TaskHandle>>> {
         let snapshots = self.scan_snapshots(staged)?;
+        let settings = self.execution_settings();
         let mut handles: Vec<Vec<TaskHandle>> = Vec::with_capacity(staged.stages.len());
         for stage in &staged.stages {
             let plan = encode_plan(&stage.fragment)?;
@@ -443,6 +856,8 @@ impl Session {
                     partition: t,
                     split,
                     feeds,
+                    settings: settings.clone(),
+                    memory_limit: self.task_memory,
                 };
                 let opts = TaskOptions::new()
                     .params(encode_params(&header, &plan))
@@ -479,56 +894,5 @@ impl Session {
                 Ok((leaf, t))
             })
             .collect()
-    }
-}
-
-/// A query, planned lazily. Method chains build on DataFusion's `DataFrame`; `collect` runs the
-/// plan through Dirk's stages and tasks.
-pub struct DataFrame<'a> {
-    session: &'a Session,
-    df: DfDataFrame,
-}
-
-impl<'a> DataFrame<'a> {
-    /// The DataFusion DataFrame underneath, for method chains.
-    pub fn inner(&self) -> &DfDataFrame {
-        &self.df
-    }
-
-    /// Replaces the plan with the result of a DataFusion DataFrame method chain.
-    pub fn map(
-        self,
-        f: impl FnOnce(DfDataFrame) -> datafusion::error::Result<DfDataFrame>,
-    ) -> Result<Self> {
-        Ok(DataFrame {
-            session: self.session,
-            df: f(self.df)?,
-        })
-    }
-
-    /// The output schema.
-    pub fn schema(&self) -> SchemaRef {
-        Arc::new(self.df.schema().as_arrow().clone())
-    }
-
-    /// Runs the query; the result stays on the workers.
-    pub async fn persist(self) -> Result<DTable> {
-        self.session.run_plan(self.df.logical_plan().clone()).await
-    }
-
-    /// Runs the query and brings the result to the caller.
-    pub async fn collect(self) -> Result<Vec<RecordBatch>> {
-        let session = self.session;
-        let table = self.persist().await?;
-        let batches = table.collect(session.engine());
-        session
-            .engine()
-            .free(&table.chunks().cloned().collect::<Vec<_>>())?;
-        batches
-    }
-
-    /// The staged plan, as `EXPLAIN` shows it.
-    pub async fn explain(self) -> Result<String> {
-        self.session.explain_plan(self.df).await
     }
 }

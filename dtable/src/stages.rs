@@ -80,6 +80,12 @@ impl StagedPlan {
 
     /// Stages and their fragments as text, for `EXPLAIN`.
     pub fn display(&self) -> String {
+        self.display_annotated(&[])
+    }
+
+    /// As [`display`](Self::display), with `notes[i]` (if any) under stage `i`'s heading: what
+    /// `EXPLAIN ANALYZE` measured.
+    pub fn display_annotated(&self, notes: &[String]) -> String {
         let mut s = String::new();
         for st in &self.stages {
             let out = match st.output {
@@ -98,6 +104,9 @@ impl StagedPlan {
                     ""
                 }
             );
+            if let Some(note) = notes.get(st.id) {
+                let _ = writeln!(s, "  -- {note}");
+            }
             for line in displayable(st.fragment.as_ref())
                 .indent(true)
                 .to_string()

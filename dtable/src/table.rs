@@ -51,7 +51,7 @@ impl DTable {
         self.partitions.iter().flatten().map(|c| c.bytes).sum()
     }
 
-    /// Adds partitions (what `INSERT` does: new chunks, existing ones untouched).
+    /// Adds rows (what `INSERT` does): new chunks, existing ones untouched.
     pub fn append(&mut self, other: DTable) -> Result<()> {
         if other.schema.fields().len() != self.schema.fields().len() {
             return Err(DirkError::SchemaMismatch {
@@ -62,12 +62,24 @@ impl DTable {
                 ),
             });
         }
-        self.partitions.extend(
-            other
-                .partitions
-                .into_iter()
-                .filter(|p| p.iter().any(|c| c.rows > 0)),
-        );
+        let new: Vec<Vec<ChunkRef>> = other
+            .partitions
+            .into_iter()
+            .map(|p| p.into_iter().filter(|c| c.rows > 0).collect::<Vec<_>>())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if self.num_rows() == 0 {
+            self.partitions = new;
+            return Ok(());
+        }
+        // The new chunks join the existing partitions, rotating so small appends spread out:
+        // a table keeps its partition count however many INSERTs it takes, and a scan of it
+        // stays one task per partition.
+        let n = self.partitions.len();
+        let start = self.chunks().count() % n;
+        for (j, part) in new.into_iter().enumerate() {
+            self.partitions[(start + j) % n].extend(part);
+        }
         Ok(())
     }
 
@@ -79,8 +91,7 @@ impl DTable {
             out.extend(chunk.batches().iter().map(|b| {
                 // Chunks keep the schema they were made with; present them with the table's
                 // (same types, possibly other field names or metadata).
-                RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())
-                    .unwrap_or_else(|_| b.clone())
+                crate::exec::with_schema(b, &self.schema).unwrap_or_else(|_| b.clone())
             }));
         }
         Ok(out)

@@ -62,6 +62,15 @@ impl Shared {
     }
 }
 
+/// Task totals since a context started; see [`Context::task_counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TaskCounts {
+    /// Tasks submitted.
+    pub submitted: u64,
+    /// Tasks finished, however they ended.
+    pub finished: u64,
+}
+
 /// Builds a [`Context`].
 #[derive(Debug, Clone)]
 pub struct ContextBuilder {
@@ -307,6 +316,17 @@ impl Context {
         let (tx, rx) = bounded(1);
         self.shared.send(Event::Idle(tx))?;
         rx.recv().map_err(|_| EngineError::Shutdown)
+    }
+
+    /// How many tasks were submitted and how many have finished (succeeded, failed or were
+    /// cancelled) since the context started. Two readings give a caller's progress: the shell's
+    /// progress bar is (finished - finished₀) of (submitted - submitted₀).
+    pub fn task_counts(&self) -> TaskCounts {
+        let (submitted, finished) = self.shared.admission.counts();
+        TaskCounts {
+            submitted,
+            finished,
+        }
     }
 
     /// A copy of the event log.

@@ -45,7 +45,7 @@ pub mod task;
 pub mod worker;
 
 pub use chunk::{Chunk, ChunkMeta, ChunkRef, ChunkStore, MemorySpace};
-pub use context::{Context, ContextBuilder, SequentialQueue};
+pub use context::{Context, ContextBuilder, SequentialQueue, TaskCounts};
 pub use error::{EngineError, Result};
 pub use eventlog::{EventLog, EventLogSnapshot, TaskRecord, TaskStatus, Transfer};
 pub use ids::{ChunkId, TaskId, WorkerId};

@@ -14,7 +14,7 @@ use crate::worker::{InputSpec, ReportSink, TaskAssignment, TaskReport, WorkerRef
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// How a chunk came to be: what recovery would rerun.
@@ -136,6 +136,10 @@ pub(crate) struct Scheduler {
 pub(crate) struct Admission {
     limit: usize,
     outstanding: AtomicUsize,
+    /// Tasks ever admitted and ever released: a caller's progress is the difference of two
+    /// readings of each.
+    admitted: AtomicU64,
+    released: AtomicU64,
     waiters: AtomicUsize,
     lock: Mutex<()>,
     cv: Condvar,
@@ -146,6 +150,8 @@ impl Admission {
         Admission {
             limit: limit.max(1),
             outstanding: AtomicUsize::new(0),
+            admitted: AtomicU64::new(0),
+            released: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),
             cv: Condvar::new(),
@@ -154,6 +160,7 @@ impl Admission {
 
     /// Takes a place for one task, waiting while all places are taken.
     pub(crate) fn acquire(&self) {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
         if self.outstanding.fetch_add(1, Ordering::SeqCst) < self.limit {
             return;
         }
@@ -166,6 +173,13 @@ impl Admission {
         self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// (tasks submitted, tasks finished) since the context started.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        // Read `released` first: a reading never shows more finished than submitted.
+        let released = self.released.load(Ordering::Relaxed);
+        (self.admitted.load(Ordering::Relaxed), released)
+    }
+
     /// Waiters resume once the backlog has drained to three quarters of the bound, so a fast
     /// caller is woken once per batch rather than once per finished task.
     fn low_water(&self) -> usize {
@@ -174,6 +188,7 @@ impl Admission {
 
     /// Gives a place back.
     pub(crate) fn release(&self) {
+        self.released.fetch_add(1, Ordering::Relaxed);
         let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
         if before - 1 <= self.low_water() && self.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.lock.lock();

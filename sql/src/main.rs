@@ -7,6 +7,7 @@
 //! echo "SELECT 1;" | dirk              # non-interactive when stdin is not a terminal
 //! ```
 
+mod progress;
 mod shell;
 mod statements;
 

@@ -135,9 +135,11 @@ impl Shell {
 
     fn run_sql(&mut self, sql: &str) -> bool {
         let start = Instant::now();
-        let result = self.runtime.block_on(async {
-            let df = self.session.sql(sql).await?;
-            df.collect().await
+        let result = crate::progress::with_progress(self.session.engine(), || {
+            self.runtime.block_on(async {
+                let df = self.session.sql(sql).await?;
+                df.collect().await
+            })
         });
         let ok = match result {
             Ok(batches) => {

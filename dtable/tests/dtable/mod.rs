@@ -1,4 +1,6 @@
+mod api;
 mod compare;
+mod files;
 mod queries;
 mod statements;
 mod tpch;

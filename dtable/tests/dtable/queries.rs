@@ -9,7 +9,7 @@ use dirk_dtable::Session;
 use std::sync::Arc;
 
 /// Deterministic test data: `t(a, b, c, k)` with nulls, and `u(k, name)`.
-fn tables() -> Vec<(&'static str, RecordBatch)> {
+pub(crate) fn tables() -> Vec<(&'static str, RecordBatch)> {
     let n = 2000i64;
     let mut x: u64 = 0x9E37_79B9;
     let mut next = move || {
@@ -92,7 +92,7 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT t1.k, count(*) FROM t t1 JOIN t t2 ON t1.k = t2.k AND t1.a < t2.a GROUP BY t1.k", false),
 ];
 
-async fn reference(sql: &str) -> Vec<RecordBatch> {
+pub(crate) async fn reference(sql: &str) -> Vec<RecordBatch> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     for (name, batch) in tables() {
         let t = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();

@@ -1,0 +1,311 @@
+//! # dirk-slt
+//!
+//! Runs sqllogictest files through a Dirk session: DataFusion's own corpus (shipped in the
+//! `datafusion-sqllogictest` crate) and SQLite's `select1`–`select5`. [`DirkDb`] is the
+//! [`AsyncDB`] over a Dirk [`Session`]; values are printed with DataFusion's own conversion, so
+//! a Dirk answer reads exactly as DataFusion's does. [`run_file`] runs one file record by record
+//! and says, for each record, whether it passed, failed (and how), or was skipped (and why).
+
+use async_trait::async_trait;
+use datafusion::error::DataFusionError;
+use datafusion::execution::session_state::SessionState;
+use datafusion_sqllogictest::{
+    convert_batches, convert_schema_to_types, DFColumnType, DFOutput, DFSqlLogicTestError,
+    DataFusion, TestContext,
+};
+use dirk_dtable::Session;
+use sqllogictest::{
+    Condition, DBOutput, MakeConnection, QueryExpect, Record, Runner, SortMode, TestErrorKind,
+};
+use std::path::Path;
+use std::time::Duration;
+
+/// The label DataFusion's runner sets; `skipif`/`onlyif` conditions are judged against it.
+pub const LABEL: &str = "Datafusion";
+
+/// A Dirk session as a sqllogictest database.
+pub struct DirkDb {
+    session: Session,
+    spark: bool,
+}
+
+impl DirkDb {
+    /// A session with `workers` in-process workers and `partitions` partitions, whose catalog,
+    /// functions and settings start as `state`'s (the test context DataFusion's runner builds for
+    /// the file).
+    pub fn new(state: SessionState, workers: usize, partitions: usize, spark: bool) -> Self {
+        let session = Session::builder()
+            .workers(workers)
+            .partitions(partitions)
+            .planner_state(state)
+            .build()
+            .expect("a session starts");
+        DirkDb { session, spark }
+    }
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for DirkDb {
+    type Error = DFSqlLogicTestError;
+    type ColumnType = DFColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DFOutput, Self::Error> {
+        let df = self.session.sql(sql).await.map_err(to_slt_error)?;
+        let schema = df.schema();
+        let batches = df.collect().await.map_err(to_slt_error)?;
+        let types = convert_schema_to_types(schema.fields());
+        let rows = convert_batches(&schema, batches, self.spark)?;
+        if rows.is_empty() && types.is_empty() {
+            Ok(DBOutput::StatementComplete(0))
+        } else {
+            Ok(DBOutput::Rows { types, rows })
+        }
+    }
+
+    fn engine_name(&self) -> &str {
+        "Dirk"
+    }
+
+    async fn sleep(dur: Duration) {
+        tokio::time::sleep(dur).await;
+    }
+
+    async fn shutdown(&mut self) {}
+}
+
+fn to_slt_error(e: dirk_dtable::DirkError) -> DFSqlLogicTestError {
+    DFSqlLogicTestError::DataFusion(DataFusionError::from(e))
+}
+
+/// Which engine runs a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Dirk with this many workers and partitions.
+    Dirk {
+        /// In-process workers.
+        workers: usize,
+        /// Partitions per table and exchange.
+        partitions: usize,
+    },
+    /// DataFusion on one node: the reference.
+    DataFusion,
+}
+
+/// How values are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// DataFusion's corpus: DataFusion's validator.
+    DataFusion,
+    /// SQLite's files: rows compared value by value, as DataFusion's runner does for them.
+    Sqlite,
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran and matched.
+    Pass,
+    /// It returned an error where the file expects an answer (or another error).
+    Error(String),
+    /// It answered, but not what the file expects.
+    WrongAnswer(String),
+    /// It was not run.
+    Skip(String),
+}
+
+/// One record's line and outcome.
+#[derive(Debug, Clone)]
+pub struct RecordResult {
+    /// Line of the record in its file.
+    pub line: u32,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Runs `path` (shown as `relative`) on `engine`; one result per statement and query.
+pub async fn run_file(
+    path: &Path,
+    relative: &Path,
+    engine: Engine,
+    dialect: Dialect,
+) -> Result<Vec<RecordResult>, String> {
+    let spark = relative.starts_with("spark");
+    let Some(ctx) = TestContext::try_new_for_test_file(relative).await else {
+        return Err("the test context has no setup for this file".into());
+    };
+    let state = ctx.session_ctx().state();
+    match engine {
+        Engine::Dirk {
+            workers,
+            partitions,
+        } => {
+            let runner = Runner::new(move || {
+                let state = state.clone();
+                async move { Ok(DirkDb::new(state, workers, partitions, spark)) }
+            });
+            run_records(runner, path, dialect).await
+        }
+        Engine::DataFusion => {
+            let ctx = ctx.session_ctx().clone();
+            let relative = relative.to_path_buf();
+            let runner = Runner::new(move || {
+                let db = DataFusion::new(
+                    ctx.clone(),
+                    relative.clone(),
+                    indicatif::ProgressBar::hidden(),
+                );
+                async move { Ok(db) }
+            });
+            run_records(runner, path, dialect).await
+        }
+    }
+}
+
+async fn run_records<D, M>(
+    mut runner: Runner<D, M>,
+    path: &Path,
+    dialect: Dialect,
+) -> Result<Vec<RecordResult>, String>
+where
+    D: sqllogictest::AsyncDB<ColumnType = DFColumnType>,
+    M: MakeConnection<Conn = D>,
+{
+    runner.add_label(LABEL);
+    runner.with_column_validator(sqllogictest::strict_column_validator);
+    runner.with_normalizer(datafusion_sqllogictest::value_normalizer);
+    runner.with_validator(match dialect {
+        Dialect::DataFusion => datafusion_sqllogictest::df_value_validator,
+        Dialect::Sqlite => sqlite_value_validator,
+    });
+    let records = sqllogictest::parse_file::<DFColumnType>(path).map_err(|e| e.to_string())?;
+    let mut results = Vec::new();
+    for record in records {
+        let line = match &record {
+            Record::Statement { loc, .. } | Record::Query { loc, .. } => loc.line(),
+            Record::Halt { .. } => break,
+            _ => {
+                // Control records (`include`, `sleep`, `hash-threshold`, ...) configure the runner.
+                let _ = runner.run_async(record).await;
+                continue;
+            }
+        };
+        if let Some(reason) = skip_reason(&record) {
+            results.push(RecordResult {
+                line,
+                outcome: Outcome::Skip(reason),
+            });
+            continue;
+        }
+        let record = sort_when_unordered(record);
+        let outcome = match runner.run_async(record).await {
+            Ok(_) => Outcome::Pass,
+            Err(e) => {
+                let text = one_line(&e.to_string());
+                match e.kind() {
+                    TestErrorKind::QueryResultMismatch { .. }
+                    | TestErrorKind::StatementResultMismatch { .. }
+                    | TestErrorKind::QueryResultColumnsMismatch { .. } => {
+                        Outcome::WrongAnswer(text)
+                    }
+                    _ => Outcome::Error(text),
+                }
+            }
+        };
+        results.push(RecordResult { line, outcome });
+    }
+    Ok(results)
+}
+
+/// Why a record is not run, if it is not: a condition excludes DataFusion, or it pins
+/// DataFusion's `EXPLAIN` text (Dirk explains its own stages).
+fn skip_reason(record: &Record<DFColumnType>) -> Option<String> {
+    let (conditions, sql) = match record {
+        Record::Statement {
+            conditions, sql, ..
+        }
+        | Record::Query {
+            conditions, sql, ..
+        } => (conditions, sql),
+        _ => return None,
+    };
+    for c in conditions {
+        match c {
+            Condition::OnlyIf { label } if label != LABEL => {
+                return Some(format!("onlyif {label}"))
+            }
+            Condition::SkipIf { label } if label == LABEL => {
+                return Some(format!("skipif {label}"))
+            }
+            _ => {}
+        }
+    }
+    let head = sql.trim_start().to_ascii_uppercase();
+    if head.starts_with("EXPLAIN") {
+        return Some("EXPLAIN text (DataFusion's plan, not Dirk's)".into());
+    }
+    None
+}
+
+/// A query whose outermost `SELECT` has no `ORDER BY` may return its rows in any order; the
+/// file holds the order one DataFusion run produced. Such a query is compared sorted by rows.
+fn sort_when_unordered(mut record: Record<DFColumnType>) -> Record<DFColumnType> {
+    if let Record::Query {
+        sql,
+        expected:
+            QueryExpect::Results {
+                sort_mode: sort_mode @ (None | Some(SortMode::NoSort)),
+                ..
+            },
+        ..
+    } = &mut record
+    {
+        if !has_outer_order_by(sql) {
+            *sort_mode = Some(SortMode::RowSort);
+        }
+    }
+    record
+}
+
+fn has_outer_order_by(sql: &str) -> bool {
+    use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+    use datafusion::sql::sqlparser::ast::Statement;
+    match DFParser::parse_sql(sql) {
+        Ok(statements) => statements.iter().any(|s| match s {
+            DfStatement::Statement(s) => match s.as_ref() {
+                Statement::Query(q) => q.order_by.is_some(),
+                // Not a plain query: keep the file's order.
+                _ => true,
+            },
+            _ => true,
+        }),
+        // Let the engine report what it makes of it.
+        Err(_) => true,
+    }
+}
+
+/// DataFusion's runner compares SQLite's files row by row, a row's values joined by spaces.
+fn sqlite_value_validator(
+    normalizer: sqllogictest::Normalizer,
+    actual: &[Vec<String>],
+    expected: &[String],
+) -> bool {
+    let expected: Vec<String> = expected.iter().map(normalizer).collect();
+    let actual: Vec<String> = actual
+        .iter()
+        .map(|row| row.iter().map(normalizer).collect::<Vec<_>>().join(" "))
+        .collect();
+    actual == expected
+}
+
+fn one_line(s: &str) -> String {
+    let joined = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    match joined.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &joined[..i]),
+        None => joined,
+    }
+}

@@ -1,0 +1,521 @@
+//! DataFusion's sqllogictest corpus and SQLite's `select1`–`select5`, run through Dirk with
+//! more than one worker.
+//!
+//! - Every record is passed, failed or skipped; skips have reasons (Spark dialect, a data file
+//!   the crate does not ship, DataFusion's `EXPLAIN` text, a condition that excludes
+//!   DataFusion, or a record DataFusion itself fails here).
+//! - Every Dirk failure must be listed in `slt/known-failures.txt`, with its kind (error or
+//!   wrong answer); a new failure fails this test, and so does a listed one that now passes.
+//!   `DIRK_SLT_BLESS=1` rewrites the list (keeping the notes) and `slt/REPORT.md`.
+//! - SQLite: every query DataFusion answers on one node must be answered identically by Dirk.
+//!
+//! `DIRK_SLT_FILTER=substring` runs only matching files (the list check is then skipped).
+
+use dirk_slt::{run_file, Dialect, Engine, Outcome, RecordResult};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WORKERS: usize = 2;
+const PARTITIONS: usize = 3;
+const FILE_TIMEOUT: Duration = Duration::from_secs(600);
+const PARALLEL_FILES: usize = 2;
+
+fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--list") {
+        println!("slt: test");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slt: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct FileRun {
+    corpus: &'static str,
+    relative: PathBuf,
+    /// Whole-file skip reason.
+    skipped: Option<String>,
+    records: Vec<RecordResult>,
+    /// The file could not be run at all (parse error, timeout).
+    broken: Option<String>,
+}
+
+async fn run() -> Result<(), String> {
+    let started = Instant::now();
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let corpus = corpus_source()?;
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("slt-corpus");
+    let _ = std::fs::remove_dir_all(&work);
+    for dir in ["test_files", "data"] {
+        copy_dir(&corpus.join(dir), &work.join(dir)).map_err(|e| format!("copying {dir}: {e}"))?;
+    }
+    // The files name their data relative to the crate's directory, as DataFusion's runner does.
+    std::env::set_current_dir(&work).map_err(|e| e.to_string())?;
+    let filter = std::env::var("DIRK_SLT_FILTER").ok();
+
+    let mut jobs: Vec<(&'static str, PathBuf, PathBuf)> = Vec::new();
+    let mut slt_files = Vec::new();
+    list_files(Path::new("test_files"), &mut slt_files);
+    slt_files.sort();
+    for f in slt_files {
+        let rel = f
+            .strip_prefix("test_files")
+            .expect("under test_files")
+            .to_path_buf();
+        jobs.push(("datafusion", work.join(&f), rel));
+    }
+    let sqlite_dir = crate_dir.join("../../shared/testdata/sqlite");
+    if sqlite_dir.is_dir() {
+        for i in 1..=5 {
+            let name = format!("select{i}.test");
+            jobs.push(("sqlite", sqlite_dir.join(&name), PathBuf::from(name)));
+        }
+    } else {
+        println!(
+            "SQLite files not found at {}: not run",
+            sqlite_dir.display()
+        );
+    }
+    if let Some(f) = &filter {
+        jobs.retain(|(_, _, rel)| rel.to_string_lossy().contains(f.as_str()));
+    }
+
+    let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL_FILES));
+    let mut handles = Vec::new();
+    for (corpus, path, relative) in jobs {
+        let gate = gate.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            run_one(corpus, path, relative).await
+        }));
+    }
+    let mut runs = Vec::new();
+    for h in handles {
+        runs.push(h.await.map_err(|e| format!("a file's run panicked: {e}"))?);
+    }
+
+    let report = report(&runs, started.elapsed());
+    println!("{report}");
+    let mut problems = Vec::new();
+    check_sqlite(&runs, &mut problems).await;
+    if filter.is_none() {
+        check_known_failures(&runs, &crate_dir, &report, &mut problems)?;
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} problem(s):\n{}",
+            problems.len(),
+            problems.join("\n")
+        ))
+    }
+}
+
+async fn run_one(corpus: &'static str, path: PathBuf, relative: PathBuf) -> FileRun {
+    let mut run = FileRun {
+        corpus,
+        relative: relative.clone(),
+        skipped: None,
+        records: Vec::new(),
+        broken: None,
+    };
+    if corpus == "datafusion" {
+        if relative.starts_with("spark") {
+            run.skipped = Some("Spark dialect".into());
+            return run;
+        }
+        if let Some(missing) = missing_data_file(&path) {
+            run.skipped = Some(format!("missing data file {missing}"));
+            return run;
+        }
+    }
+    let dialect = if corpus == "sqlite" {
+        Dialect::Sqlite
+    } else {
+        Dialect::DataFusion
+    };
+    let dirk = Engine::Dirk {
+        workers: WORKERS,
+        partitions: PARTITIONS,
+    };
+    let file_started = Instant::now();
+    match run_isolated(&path, &relative, dirk, dialect).await {
+        Ok(records) => run.records = records,
+        Err(e) => {
+            run.broken = Some(e);
+            return run;
+        }
+    }
+    let failed: Vec<usize> = (0..run.records.len())
+        .filter(|&i| is_failure(&run.records[i].outcome))
+        .collect();
+    // A Dirk failure is Dirk's only where DataFusion, in this same environment, passes. The
+    // reference run is needed for every SQLite file (its check compares all answers).
+    if !failed.is_empty() || corpus == "sqlite" {
+        match run_isolated(&path, &relative, Engine::DataFusion, dialect).await {
+            Ok(reference) => {
+                let by_line: BTreeMap<u32, Outcome> =
+                    reference.into_iter().map(|r| (r.line, r.outcome)).collect();
+                for r in &mut run.records {
+                    if !is_failure(&r.outcome) {
+                        continue;
+                    }
+                    if let Some(reference) = by_line.get(&r.line) {
+                        if is_failure(reference) {
+                            r.outcome = Outcome::Skip(format!(
+                                "fails on DataFusion too here: {}",
+                                short(message(reference))
+                            ));
+                        }
+                    }
+                }
+                if corpus == "sqlite" {
+                    SQLITE_REFERENCE
+                        .lock()
+                        .expect("lock")
+                        .insert(relative.clone(), by_line);
+                }
+            }
+            Err(e) => run.broken = Some(format!("DataFusion reference run: {e}")),
+        }
+    }
+    let secs = file_started.elapsed().as_secs_f64();
+    if secs > 20.0 {
+        eprintln!("slt: {} took {secs:.1} s", relative.display());
+    }
+    run
+}
+
+static SQLITE_REFERENCE: std::sync::Mutex<BTreeMap<PathBuf, BTreeMap<u32, Outcome>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Runs a file in its own task, with a fresh scratch directory and a time limit, so one file's
+/// hang or panic is reported as that file's, not the suite's.
+async fn run_isolated(
+    path: &Path,
+    relative: &Path,
+    engine: Engine,
+    dialect: Dialect,
+) -> Result<Vec<RecordResult>, String> {
+    datafusion_sqllogictest::setup_scratch_dir(relative).map_err(|e| e.to_string())?;
+    let (path, relative) = (path.to_path_buf(), relative.to_path_buf());
+    let task = tokio::spawn(async move { run_file(&path, &relative, engine, dialect).await });
+    match tokio::time::timeout(FILE_TIMEOUT, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(format!("panicked: {e}")),
+        Err(_) => Err(format!("did not finish in {} s", FILE_TIMEOUT.as_secs())),
+    }
+}
+
+fn is_failure(o: &Outcome) -> bool {
+    matches!(o, Outcome::Error(_) | Outcome::WrongAnswer(_))
+}
+
+fn message(o: &Outcome) -> &str {
+    match o {
+        Outcome::Error(m) | Outcome::WrongAnswer(m) | Outcome::Skip(m) => m,
+        Outcome::Pass => "",
+    }
+}
+
+fn short(s: &str) -> String {
+    match s.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The first local path the file reads that the crate does not ship, if any.
+fn missing_data_file(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    for (i, piece) in text.split('\'').enumerate() {
+        if i % 2 == 0 || piece.contains("scratch") || piece.contains('\n') {
+            continue;
+        }
+        let local = ["../", "data/", "test_files/"]
+            .iter()
+            .any(|p| piece.starts_with(p));
+        if !local {
+            continue;
+        }
+        let base = piece.split(['*', '?']).next().unwrap_or(piece);
+        let base = base.rsplit_once('/').map_or(base, |(dir, _)| dir);
+        let probe = if piece.contains(['*', '?']) {
+            base
+        } else {
+            piece
+        };
+        if !Path::new(probe).exists() {
+            return Some(piece.to_string());
+        }
+    }
+    None
+}
+
+fn report(runs: &[FileRun], elapsed: Duration) -> String {
+    let mut out = String::new();
+    for corpus in ["datafusion", "sqlite"] {
+        let runs: Vec<_> = runs.iter().filter(|r| r.corpus == corpus).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let (mut f_pass, mut f_fail, mut f_skip) = (0, 0, 0);
+        let (mut pass, mut error, mut wrong, mut skip) = (0, 0, 0, 0);
+        let mut reasons: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for r in &runs {
+            if let Some(reason) = &r.skipped {
+                f_skip += 1;
+                let key = reason_class(reason);
+                reasons.entry(key).or_default().0 += 1;
+                continue;
+            }
+            let failed = r.broken.is_some() || r.records.iter().any(|x| is_failure(&x.outcome));
+            if failed {
+                f_fail += 1;
+            } else {
+                f_pass += 1;
+            }
+            for rec in &r.records {
+                match &rec.outcome {
+                    Outcome::Pass => pass += 1,
+                    Outcome::Error(_) => error += 1,
+                    Outcome::WrongAnswer(_) => wrong += 1,
+                    Outcome::Skip(reason) => {
+                        skip += 1;
+                        reasons.entry(reason_class(reason)).or_default().1 += 1;
+                    }
+                }
+            }
+        }
+        out.push_str(&format!(
+            "## {corpus} corpus ({WORKERS} workers, {PARTITIONS} partitions)\n\n\
+             files: {} run, {f_pass} pass, {f_fail} with failures, {f_skip} skipped\n\
+             records: {pass} pass, {} fail ({error} errors, {wrong} wrong answers), {skip} skipped\n\n\
+             | skip reason | files | records |\n|---|---|---|\n",
+            f_pass + f_fail,
+            error + wrong
+        ));
+        for (reason, (files, records)) in reasons {
+            out.push_str(&format!("| {reason} | {files} | {records} |\n"));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("(ran in {:.0} s)\n", elapsed.as_secs_f64()));
+    out
+}
+
+/// Skip reasons grouped for the report (the missing file's name and DataFusion's message vary).
+fn reason_class(reason: &str) -> String {
+    for prefix in [
+        "missing data file",
+        "fails on DataFusion too",
+        "onlyif",
+        "skipif",
+    ] {
+        if reason.starts_with(prefix) {
+            return prefix.to_string();
+        }
+    }
+    reason.to_string()
+}
+
+/// Every SQLite query DataFusion answers must be answered identically by Dirk.
+async fn check_sqlite(runs: &[FileRun], problems: &mut Vec<String>) {
+    let reference = SQLITE_REFERENCE.lock().expect("lock");
+    let mut answered = 0;
+    let mut dirk_same = 0;
+    for r in runs.iter().filter(|r| r.corpus == "sqlite") {
+        if let Some(b) = &r.broken {
+            problems.push(format!("sqlite/{}: {b}", r.relative.display()));
+            continue;
+        }
+        let Some(df) = reference.get(&r.relative) else {
+            continue;
+        };
+        let dirk: BTreeMap<u32, &Outcome> =
+            r.records.iter().map(|x| (x.line, &x.outcome)).collect();
+        for (line, outcome) in df {
+            if *outcome != Outcome::Pass {
+                continue;
+            }
+            answered += 1;
+            match dirk.get(line) {
+                Some(Outcome::Pass) => dirk_same += 1,
+                other => problems.push(format!(
+                    "sqlite/{}:{line}: DataFusion answers, Dirk: {other:?}",
+                    r.relative.display()
+                )),
+            }
+        }
+    }
+    if answered > 0 {
+        println!(
+            "SQLite: DataFusion passes {answered} records (statements and queries); Dirk passes \
+             {dirk_same} of them"
+        );
+    }
+}
+
+const KNOWN: &str = "known-failures.txt";
+
+fn check_known_failures(
+    runs: &[FileRun],
+    crate_dir: &Path,
+    report: &str,
+    problems: &mut Vec<String>,
+) -> Result<(), String> {
+    let list_path = crate_dir.join(KNOWN);
+    let text = std::fs::read_to_string(&list_path).unwrap_or_default();
+    // key -> (kind, note)
+    let mut listed: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let mut parts = line.splitn(3, '\t');
+        let key = parts.next().unwrap_or("").to_string();
+        let kind = parts.next().unwrap_or("").to_string();
+        let note = parts.next().unwrap_or("").to_string();
+        listed.insert(key, (kind, note));
+    }
+    let mut found: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for r in runs {
+        let file = format!("{}/{}", r.corpus, r.relative.display());
+        if let Some(b) = &r.broken {
+            found.insert(file.clone(), ("broken".into(), short(b)));
+        }
+        for rec in &r.records {
+            let kind = match &rec.outcome {
+                Outcome::Error(_) => "error",
+                Outcome::WrongAnswer(_) => "wrong",
+                _ => continue,
+            };
+            found.insert(
+                format!("{file}:{}", rec.line),
+                (kind.to_string(), short(message(&rec.outcome))),
+            );
+        }
+    }
+    if std::env::var("DIRK_SLT_BLESS").is_ok() {
+        let mut out = String::from(
+            "# Dirk's failures on DataFusion's sqllogictest corpus and SQLite's select1-5, one per\n\
+             # line: file:line, kind (error: Dirk errs where DataFusion answers; wrong: Dirk\n\
+             # answers differently), and why. Kept true by `cargo test -p dirk-slt`;\n\
+             # DIRK_SLT_BLESS=1 rewrites it, keeping notes already written.\n",
+        );
+        for (key, (kind, message)) in &found {
+            let note = listed
+                .get(key)
+                .filter(|(k, n)| k == kind && !n.is_empty())
+                .map(|(_, n)| n.clone())
+                .unwrap_or_else(|| message.clone());
+            out.push_str(&format!("{key}\t{kind}\t{note}\n"));
+        }
+        std::fs::write(&list_path, out).map_err(|e| e.to_string())?;
+        std::fs::write(
+            crate_dir.join("REPORT.md"),
+            format!("# sqllogictest report\n\n{report}"),
+        )
+        .map_err(|e| e.to_string())?;
+        println!("wrote {} ({} failures)", list_path.display(), found.len());
+        return Ok(());
+    }
+    let listed_keys: BTreeSet<_> = listed.keys().collect();
+    let found_keys: BTreeSet<_> = found.keys().collect();
+    for key in found_keys.difference(&listed_keys) {
+        let (kind, m) = &found[*key];
+        problems.push(format!("new failure {key} ({kind}): {m}"));
+    }
+    for key in listed_keys.difference(&found_keys) {
+        problems.push(format!(
+            "{key} is listed in {KNOWN} but passes now: remove it"
+        ));
+    }
+    for key in found_keys.intersection(&listed_keys) {
+        if found[*key].0 != listed[*key].0 {
+            problems.push(format!(
+                "{key}: listed as {}, now {}: {}",
+                listed[*key].0, found[*key].0, found[*key].1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `datafusion-sqllogictest` crate's directory, from `cargo metadata`.
+fn corpus_source() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--manifest-path",
+            manifest,
+        ])
+        .output()
+        .map_err(|e| format!("cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
+    let packages = meta["packages"]
+        .as_array()
+        .ok_or("cargo metadata: no packages")?;
+    let manifest = packages
+        .iter()
+        .find(|p| p["name"] == "datafusion-sqllogictest")
+        .and_then(|p| p["manifest_path"].as_str())
+        .ok_or("datafusion-sqllogictest is not a dependency")?;
+    Ok(Path::new(manifest)
+        .parent()
+        .expect("manifest in a directory")
+        .to_path_buf())
+}
+
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n != "scratch") {
+                list_files(&p, out);
+            }
+        } else if p.extension().is_some_and(|x| x == "slt") {
+            out.push(p);
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
