@@ -96,9 +96,11 @@ impl SessionBuilder {
             config.options_mut().set(key, "false")?;
         }
         let planner = match self.planner_state {
+            // The state has its default catalog already; making a new one would replace it,
+            // and the tables in it with it.
             Some(state) => SessionContext::new_with_state(
                 SessionStateBuilder::new_from_existing(state)
-                    .with_config(config)
+                    .with_config(config.with_create_default_catalog_and_schema(false))
                     .build(),
             ),
             None => SessionContext::new_with_config(config),

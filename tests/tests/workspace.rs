@@ -8,6 +8,14 @@ use std::process::Command;
 /// Crates that are not listed (benches, tests, examples) are on top and may use anything.
 const LAYERS: &[&str] = &["dirk-engine", "dirk-gpu", "dirk-dtable", "dirk-sql"];
 
+/// The crate's directory. Cargo sets it at run time too; that value wins, because a
+/// binary reused from a build in another checkout would carry that checkout's path.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn metadata() -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
@@ -18,7 +26,7 @@ fn metadata() -> serde_json::Value {
             "--no-deps",
             "--offline",
         ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(manifest_dir())
         .output()
         .expect("run cargo metadata");
     assert!(
