@@ -59,8 +59,13 @@ pub fn encode_plan(plan: &Arc<dyn ExecutionPlan>) -> datafusion::common::Result<
     Ok(physical_plan_to_bytes_with_extension_codec(Arc::clone(plan), &DirkCodec)?.to_vec())
 }
 
-/// Parameters of one task: header length (4 bytes, little endian), header, plan.
+/// Parameters of one task: header length (4 bytes, little endian), JSON header, plan.
 pub fn encode_params(header: &FragmentHeader, plan: &[u8]) -> Vec<u8> {
+    encode_with_header(header, plan)
+}
+
+/// Parameters made of a JSON header and serialized plan bytes (fragments, mutations).
+pub(crate) fn encode_with_header<H: Serialize>(header: &H, plan: &[u8]) -> Vec<u8> {
     let h = serde_json::to_vec(header).expect("header serializes");
     let mut out = Vec::with_capacity(4 + h.len() + plan.len());
     out.extend_from_slice(&(h.len() as u32).to_le_bytes());
@@ -69,8 +74,11 @@ pub fn encode_params(header: &FragmentHeader, plan: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode_params(params: &[u8]) -> Result<(FragmentHeader, &[u8]), EngineError> {
-    let bad = |m: &str| EngineError::kernel(format!("bad fragment parameters: {m}"));
+/// The inverse of [`encode_with_header`].
+pub(crate) fn decode_with_header<H: serde::de::DeserializeOwned>(
+    params: &[u8],
+) -> Result<(H, &[u8]), EngineError> {
+    let bad = |m: &str| EngineError::kernel(format!("bad task parameters: {m}"));
     if params.len() < 4 {
         return Err(bad("too short"));
     }
@@ -80,6 +88,14 @@ fn decode_params(params: &[u8]) -> Result<(FragmentHeader, &[u8]), EngineError> 
         .ok_or_else(|| bad("truncated header"))?;
     let header = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
     Ok((header, &params[4 + n..]))
+}
+
+/// Decodes a plan serialized with [`encode_plan`], with this thread's function registry.
+pub(crate) fn decode_plan(bytes: &[u8]) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
+    LOCAL.with(|(state, _)| {
+        let ctx = TaskContext::from(state);
+        physical_plan_from_bytes_with_extension_codec(bytes, &ctx, &DirkCodec).map_err(df_err)
+    })
 }
 
 thread_local! {
@@ -103,7 +119,7 @@ impl Kernel for FragmentKernel {
     }
 
     fn run(&self, call: &mut KernelCall<'_>) -> dirk_engine::Result<Vec<Chunk>> {
-        let (header, plan_bytes) = decode_params(call.params())?;
+        let (header, plan_bytes): (FragmentHeader, _) = decode_with_header(call.params())?;
         let mut inputs = TaskInputs::default();
         for f in &header.feeds {
             for i in f.start..f.end {

@@ -10,6 +10,7 @@ pub mod dataframe;
 pub mod error;
 pub mod exec;
 pub mod fragment;
+pub mod mutate;
 pub mod prelude;
 pub mod session;
 pub mod stages;

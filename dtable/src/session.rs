@@ -73,6 +73,7 @@ impl SessionBuilder {
         let engine = engine.build()?;
         engine.register_kernel(Arc::new(FragmentKernel));
         engine.register_kernel(Arc::new(crate::tpch::TpchGenKernel));
+        engine.register_kernel(Arc::new(crate::mutate::MutateKernel));
         let partitions = self.partitions.unwrap_or(engine.workers().len());
         let task_memory = self
             .memory
@@ -112,6 +113,7 @@ impl SessionBuilder {
             partitions,
             task_memory,
             temp_counter: std::sync::atomic::AtomicU64::new(0),
+            mutation_lock: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -136,6 +138,9 @@ pub struct Session {
     partitions: usize,
     task_memory: Option<usize>,
     temp_counter: std::sync::atomic::AtomicU64,
+    /// Held by every statement that changes the catalog or a table's data, so they run one at
+    /// a time (see `mutate.rs`).
+    mutation_lock: tokio::sync::Mutex<()>,
 }
 
 impl Session {
@@ -152,6 +157,25 @@ impl Session {
     /// Partitions per table and per exchange.
     pub fn partitions(&self) -> usize {
         self.partitions
+    }
+
+    pub(crate) fn planner(&self) -> &SessionContext {
+        &self.planner
+    }
+
+    pub(crate) fn planner_state(&self) -> SessionState {
+        self.planner.state()
+    }
+
+    pub(crate) fn mutation_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.mutation_lock
+    }
+
+    /// Runs `f` while no query can take its table snapshot and submit its tasks: what `f`
+    /// submits is ordered entirely before or entirely after each query's tasks.
+    pub(crate) fn with_catalog_locked<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _catalog = self.tables.lock();
+        f()
     }
 
     /// Names of the tables, sorted.
@@ -189,16 +213,31 @@ impl Session {
         Ok(table)
     }
 
-    fn put_batches(&self, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<DTable> {
-        let all =
-            concat_batches(&schema, &batches).map_err(datafusion::error::DataFusionError::from)?;
-        let rows = all.num_rows();
+    pub(crate) fn put_batches(
+        &self,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<DTable> {
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let n = self.partitions;
         let mut partitions = Vec::with_capacity(n);
         for p in 0..n {
-            let start = rows * p / n;
-            let end = rows * (p + 1) / n;
-            let chunk = Chunk::new(schema.clone(), vec![all.slice(start, end - start)]);
+            let (start, end) = (rows * p / n, rows * (p + 1) / n);
+            // The slices of the input that fall in [start, end), plus an empty batch so that
+            // `concat` always copies: each partition owns its buffers, and an in-place update
+            // of one partition never finds them shared with another.
+            let mut pieces = vec![RecordBatch::new_empty(schema.clone())];
+            let mut offset = 0;
+            for b in &batches {
+                let (lo, hi) = (offset.max(start), (offset + b.num_rows()).min(end));
+                if lo < hi {
+                    pieces.push(b.slice(lo - offset, hi - lo));
+                }
+                offset += b.num_rows();
+            }
+            let part = concat_batches(&schema, &pieces)
+                .map_err(datafusion::error::DataFusionError::from)?;
+            let chunk = Chunk::new(schema.clone(), vec![part]);
             partitions.push(vec![self.engine.put(chunk)?]);
         }
         Ok(DTable::new(schema, partitions))
@@ -234,6 +273,23 @@ impl Session {
         self.register(name, table, true)
     }
 
+    /// Moves a table to a new name (`ALTER TABLE ... RENAME TO`); its chunks stay.
+    pub(crate) fn register_moved(&self, from: &str, to: &str, table: DTable) -> Result<()> {
+        let mut tables = self.tables.lock();
+        if tables.contains_key(to) {
+            return Err(DirkError::TableExists { name: to.into() });
+        }
+        tables.remove(from);
+        self.planner.deregister_table(from)?;
+        let provider = DTableProvider {
+            name: to.to_string(),
+            table: table.clone(),
+        };
+        self.planner.register_table(to, Arc::new(provider))?;
+        tables.insert(to.to_string(), table);
+        Ok(())
+    }
+
     fn drop_table(&self, name: &str) -> Result<bool> {
         let Some(old) = self.tables.lock().remove(name) else {
             return Ok(false);
@@ -247,13 +303,23 @@ impl Session {
     /// Runs a SQL statement. Queries return a [`DataFrame`] to collect; DDL and DML run at once
     /// and return their result (for `INSERT`, the row count).
     pub async fn sql(&self, sql: &str) -> Result<DataFrame<'_>> {
-        let plan = self.planner.state().create_logical_plan(sql).await?;
+        let state = self.planner.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        if let datafusion::sql::parser::Statement::Statement(s) = &statement {
+            if let datafusion::sql::sqlparser::ast::Statement::AlterTable(alter) = s.as_ref() {
+                let rows = self.alter_table(alter).await?;
+                return self.count(rows);
+            }
+        }
+        let plan = state.statement_to_plan(statement).await?;
         self.execute_logical(plan).await
     }
 
     async fn execute_logical(&self, plan: LogicalPlan) -> Result<DataFrame<'_>> {
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
+                let _one_at_a_time = self.mutation_lock.lock().await;
                 let name = c.name.table().to_string();
                 if self.tables.lock().contains_key(&name) && c.if_not_exists {
                     return self.empty();
@@ -263,6 +329,7 @@ impl Session {
                 self.empty()
             }
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(c)) => {
+                let _one_at_a_time = self.mutation_lock.lock().await;
                 let name = c.name.table().to_string();
                 if self.tables.lock().contains_key(&name) {
                     if c.if_not_exists {
@@ -277,6 +344,7 @@ impl Session {
                 self.empty()
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
+                let _one_at_a_time = self.mutation_lock.lock().await;
                 let name = d.name.table().to_string();
                 if self.drop_table(&name)? {
                     return self.empty();
@@ -308,15 +376,41 @@ impl Session {
                 ..
             }) => {
                 let name = table_name.table().to_string();
-                let mut table = self.table(&name)?;
-                let new = self.run_plan((*input).clone()).await?;
-                let rows = new.num_rows();
-                table.append(new)?;
-                self.register(&name, table, true)?;
+                let rows = self.insert_plan(&name, (*input).clone()).await?;
+                self.count(rows)
+            }
+            LogicalPlan::Dml(DmlStatement {
+                table_name,
+                op: WriteOp::Update,
+                input,
+                ..
+            }) => {
+                let rows = self
+                    .update_from_plan(table_name.table(), input.as_ref())
+                    .await?;
+                self.count(rows)
+            }
+            LogicalPlan::Dml(DmlStatement {
+                table_name,
+                op: WriteOp::Delete,
+                input,
+                ..
+            }) => {
+                let rows = self
+                    .delete_from_plan(table_name.table(), input.as_ref())
+                    .await?;
+                self.count(rows)
+            }
+            LogicalPlan::Dml(DmlStatement {
+                table_name,
+                op: WriteOp::Truncate,
+                ..
+            }) => {
+                let rows = self.truncate_rows(table_name.table()).await?;
                 self.count(rows)
             }
             LogicalPlan::Dml(d) => Err(DirkError::Unsupported {
-                what: format!("{} (in-place mutation comes in its own issue)", d.op),
+                what: format!("{} on a DTable", d.op),
             }),
             LogicalPlan::Statement(s) => self.statement(s).await,
             LogicalPlan::Explain(e) => {
@@ -813,8 +907,11 @@ impl Session {
 
     /// Spawns every task of every stage; returns the handles per stage.
     fn spawn_stages(&self, staged: &StagedPlan) -> Result<Vec<Vec<TaskHandle>>> {
-        let snapshots = self.scan_snapshots(staged)?;
         let settings = self.execution_settings();
+        // The snapshot and the submission happen under the catalog lock: a mutation commits
+        // (or submits its writes) entirely before or entirely after this query's tasks.
+        let catalog = self.tables.lock();
+        let snapshots = scan_snapshots(&catalog, staged)?;
         let mut handles: Vec<Vec<TaskHandle>> = Vec::with_capacity(staged.stages.len());
         for stage in &staged.stages {
             let plan = encode_plan(&stage.fragment)?;
@@ -870,31 +967,33 @@ impl Session {
         }
         Ok(handles)
     }
+}
 
-    /// The tables each scan leaf reads, as they are now (a consistent snapshot for the query).
-    fn scan_snapshots(&self, staged: &StagedPlan) -> Result<HashMap<u32, DTable>> {
-        fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(u32, String)>) {
-            if let Some(s) = plan.downcast_ref::<DTableScanExec>() {
-                out.push((s.leaf(), s.table().to_string()));
-            }
-            for c in plan.children() {
-                walk(c, out);
-            }
+/// The tables each scan leaf reads, as they are now (a consistent snapshot for the query).
+fn scan_snapshots(
+    tables: &BTreeMap<String, DTable>,
+    staged: &StagedPlan,
+) -> Result<HashMap<u32, DTable>> {
+    fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(u32, String)>) {
+        if let Some(s) = plan.downcast_ref::<DTableScanExec>() {
+            out.push((s.leaf(), s.table().to_string()));
         }
-        let mut leaves = Vec::new();
-        for st in &staged.stages {
-            walk(&st.fragment, &mut leaves);
+        for c in plan.children() {
+            walk(c, out);
         }
-        let tables = self.tables.lock();
-        leaves
-            .into_iter()
-            .map(|(leaf, name)| {
-                let t = tables
-                    .get(&name)
-                    .cloned()
-                    .ok_or(DirkError::TableNotFound { name })?;
-                Ok((leaf, t))
-            })
-            .collect()
     }
+    let mut leaves = Vec::new();
+    for st in &staged.stages {
+        walk(&st.fragment, &mut leaves);
+    }
+    leaves
+        .into_iter()
+        .map(|(leaf, name)| {
+            let t = tables
+                .get(&name)
+                .cloned()
+                .ok_or(DirkError::TableNotFound { name })?;
+            Ok((leaf, t))
+        })
+        .collect()
 }

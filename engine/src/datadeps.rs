@@ -77,6 +77,11 @@ impl DataDeps {
         }
     }
 
+    /// True while an unfinished task reads or writes `key`.
+    pub(crate) fn in_use(&self, key: DataKey) -> bool {
+        self.keys.contains_key(&key)
+    }
+
     /// Number of data with unfinished accesses (for tests and memory checks).
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> usize {

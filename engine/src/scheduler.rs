@@ -128,6 +128,9 @@ pub(crate) struct Scheduler {
     log: Arc<EventLog>,
     admission: Arc<Admission>,
     idle_waiters: Vec<Sender<()>>,
+    /// Chunks freed while unfinished tasks still access them: freed when those finish, so a
+    /// reader that was submitted before the free still finds its data.
+    deferred_frees: Vec<ChunkId>,
 }
 
 /// Bounds the number of submitted, unfinished tasks: `spawn` blocks while the bound is reached,
@@ -227,6 +230,7 @@ impl Scheduler {
             log,
             admission,
             idle_waiters: Vec::new(),
+            deferred_frees: Vec::new(),
         }
     }
 
@@ -692,6 +696,7 @@ impl Scheduler {
             status,
         };
         self.deps.forget(r.task, &t.keys);
+        self.free_deferred();
         match result {
             Ok(outputs) => {
                 if self.log.enabled() {
@@ -765,6 +770,7 @@ impl Scheduler {
             p.queued_s = (p.queued_s - t.est_s).max(0.0);
         }
         self.deps.forget(id, &t.keys);
+        self.free_deferred();
         self.record_unrun(&t.sub, &t.deps, &e);
         self.fail_dependents(id, &t.dependents, &e);
         self.complete(&t.sub.slot, Err(e));
@@ -918,7 +924,30 @@ impl Scheduler {
         }
     }
 
+    /// Frees chunks, or defers each until the unfinished tasks that access it have finished.
     fn free_chunks(&mut self, ids: Vec<ChunkId>) {
+        let (later, now): (Vec<_>, Vec<_>) = ids
+            .into_iter()
+            .partition(|id| self.deps.in_use(DataKey::Chunk(*id)));
+        self.deferred_frees.extend(later);
+        self.free_now(now);
+    }
+
+    fn free_deferred(&mut self) {
+        if self.deferred_frees.is_empty() {
+            return;
+        }
+        let (later, now): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred_frees)
+            .into_iter()
+            .partition(|id| self.deps.in_use(DataKey::Chunk(*id)));
+        self.deferred_frees = later;
+        self.free_now(now);
+    }
+
+    fn free_now(&mut self, ids: Vec<ChunkId>) {
+        if ids.is_empty() {
+            return;
+        }
         let mut by_owner: HashMap<WorkerId, Vec<ChunkId>> = HashMap::new();
         for id in ids {
             if let Some(e) = self.chunks.remove(&id) {

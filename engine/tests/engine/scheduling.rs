@@ -328,6 +328,22 @@ fn freed_chunks_leave_their_stores() {
     assert!(matches!(h.wait(), Err(EngineError::InvalidArgument { .. })));
 }
 
+/// A free waits for the tasks submitted before it that read the chunk: they see their data.
+#[test]
+fn a_free_waits_for_earlier_readers() {
+    let (ctx, _) = context(2);
+    let c = ctx.put(value_chunk(7)).unwrap();
+    let slow = ctx.spawn("sleep", vec![], k(200));
+    let reader = ctx.spawn("copy", vec![Arg::read(&c)], TaskOptions::new().after(&slow));
+    ctx.free(std::slice::from_ref(&c)).unwrap();
+    assert_eq!(value_of(&reader.fetch().unwrap()[0]), 7);
+    ctx.wait_idle().unwrap();
+    assert_eq!(
+        ctx.fetch(&c).unwrap_err(),
+        EngineError::UnknownChunk { chunk: c.id }
+    );
+}
+
 #[test]
 fn shutdown_fails_unfinished_tasks_instead_of_hanging() {
     let (ctx, _) = context(1);
