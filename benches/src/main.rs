@@ -5,13 +5,16 @@
 //! ```text
 //! cargo run --release -p dirk-benches -- scheduler [--tasks 100000,1000000] [--json out.jsonl]
 //! cargo run --release -p dirk-benches -- tpch --scale 1 [--runs 3] [--queries 1,6] [--json out.jsonl]
+//! cargo run --release -p dirk-benches -- mutation [--rows 50000000] [--json out.jsonl]
 //! ```
 
 /// Dirk's binaries use mimalloc: tasks allocate on one thread and free on another, where it is
-/// markedly faster than the system allocator.
+/// markedly faster than the system allocator. Here it counts bytes too (peak memory per case).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Counting = alloc::Counting;
 
+mod alloc;
+mod mutation;
 mod report;
 mod scheduler;
 mod tpch;
@@ -36,6 +39,9 @@ enum Suite {
     Scheduler(scheduler::Args),
     /// TPC-H's 22 queries through Dirk and through DataFusion on one node, same data.
     Tpch(tpch::Args),
+    /// In-place UPDATE / DELETE / INSERT / ADD COLUMN against DataFusion's out-of-place
+    /// rewrite (CREATE TABLE AS SELECT) of the same table.
+    Mutation(mutation::Args),
 }
 
 fn main() {
@@ -44,6 +50,7 @@ fn main() {
     let result = match cli.suite {
         Suite::Scheduler(args) => scheduler::run(&args, &mut report),
         Suite::Tpch(args) => tpch::run(&args, &mut report),
+        Suite::Mutation(args) => mutation::run(&args, &mut report),
     };
     if let Err(e) = result.and_then(|_| report.finish()) {
         eprintln!("error: {e}");

@@ -178,6 +178,24 @@ impl PlanParts {
     }
 }
 
+/// Rows evaluated at a time: expression temporaries stay this small however large a chunk's
+/// batches are.
+const PIECE_ROWS: usize = 64 * 1024;
+
+/// Each batch cut into pieces of at most [`PIECE_ROWS`] rows (zero-copy slices): (batch index,
+/// piece, the piece's first row in the batch).
+fn pieces(batches: &[RecordBatch]) -> impl Iterator<Item = (usize, RecordBatch, usize)> + '_ {
+    batches.iter().enumerate().flat_map(|(bi, b)| {
+        (0..b.num_rows()).step_by(PIECE_ROWS).map(move |start| {
+            (
+                bi,
+                b.slice(start, PIECE_ROWS.min(b.num_rows() - start)),
+                start,
+            )
+        })
+    })
+}
+
 /// Rows where `mask` is true (null counts as not true).
 fn true_only(mask: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
     match mask.nulls() {
@@ -207,19 +225,20 @@ fn prepare_update(
     );
     let schema = Arc::new(Schema::new(fields));
     let mut out = Vec::new();
-    for (bi, batch) in batches.iter().enumerate() {
-        let rows = parts.picked(batch)?;
+    for (bi, piece, offset) in pieces(batches) {
+        let rows = parts.picked(&piece)?;
         if rows.is_empty() {
             continue;
         }
-        let picked = if rows.len() == batch.num_rows() {
-            batch.clone()
+        let picked = if rows.len() == piece.num_rows() {
+            piece
         } else {
-            take_record_batch(batch, &rows)?
+            take_record_batch(&piece, &rows)?
         };
+        let positions = rows.values().iter().map(|r| r + offset as u32);
         let mut out_columns: Vec<ArrayRef> = vec![
             Arc::new(UInt32Array::from(vec![bi as u32; rows.len()])),
-            Arc::new(rows),
+            Arc::new(UInt32Array::from_iter_values(positions)),
         ];
         let values = parts.evaluate(&picked)?;
         for (k, v) in values.iter().enumerate() {
@@ -251,11 +270,11 @@ fn delete_rows(
     };
     let mut kept = Vec::with_capacity(batches.len());
     let mut deleted = 0;
-    for batch in batches {
-        let mask = p.evaluate(batch)?.into_array(batch.num_rows())?;
+    for (_, piece, _) in pieces(batches) {
+        let mask = p.evaluate(&piece)?.into_array(piece.num_rows())?;
         let gone = true_only(mask.as_boolean());
         deleted += gone.true_count();
-        let keep = filter_record_batch(batch, &not(&gone)?)?;
+        let keep = filter_record_batch(&piece, &not(&gone)?)?;
         if keep.num_rows() > 0 {
             kept.push(with_schema(&keep, chunk_schema)?);
         }
