@@ -130,3 +130,25 @@ fn tpch_tables_are_loaded_and_queryable() {
     }
     assert!(text(&out.stderr).contains("TPC-H SF 0.01: 8 tables"));
 }
+
+#[test]
+fn tables_change_in_place_from_the_shell() {
+    let script = "CREATE TABLE t (id BIGINT, x BIGINT);\n\
+                  INSERT INTO t VALUES (1, 10), (2, 20), (3, 30);\n\
+                  UPDATE t SET x = x + 1 WHERE id >= 2;\n\
+                  DELETE FROM t WHERE id = 1;\n\
+                  ALTER TABLE t ADD COLUMN y BIGINT DEFAULT 5;\n\
+                  ALTER TABLE t RENAME COLUMN x TO ex;\n\
+                  SELECT id, ex, y FROM t ORDER BY id;\n\
+                  TRUNCATE t;\n\
+                  SELECT count(*) AS n FROM t;\n";
+    let out = dirk(&["--format", "csv"], Some(script));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // Rows changed: 3 inserted, 2 updated, 1 deleted, 2 given a column, 0 renamed.
+    for expected in ["count\n3\n", "count\n2\n", "count\n1\n", "count\n0\n"] {
+        assert!(stdout.contains(expected), "{expected:?} in {stdout}");
+    }
+    assert!(stdout.contains("id,ex,y\n2,21,5\n3,31,5\n"), "{stdout}");
+    assert!(stdout.ends_with("n\n0\n"), "{stdout}");
+}
