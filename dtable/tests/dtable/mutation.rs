@@ -539,3 +539,32 @@ proptest! {
         });
     }
 }
+
+/// Guarantee 3, cancelled: a statement dropped part-way (here by a timeout) has changed either
+/// nothing or everything, never some partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_statement_is_all_or_nothing() {
+    let s = dirk(2, 4, 200_000);
+    let sum = || async {
+        let got = run_dirk(&s, "SELECT sum(x), count(x) FROM m", "sum").await;
+        (
+            got[0].column(0).as_primitive::<Int64Type>().value(0),
+            got[0].column(1).as_primitive::<Int64Type>().value(0),
+        )
+    };
+    for ms in [0, 1, 3, 10, 30, 100, 1000] {
+        let (before, n) = sum().await;
+        let update = async { s.sql("UPDATE m SET x = x + 1000").await?.collect().await };
+        // Finished or dropped part-way: either way the table must be all or nothing.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(ms), update).await;
+        let (after, _) = sum().await;
+        assert!(
+            after == before || after == before + 1000 * n,
+            "after a cancel at {ms} ms: sum {after}, before {before}"
+        );
+    }
+    // The session is still usable, and a later statement sees the state the cancels left.
+    let (before, n) = sum().await;
+    run_dirk(&s, "UPDATE m SET x = x - 1", "after").await;
+    assert_eq!(sum().await.0, before - n);
+}
