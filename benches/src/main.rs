@@ -44,6 +44,15 @@ enum Suite {
     Mutation(mutation::Args),
 }
 
+/// Runs a suite's async body on a multi-threaded tokio runtime.
+fn block_on(suite: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(suite)
+}
+
 fn main() {
     let cli = Cli::parse();
     let mut report = Report::new(cli.json.as_deref());

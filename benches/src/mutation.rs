@@ -126,11 +126,7 @@ const CASES: &[Case] = &[
 ];
 
 pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(run_async(args, report))
+    crate::block_on(run_async(args, report))
 }
 
 fn table_bytes(b: &[RecordBatch]) -> usize {

@@ -33,11 +33,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(run_async(args, report))
+    crate::block_on(run_async(args, report))
 }
 
 async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {

@@ -464,12 +464,27 @@ impl Session {
         plan: &[u8],
     ) -> Result<Vec<(ChunkRef, Option<ChunkRef>)>> {
         let params = encode_with_header(step, plan);
+        let label = format!("{step:?}");
+        let done = self.each_chunk(table, &label, |_| params.clone()).await?;
+        Ok(done
+            .into_iter()
+            .map(|(c, outs)| (c, outs.into_iter().next()))
+            .collect())
+    }
+
+    /// One `dirk.mutate` task per chunk, in order, with the parameters `params` gives it;
+    /// returns each chunk with its task's outputs. On any failure every output is freed and
+    /// the first error returned.
+    async fn each_chunk(
+        &self,
+        table: &DTable,
+        label: &str,
+        mut params: impl FnMut(&ChunkRef) -> Vec<u8>,
+    ) -> Result<Vec<(ChunkRef, Vec<ChunkRef>)>> {
         let handles: Vec<_> = table
             .chunks()
             .map(|c| {
-                let opts = TaskOptions::new()
-                    .params(params.clone())
-                    .label(format!("{step:?}"));
+                let opts = TaskOptions::new().params(params(c)).label(label);
                 (
                     c.clone(),
                     self.engine().spawn(MUTATE_KERNEL, vec![Arg::read(c)], opts),
@@ -480,14 +495,14 @@ impl Session {
         let mut failure = None;
         for (chunk, h) in handles {
             match h.join().await {
-                Ok(out) => done.push((chunk, out.chunks.into_iter().next())),
+                Ok(out) => done.push((chunk, out.chunks)),
                 Err(e) => {
                     failure.get_or_insert(e);
                 }
             }
         }
         if let Some(e) = failure {
-            let made: Vec<ChunkRef> = done.into_iter().filter_map(|(_, o)| o).collect();
+            let made: Vec<ChunkRef> = done.into_iter().flat_map(|(_, o)| o).collect();
             self.engine().free(&made)?;
             return Err(e.into());
         }
@@ -658,6 +673,23 @@ impl Session {
         Ok(())
     }
 
+    /// Adds column `column` = `value` (over `schema`); the existing columns keep their buffers.
+    /// `nullable` makes the new column nullable even where `value` is not (a literal default).
+    async fn add_column(
+        &self,
+        table: &str,
+        schema: &DFSchema,
+        value: Expr,
+        column: String,
+        nullable: bool,
+    ) -> Result<()> {
+        let mut exprs = as_they_are(schema);
+        exprs.push((value, column));
+        let mut flags = vec![false; exprs.len()];
+        *flags.last_mut().expect("the new column") = nullable;
+        self.project_columns(table, schema, exprs, flags).await
+    }
+
     /// Renames a column: only the catalog changes (chunks are read by position).
     pub(crate) async fn rename_column_in(&self, name: &str, from: &str, to: &str) -> Result<()> {
         let _one_at_a_time = self.mutation_lock().lock().await;
@@ -696,6 +728,19 @@ impl Session {
         }
         self.register_moved(from, to, table)
     }
+}
+
+/// Every column of `schema` as it is, under its own name: the start of a projection that adds
+/// or drops columns (pass-through columns share their buffers).
+fn as_they_are(schema: &DFSchema) -> Vec<(Expr, String)> {
+    schema
+        .columns()
+        .into_iter()
+        .map(|c| {
+            let n = c.name.clone();
+            (Expr::Column(c), n)
+        })
+        .collect()
 }
 
 /// True when `e` holds a subquery (which a per-chunk expression cannot evaluate).
@@ -876,18 +921,7 @@ impl Session {
                     let value = p.expr[0].clone().unalias();
                     let schema =
                         DFSchema::try_from_qualified_schema(name.as_str(), table.schema())?;
-                    let mut exprs: Vec<(Expr, String)> = schema
-                        .columns()
-                        .into_iter()
-                        .map(|c| {
-                            let n = c.name.clone();
-                            (Expr::Column(c), n)
-                        })
-                        .collect();
-                    exprs.push((value, column));
-                    let mut nullable = vec![false; exprs.len()];
-                    *nullable.last_mut().expect("one column") = !not_null;
-                    self.project_columns(&name, &schema, exprs, nullable)
+                    self.add_column(&name, &schema, value, column, !not_null)
                         .await?;
                     rows = rows.max(table.num_rows());
                 }
@@ -1018,17 +1052,7 @@ impl Session {
                 .update(table, datafusion::prelude::lit(true), vec![(name, value)])
                 .await;
         }
-        let mut exprs: Vec<(Expr, String)> = schema
-            .columns()
-            .into_iter()
-            .map(|c| {
-                let n = c.name.clone();
-                (Expr::Column(c), n)
-            })
-            .collect();
-        exprs.push((value, name.to_string()));
-        let nullable = vec![false; exprs.len()];
-        self.project_columns(table, &schema, exprs, nullable)
+        self.add_column(table, &schema, value, name.to_string(), false)
             .await?;
         Ok(t.num_rows())
     }
@@ -1051,14 +1075,9 @@ impl Session {
         for c in columns {
             t.schema().index_of(c)?;
         }
-        let exprs: Vec<(Expr, String)> = schema
-            .columns()
+        let exprs: Vec<(Expr, String)> = as_they_are(&schema)
             .into_iter()
-            .filter(|c| !columns.contains(&c.name.as_str()))
-            .map(|c| {
-                let n = c.name.clone();
-                (Expr::Column(c), n)
-            })
+            .filter(|(_, n)| !columns.contains(&n.as_str()))
             .collect();
         if exprs.is_empty() {
             return Err(DirkError::SchemaMismatch {
@@ -1097,41 +1116,27 @@ impl Session {
     async fn split_ranges(&self, table: DTable, n: usize) -> Result<DTable> {
         let total = table.num_rows();
         let bounds: Vec<u64> = (1..n as u64).map(|p| total * p / n as u64).collect();
+        let mut offset = 0;
+        let sliced = self
+            .each_chunk(&table, "Slice", |c| {
+                let cuts: Vec<u64> = bounds
+                    .iter()
+                    .filter(|b| **b > offset && **b < offset + c.rows)
+                    .map(|b| b - offset)
+                    .collect();
+                offset += c.rows;
+                encode_with_header(&Step::Slice { cuts }, &[])
+            })
+            .await?;
+        // A chunk's first piece belongs to the partition whose range holds its first row.
         let mut partitions: Vec<Vec<ChunkRef>> = vec![Vec::new(); n];
         let mut offset = 0;
-        let mut handles = Vec::new();
-        for c in table.chunks() {
-            let cuts: Vec<u64> = bounds
-                .iter()
-                .filter(|b| **b > offset && **b < offset + c.rows)
-                .map(|b| b - offset)
-                .collect();
+        for (c, pieces) in sliced {
             let first = bounds.iter().filter(|b| **b <= offset).count();
-            let params = encode_with_header(&Step::Slice { cuts }, &[]);
-            let opts = TaskOptions::new().params(params).label("Slice");
-            handles.push((
-                first,
-                self.engine().spawn(MUTATE_KERNEL, vec![Arg::read(c)], opts),
-            ));
-            offset += c.rows;
-        }
-        let mut failure = None;
-        for (first, h) in handles {
-            match h.join().await {
-                Ok(out) => {
-                    for (k, piece) in out.chunks.into_iter().enumerate() {
-                        partitions[(first + k).min(n - 1)].push(piece);
-                    }
-                }
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
+            for (k, piece) in pieces.into_iter().enumerate() {
+                partitions[(first + k).min(n - 1)].push(piece);
             }
-        }
-        let made: Vec<ChunkRef> = partitions.iter().flatten().cloned().collect();
-        if let Some(e) = failure {
-            self.engine().free(&made)?;
-            return Err(e.into());
+            offset += c.rows;
         }
         self.engine()
             .free(&table.chunks().cloned().collect::<Vec<_>>())?;

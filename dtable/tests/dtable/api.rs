@@ -1,21 +1,9 @@
 //! The DataFrame API, table layout (repartition, pinning), EXPLAIN, SET and the memory limit.
 
 use super::compare::{assert_same, run_dirk};
-use super::queries::{reference, tables};
+use super::queries::{reference, session};
 use dirk_dtable::prelude::*;
 use dirk_engine::WorkerId;
-
-fn session(workers: usize, partitions: usize) -> Session {
-    let s = Session::builder()
-        .workers(workers)
-        .partitions(partitions)
-        .build()
-        .unwrap();
-    for (name, batch) in tables() {
-        s.create_table(name, vec![batch]).unwrap();
-    }
-    s
-}
 
 /// Each DataFrame chain, and the SQL that means the same, run by DataFusion on one node.
 async fn chains(s: &Session) -> Vec<(DataFrame<'_>, &'static str, bool)> {

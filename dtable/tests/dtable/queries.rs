@@ -101,7 +101,8 @@ pub(crate) async fn reference(sql: &str) -> Vec<RecordBatch> {
     ctx.sql(sql).await.unwrap().collect().await.unwrap()
 }
 
-fn session(workers: usize, partitions: usize) -> Session {
+/// A session holding the test tables.
+pub(crate) fn session(workers: usize, partitions: usize) -> Session {
     let s = Session::builder()
         .workers(workers)
         .partitions(partitions)
