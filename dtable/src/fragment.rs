@@ -154,7 +154,8 @@ impl Kernel for FragmentKernel {
             let ctx = Arc::new(ctx);
             let plan = physical_plan_from_bytes_with_extension_codec(plan_bytes, &ctx, &DirkCodec)
                 .map_err(df_err)?;
-            runtime.block_on(run_fragment(plan, &header, ctx))
+            let cancelled = || call.is_cancelled();
+            runtime.block_on(run_fragment(plan, &header, ctx, &cancelled))
         })
     }
 }
@@ -163,15 +164,25 @@ fn df_err(e: datafusion::error::DataFusionError) -> EngineError {
     EngineError::kernel(e.to_string())
 }
 
+/// Runs one partition of `plan`; stops between batches once the task is cancelled (a sibling
+/// task of the query failed, or the caller gave up).
 async fn run_fragment(
     plan: Arc<dyn ExecutionPlan>,
     header: &FragmentHeader,
     ctx: Arc<TaskContext>,
+    cancelled: &dyn Fn() -> bool,
 ) -> dirk_engine::Result<Vec<Chunk>> {
+    let stop = || EngineError::kernel("cancelled");
     let Some(n) = header.split else {
         let schema = plan.schema();
-        let stream = plan.execute(header.partition, ctx).map_err(df_err)?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(df_err)?;
+        let mut stream = plan.execute(header.partition, ctx).map_err(df_err)?;
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        while let Some(batch) = stream.try_next().await.map_err(df_err)? {
+            if cancelled() {
+                return Err(stop());
+            }
+            batches.push(batch);
+        }
         return Ok(vec![Chunk::new(schema, batches)]);
     };
     let Some(rep) = plan.downcast_ref::<RepartitionExec>() else {
@@ -202,6 +213,9 @@ async fn run_fragment(
     let mut outs: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
     let mut stream = input.execute(header.partition, ctx).map_err(df_err)?;
     while let Some(batch) = stream.try_next().await.map_err(df_err)? {
+        if cancelled() {
+            return Err(stop());
+        }
         partitioner
             .partition(batch, |i, b| {
                 outs[i].push(b);

@@ -19,6 +19,8 @@ pub mod tpch;
 
 pub use dataframe::{DataFrame, GroupBy};
 pub use datafusion;
+/// Remote workers: options for reaching them, and the worker process's server.
+pub use dirk_flight as flight;
 pub use error::{DirkError, Result};
-pub use session::{Session, SessionBuilder};
+pub use session::{register_kernels, Session, SessionBuilder, Workers};
 pub use table::DTable;

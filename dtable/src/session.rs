@@ -21,27 +21,84 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig};
 use dirk_engine::{Arg, Chunk, Context, TaskHandle, TaskId, TaskOptions, WorkerId};
+use futures::StreamExt as _;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// Where a session's workers are: threads of this process, or `dirk worker` processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workers {
+    /// This many in-process workers.
+    InProcess(usize),
+    /// `dirk worker` processes at these `HOST:PORT` addresses.
+    Remote(Vec<String>),
+}
+
+impl From<usize> for Workers {
+    fn from(n: usize) -> Self {
+        Workers::InProcess(n.max(1))
+    }
+}
+
+impl From<Vec<String>> for Workers {
+    fn from(addresses: Vec<String>) -> Self {
+        Workers::Remote(addresses)
+    }
+}
+
+impl From<&[&str]> for Workers {
+    fn from(addresses: &[&str]) -> Self {
+        Workers::Remote(addresses.iter().map(|a| a.to_string()).collect())
+    }
+}
+
+impl<const N: usize> From<[&str; N]> for Workers {
+    fn from(addresses: [&str; N]) -> Self {
+        Workers::Remote(addresses.iter().map(|a| a.to_string()).collect())
+    }
+}
+
 /// Builds a [`Session`].
 #[derive(Debug, Clone, Default)]
 pub struct SessionBuilder {
-    workers: Option<usize>,
+    workers: Option<Workers>,
+    cluster: dirk_flight::ClientOptions,
     partitions: Option<usize>,
     memory: Option<usize>,
     planner_state: Option<SessionState>,
 }
 
 impl SessionBuilder {
-    /// In-process workers (default: one per core).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n.max(1));
+    /// The workers: a number of in-process workers (default: one per core), or the addresses of
+    /// `dirk worker` processes (`["host1:7070", "host2:7070"]`) to attach to.
+    pub fn workers(mut self, workers: impl Into<Workers>) -> Self {
+        self.workers = Some(workers.into());
         self
     }
 
-    /// Partitions per table and per exchange (default: one per worker).
+    /// The token remote workers require (`dirk worker --token`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.cluster.token = Some(token.into());
+        self
+    }
+
+    /// TLS to remote workers: the certificate authority (PEM) that signed their certificates,
+    /// and optionally the name to verify them by (default: the host of each address).
+    pub fn tls(mut self, ca_pem: Vec<u8>, domain: Option<String>) -> Self {
+        self.cluster.tls_ca = Some(ca_pem);
+        self.cluster.tls_domain = domain;
+        self
+    }
+
+    /// All the options for talking to remote workers (token, TLS, timeouts, heartbeat).
+    pub fn cluster_options(mut self, options: dirk_flight::ClientOptions) -> Self {
+        self.cluster = options;
+        self
+    }
+
+    /// Partitions per table and per exchange (default: one per task slot of the workers: one
+    /// per in-process worker, or each worker process's thread count).
     pub fn partitions(mut self, n: usize) -> Self {
         self.partitions = Some(n.max(1));
         self
@@ -66,18 +123,27 @@ impl SessionBuilder {
 
     /// Starts the engine and an empty catalog.
     pub fn build(self) -> Result<Session> {
-        let mut engine = Context::builder();
-        if let Some(w) = self.workers {
-            engine = engine.workers(w);
-        }
-        let engine = engine.build()?;
-        engine.register_kernel(Arc::new(FragmentKernel));
-        engine.register_kernel(Arc::new(crate::tpch::TpchGenKernel));
-        engine.register_kernel(Arc::new(crate::mutate::MutateKernel));
-        let partitions = self.partitions.unwrap_or(engine.workers().len());
-        let task_memory = self
-            .memory
-            .map(|m| (m / engine.workers().len().max(1)).max(1 << 20));
+        let engine = match &self.workers {
+            Some(Workers::Remote(addresses)) => {
+                if addresses.is_empty() {
+                    return Err(DirkError::Unsupported {
+                        what: "a cluster with no worker addresses".into(),
+                    });
+                }
+                let remote = dirk_flight::connect_cluster_blocking(addresses, &self.cluster)?;
+                let engine = Context::builder().workers(0).build()?;
+                for w in remote {
+                    engine.add_worker(w)?;
+                }
+                engine
+            }
+            Some(Workers::InProcess(n)) => Context::builder().workers(*n).build()?,
+            None => Context::builder().build()?,
+        };
+        register_kernels(&engine.kernels());
+        let slots = engine.cpu_slots().max(1);
+        let partitions = self.partitions.unwrap_or(slots);
+        let task_memory = self.memory.map(|m| (m / slots).max(1 << 20));
         let base = match &self.planner_state {
             Some(state) => state.config().clone(),
             None => SessionConfig::new(),
@@ -116,6 +182,14 @@ impl SessionBuilder {
             mutation_lock: tokio::sync::Mutex::new(()),
         })
     }
+}
+
+/// Registers Dirk's kernels (plan fragments, TPC-H generation, mutation steps): on the session's
+/// in-process workers, and by `dirk worker` on its own.
+pub fn register_kernels(registry: &dirk_engine::KernelRegistry) {
+    registry.register(Arc::new(FragmentKernel));
+    registry.register(Arc::new(crate::tpch::TpchGenKernel));
+    registry.register(Arc::new(crate::mutate::MutateKernel));
 }
 
 /// Planner options Dirk keeps off: each assumes the partitions of a plan share memory in one
@@ -775,16 +849,26 @@ impl Session {
     ) -> Result<(DTable, Vec<Vec<TaskId>>)> {
         let handles = self.spawn_stages(staged)?;
         let last = handles.last().expect("final stage");
-        let mut partitions = Vec::with_capacity(last.len());
+        let mut partitions = vec![Vec::new(); last.len()];
         let mut failure = None;
-        for h in last {
-            match h.join().await {
-                Ok(out) => partitions.push(out.chunks),
+        let mut finishing: futures::stream::FuturesUnordered<_> = last
+            .iter()
+            .enumerate()
+            .map(|(i, h)| async move { (i, h.join().await) })
+            .collect();
+        while let Some((i, result)) = finishing.next().await {
+            match result {
+                Ok(out) => partitions[i] = out.chunks,
                 Err(e) => {
+                    if failure.is_none() {
+                        // The query has failed: its other tasks need not run on.
+                        handles.iter().flatten().for_each(TaskHandle::cancel);
+                    }
                     failure.get_or_insert(e);
                 }
             }
         }
+        drop(finishing);
         // Intermediate outputs are not needed once the final stage has run.
         let mut intermediates = Vec::new();
         for stage in &handles[..handles.len() - 1] {

@@ -5,7 +5,7 @@ use crate::error::{DirkError, Result};
 use crate::session::Session;
 use crate::table::DTable;
 use arrow::array::RecordBatch;
-use dirk_engine::{Chunk, EngineError, Kernel, KernelCall, TaskOptions};
+use dirk_engine::{Chunk, EngineError, Kernel, KernelCall, Scope, TaskOptions};
 use serde::{Deserialize, Serialize};
 use tpchgen::generators::{
     CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator,
@@ -83,8 +83,15 @@ impl Session {
                 what: format!("TPC-H scale factor {scale} (it must be positive)"),
             });
         }
+        // Partition p of every table goes to worker p mod n: tables are spread evenly and
+        // partitions with the same number (and so the same key ranges for the order and part
+        // tables) sit together.
+        let workers = self.engine().workers();
+        if workers.is_empty() {
+            return Err(EngineError::Shutdown.into());
+        }
         let mut spawned = Vec::new();
-        for table in TABLES {
+        for (t, &table) in TABLES.iter().enumerate() {
             let parts = if matches!(table, "nation" | "region") {
                 1
             } else {
@@ -98,9 +105,12 @@ impl Session {
                         part,
                         parts,
                     };
-                    let opts = TaskOptions::new()
-                        .params_json(&params)
-                        .map(|o| o.label(format!("tpchgen {table} {part}")));
+                    // The one-partition tables go round the workers too.
+                    let owner = workers[(part + if parts == 1 { t } else { 0 }) % workers.len()];
+                    let opts = TaskOptions::new().params_json(&params).map(|o| {
+                        o.label(format!("tpchgen {table} {part}"))
+                            .scope(Scope::worker(owner))
+                    });
                     opts.map(|o| self.engine().spawn(TPCH_KERNEL, vec![], o))
                 })
                 .collect::<std::result::Result<_, _>>()?;

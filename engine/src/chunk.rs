@@ -66,6 +66,20 @@ impl Chunk {
         self.batches.iter().map(|b| b.num_rows() as u64).sum()
     }
 
+    /// Bytes of the values the batches hold (slices count only their part of shared buffers):
+    /// what moving the chunk to another worker carries.
+    pub fn data_bytes(&self) -> u64 {
+        self.batches
+            .iter()
+            .flat_map(|b| b.columns())
+            .map(|c| {
+                let data = c.to_data();
+                data.get_slice_memory_size()
+                    .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+            })
+            .sum()
+    }
+
     /// Bytes of Arrow memory the batches occupy.
     pub fn bytes(&self) -> u64 {
         self.batches

@@ -8,6 +8,7 @@ use crate::ids::{ChunkId, TaskId, WorkerId};
 use crate::kernel::{KernelRef, KernelRegistry};
 use crate::placement::CostModel;
 use crate::scheduler::{Admission, ChunkEntry, Event, Scheduler, Submission};
+use crate::scope::ProcessorKind;
 use crate::task::{Arg, TaskHandle, TaskOptions, TaskSlot};
 use crate::worker::{InProcessWorker, PeerDirectory, ReportSink, WorkerRef, WorkerStatus};
 use crossbeam_channel::{bounded, unbounded, Sender};
@@ -25,6 +26,7 @@ pub(crate) struct Shared {
     peers: PeerDirectory,
     log: Arc<EventLog>,
     admission: Arc<Admission>,
+    sink: ReportSink,
 }
 
 impl Shared {
@@ -56,7 +58,7 @@ impl Shared {
             chunk,
             from: entry.meta.owner,
             to: WorkerId::DRIVER,
-            bytes: data.bytes(),
+            bytes: data.data_bytes(),
         });
         Ok(data)
     }
@@ -98,7 +100,8 @@ impl Default for ContextBuilder {
 }
 
 impl ContextBuilder {
-    /// Number of in-process workers (default: one per core).
+    /// Number of in-process workers (default: one per core). With 0, the context starts with
+    /// none and the caller adds its own (remote ones) with [`Context::add_worker`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -144,7 +147,7 @@ impl ContextBuilder {
         let admission = Arc::new(Admission::new(self.max_outstanding));
         let sched = Scheduler::new(
             rx,
-            ReportSink::new(tx.clone()),
+            ReportSink::new(tx.clone(), peers.clone()),
             self.cost_model,
             log.clone(),
             admission.clone(),
@@ -158,17 +161,18 @@ impl ContextBuilder {
             })?;
         let ctx = Context {
             shared: Arc::new(Shared {
-                events: tx,
+                events: tx.clone(),
                 next_task: AtomicU64::new(0),
                 next_put: AtomicUsize::new(0),
                 registry,
-                peers,
+                peers: peers.clone(),
                 log,
                 admission,
+                sink: ReportSink::new(tx, peers),
             }),
             scheduler: Mutex::new(Some(thread)),
         };
-        for i in 0..self.workers.max(1) {
+        for i in 0..self.workers {
             let w = InProcessWorker::new(
                 WorkerId(i as u32),
                 self.threads_per_worker,
@@ -207,7 +211,9 @@ impl Context {
     /// Adds a worker (in-process or remote).
     pub fn add_worker(&self, worker: WorkerRef) -> Result<()> {
         self.shared.peers.add(worker.clone());
-        self.shared.send(Event::WorkerAdded(worker))
+        self.shared.send(Event::WorkerAdded(worker.clone()))?;
+        worker.attached(self.shared.sink.clone());
+        Ok(())
     }
 
     /// Declares a worker lost: its chunks are marked lost, its running tasks fail, its queued
@@ -225,6 +231,18 @@ impl Context {
     /// The workers, by id.
     pub fn workers(&self) -> Vec<WorkerId> {
         self.shared.peers.all().iter().map(|w| w.id()).collect()
+    }
+
+    /// How many tasks the workers' CPU processors run at once, in all.
+    pub fn cpu_slots(&self) -> usize {
+        self.shared
+            .peers
+            .all()
+            .iter()
+            .flat_map(|w| w.processors())
+            .filter(|(kind, _)| *kind == ProcessorKind::Cpu)
+            .map(|(_, slots)| slots)
+            .sum()
     }
 
     /// Each worker's status.

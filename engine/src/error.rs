@@ -111,6 +111,14 @@ pub enum EngineError {
         /// The OS message.
         message: String,
     },
+    /// A call to another process (a remote worker) failed.
+    #[error("{peer}: {message}")]
+    Remote {
+        /// Who was called: the worker and its address.
+        peer: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The context has shut down.
     #[error("the engine has shut down")]
     Shutdown,

@@ -78,20 +78,56 @@ pub struct TaskReport {
     pub result: std::result::Result<TaskDone, EngineError>,
 }
 
-/// Where workers send their reports (the scheduler's event queue).
+/// Where workers send their reports: the scheduler's event queue, or (in a worker process,
+/// which has no scheduler) a callback that sends the report back to the driver.
 #[derive(Clone)]
 pub struct ReportSink {
-    events: Sender<Event>,
+    target: SinkTarget,
+}
+
+#[derive(Clone)]
+enum SinkTarget {
+    Scheduler {
+        events: Sender<Event>,
+        peers: PeerDirectory,
+    },
+    Callback(Arc<dyn Fn(TaskReport) + Send + Sync>),
 }
 
 impl ReportSink {
-    pub(crate) fn new(events: Sender<Event>) -> Self {
-        ReportSink { events }
+    pub(crate) fn new(events: Sender<Event>, peers: PeerDirectory) -> Self {
+        ReportSink {
+            target: SinkTarget::Scheduler { events, peers },
+        }
+    }
+
+    /// A sink that hands each report to `f`.
+    pub fn from_fn(f: impl Fn(TaskReport) + Send + Sync + 'static) -> Self {
+        ReportSink {
+            target: SinkTarget::Callback(Arc::new(f)),
+        }
     }
 
     /// Delivers a report. Reports after shutdown are dropped.
     pub fn report(&self, report: TaskReport) {
-        let _ = self.events.send(Event::Finished(Box::new(report)));
+        match &self.target {
+            SinkTarget::Scheduler { events, .. } => {
+                let _ = events.send(Event::Finished(Box::new(report)));
+            }
+            SinkTarget::Callback(f) => f(report),
+        }
+    }
+
+    /// Declares `worker` lost (a remote worker that stopped answering): the scheduler fails its
+    /// running tasks, marks its chunks lost and places nothing more on it. A no-op for a
+    /// callback sink.
+    pub fn worker_lost(&self, worker: WorkerId, reason: String) {
+        if let SinkTarget::Scheduler { events, peers } = &self.target {
+            if peers.get(worker).is_ok() {
+                peers.remove(worker);
+                let _ = events.send(Event::WorkerLost { worker, reason });
+            }
+        }
     }
 }
 
@@ -128,6 +164,9 @@ pub trait Worker: Send + Sync {
     fn free_chunks(&self, ids: &[ChunkId]);
     /// Its state.
     fn status(&self) -> WorkerStatus;
+    /// Called once when the worker joins a context, with the sink through which it may declare
+    /// itself lost (a remote worker's heartbeat does).
+    fn attached(&self, _sink: ReportSink) {}
 }
 
 /// Shared worker handle.
@@ -234,6 +273,17 @@ impl InProcessWorker {
         for f in 0..fakes {
             processors.push(Arc::new(FakeProcessor::new(f)));
         }
+        Self::with_processors(id, processors, registry, peers)
+    }
+
+    /// A worker running its tasks on `processors`, which it may share with other workers (a
+    /// worker process keeps one CPU pool for all the drivers attached to it).
+    pub fn with_processors(
+        id: WorkerId,
+        processors: Vec<ProcessorRef>,
+        registry: Arc<KernelRegistry>,
+        peers: PeerDirectory,
+    ) -> Self {
         InProcessWorker {
             core: Arc::new(WorkerCore {
                 id,
@@ -386,7 +436,7 @@ impl WorkerCore {
                     chunk: spec.chunk,
                     from: spec.owner,
                     to: self.id,
-                    bytes: c.bytes(),
+                    bytes: c.data_bytes(),
                 });
                 Ok(c)
             };

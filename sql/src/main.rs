@@ -1,12 +1,17 @@
-//! `dirk`: the SQL shell on an embedded Dirk session (in-process workers).
+//! `dirk`: the SQL shell on an embedded Dirk session (in-process workers) or attached to worker
+//! processes; `dirk worker` is such a process.
 //!
 //! ```text
 //! dirk --tpch 0.1                      # shell with TPC-H SF 0.1 loaded
+//! dirk worker --listen 0.0.0.0:7070    # a worker process (on each machine)
+//! dirk --workers h1:7070,h2:7070       # a shell attached to workers
+//! dirk cluster --local 3 --tpch 0.1    # three local worker processes and a shell
 //! dirk -c "SELECT 1" -c "SELECT 2"     # run statements and exit
 //! dirk -f script.sql --format csv      # run a file
 //! echo "SELECT 1;" | dirk              # non-interactive when stdin is not a terminal
 //! ```
 
+mod cluster;
 mod progress;
 mod shell;
 mod statements;
@@ -34,13 +39,52 @@ pub(crate) enum Format {
 #[command(
     name = "dirk",
     version,
-    about = "Dirk: a distributed dataframe engine with a SQL front end"
+    about = "Dirk: a distributed dataframe engine with a SQL front end",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    shell: ShellArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Start a worker process that serves Arrow Flight; drivers attach with --workers.
+    Worker(WorkerArgs),
+    /// Start N local worker processes and a shell attached to them (stops them on exit).
+    Cluster {
+        /// How many worker processes.
+        #[arg(long, value_name = "N")]
+        local: usize,
+        /// CPU threads per worker process (default: cores / N, at least 1).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[command(flatten)]
+        shell: ShellArgs,
+    },
+}
+
+/// The shell's options (also after `dirk cluster --local N`).
+#[derive(clap::Args, Debug, Clone)]
+struct ShellArgs {
     /// In-process workers (default: one per core).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "workers")]
     local_workers: Option<usize>,
-    /// Partitions per table and per exchange (default: one per worker).
+    /// Attach to `dirk worker` processes instead: HOST:PORT,HOST:PORT,...
+    #[arg(long, value_delimiter = ',', value_name = "ADDRESSES")]
+    workers: Vec<String>,
+    /// The token the workers require (default: the DIRK_TOKEN environment variable).
+    #[arg(long)]
+    token: Option<String>,
+    /// TLS to the workers: the certificate authority (PEM file) that signed their certificates.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// TLS: the name to verify worker certificates by (default: the host of each address).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_domain: Option<String>,
+    /// Partitions per table and per exchange (default: one per worker thread).
     #[arg(long)]
     partitions: Option<usize>,
     /// Generate TPC-H at this scale factor and register its eight tables.
@@ -57,9 +101,75 @@ struct Cli {
     format: Format,
 }
 
+/// `dirk worker`'s options.
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// The address to listen on, HOST:PORT (port 0 picks a free port; the worker prints it).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// CPU threads for tasks (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Refuse calls that do not carry this token (default: the DIRK_TOKEN environment variable).
+    #[arg(long)]
+    token: Option<String>,
+    /// TLS: this worker's certificate (PEM file).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: this worker's private key (PEM file).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS: the certificate authority (PEM file) to verify other workers by.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Memory this worker may use (bytes, or with K, M, G, T): accepted and reported; spilling
+    /// comes later.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_limit: Option<u64>,
+    /// Exit when standard input closes (`dirk cluster` and tests start workers this way, so
+    /// workers never outlive the process that started them).
+    #[arg(long, hide = true)]
+    exit_with_stdin: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (like 512M or 8G)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches(['B', 'I'])
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("`{s}`: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
 fn main() {
     let cli = Cli::parse();
-    let code = match run(cli) {
+    let result = match cli.command {
+        Some(Command::Worker(args)) => cluster::run_worker(args).map(|()| 0),
+        Some(Command::Cluster {
+            local,
+            threads,
+            shell,
+        }) => cluster::LocalCluster::start(local, threads)
+            .and_then(|cluster| run_shell(shell, Some(&cluster))),
+        None => run_shell(cli.shell, None),
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -69,7 +179,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
+fn run_shell(cli: ShellArgs, local: Option<&cluster::LocalCluster>) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,6 +187,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let mut builder = dirk_dtable::Session::builder();
     if let Some(n) = cli.local_workers {
         builder = builder.workers(n);
+    }
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| std::env::var(dirk_dtable::flight::TOKEN_ENV).ok());
+    if let Some(cluster) = local {
+        builder = builder.workers(cluster.addresses()).token(cluster.token());
+    } else if !cli.workers.is_empty() {
+        builder = builder.workers(cli.workers.clone());
+        if let Some(t) = token {
+            builder = builder.token(t);
+        }
+        if let Some(ca) = &cli.tls_ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca.display()))?;
+            builder = builder.tls(pem, cli.tls_domain.clone());
+        }
     }
     if let Some(n) = cli.partitions {
         builder = builder.partitions(n);

@@ -340,8 +340,7 @@ async fn set_reaches_the_tasks_and_cannot_turn_on_shared_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_limit_applies_to_each_task() {
-    let s = Session::builder()
-        .workers(2)
+    let s = super::harness::builder(2)
         .partitions(2)
         .memory(2 << 20)
         .build()

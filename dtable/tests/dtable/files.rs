@@ -78,8 +78,7 @@ async fn external_tables_are_split_over_workers_and_equal_datafusion() {
             .unwrap();
     }
     for (workers, partitions) in [(1, 1), (2, 3), (4, 8)] {
-        let s = Session::builder()
-            .workers(workers)
+        let s = super::harness::builder(workers)
             .partitions(partitions)
             .build()
             .unwrap();
@@ -161,7 +160,7 @@ async fn still_usable(s: &Session) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_csv_and_truncated_parquet_are_clear_errors() {
     let dir = temp_dir("bad");
-    let s = Session::builder().workers(2).partitions(3).build().unwrap();
+    let s = super::harness::builder(2).partitions(3).build().unwrap();
     run_dirk(&s, "CREATE TABLE good AS VALUES (1), (2)", "setup").await;
 
     // A row with a word where the schema says integer.

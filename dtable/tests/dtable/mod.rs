@@ -1,6 +1,7 @@
 mod api;
-mod compare;
+pub(crate) mod compare;
 mod files;
+pub(crate) mod harness;
 mod mutation;
 mod queries;
 mod statements;

@@ -103,8 +103,7 @@ pub(crate) async fn reference(sql: &str) -> Vec<RecordBatch> {
 
 /// A session holding the test tables.
 pub(crate) fn session(workers: usize, partitions: usize) -> Session {
-    let s = Session::builder()
-        .workers(workers)
+    let s = super::harness::builder(workers)
         .partitions(partitions)
         .build()
         .unwrap();

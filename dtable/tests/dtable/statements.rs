@@ -33,7 +33,7 @@ async fn error(s: &Session, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_insert_select_drop() {
-    let s = Session::builder().workers(2).partitions(3).build().unwrap();
+    let s = super::harness::builder(2).partitions(3).build().unwrap();
     run(&s, "CREATE TABLE x (a BIGINT, b VARCHAR)").await;
     assert_eq!(scalar(&s, "SELECT count(*) FROM x").await, 0);
     let n = scalar(&s, "INSERT INTO x VALUES (1, 'one'), (2, 'two'), (3, NULL)").await;
@@ -72,7 +72,7 @@ async fn create_insert_select_drop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_stay_resident_and_queries_run_as_tasks() {
-    let s = Session::builder().workers(2).partitions(4).build().unwrap();
+    let s = super::harness::builder(2).partitions(4).build().unwrap();
     run(
         &s,
         "CREATE TABLE r AS SELECT * FROM (VALUES (1), (2), (3), (4), (5)) AS v(n)",
@@ -107,7 +107,7 @@ async fn tables_stay_resident_and_queries_run_as_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_clear_error_and_the_session_goes_on() {
-    let s = Session::builder().workers(2).build().unwrap();
+    let s = super::harness::builder(2).build().unwrap();
     run(&s, "CREATE TABLE z (a INT)").await;
     for (sql, expect) in [
         ("SELEC 1", "SELEC"),

@@ -27,8 +27,7 @@ async fn reference() -> SessionContext {
 
 async fn check(workers: usize, partitions: usize, reference: &SessionContext) {
     // Generated in `partitions` parts by tasks on the workers: the same rows as one part.
-    let s = Session::builder()
-        .workers(workers)
+    let s = super::harness::builder(workers)
         .partitions(partitions)
         .build()
         .unwrap();
@@ -60,7 +59,7 @@ async fn tpch_equals_datafusion_at_every_worker_and_partition_count() {
 /// `DIRK_BLESS=1` to rewrite the files after an intended change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staged_tpch_plans_match_their_golden_files() {
-    let s = Session::builder().workers(2).partitions(4).build().unwrap();
+    let s = super::harness::builder(2).partitions(4).build().unwrap();
     s.load_tpch(SCALE).await.unwrap();
     let dir = manifest_dir().join("tests/golden/tpch");
     let bless = std::env::var_os("DIRK_BLESS").is_some();

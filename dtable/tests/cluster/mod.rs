@@ -1,0 +1,170 @@
+//! What only a cluster has: the token, the protocol version, workers that die.
+
+use crate::dtable::compare::{assert_same, run_dirk};
+use crate::dtable::harness::start;
+use dirk_dtable::flight::{ClientOptions, RemoteWorker, PROTOCOL_VERSION};
+use dirk_dtable::Session;
+use dirk_engine::WorkerId;
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_session_without_the_right_token_is_refused() {
+    let workers = start(2);
+    let no_token = Session::builder().workers(workers.addresses()).build();
+    let message = no_token.err().expect("refused").to_string();
+    assert!(message.contains("requires a token"), "{message}");
+    assert!(
+        message.contains(&workers.addresses()[0]) || message.contains(&workers.addresses()[1]),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one line: {message}");
+
+    let wrong = Session::builder()
+        .workers(workers.addresses())
+        .token("not-the-token")
+        .build();
+    let message = wrong.err().expect("refused").to_string();
+    assert!(message.contains("wrong token"), "{message}");
+
+    let right = Session::builder()
+        .workers(workers.addresses())
+        .token(workers.token())
+        .build()
+        .unwrap();
+    assert_eq!(right.engine().workers().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_another_protocol_version_is_refused() {
+    let workers = start(1);
+    let options = ClientOptions {
+        token: Some(workers.token().to_string()),
+        ..ClientOptions::default()
+    };
+    let address = &workers.addresses()[0];
+    let refused =
+        RemoteWorker::connect_with_protocol(address, WorkerId(0), &options, PROTOCOL_VERSION + 1)
+            .await
+            .err()
+            .expect("another version is refused")
+            .to_string();
+    assert!(
+        refused.contains(&format!(
+            "protocol version mismatch: the driver speaks Dirk protocol {}, this worker speaks {}",
+            PROTOCOL_VERSION + 1,
+            PROTOCOL_VERSION
+        )),
+        "{refused}"
+    );
+    assert!(refused.contains(address.as_str()), "{refused}");
+    RemoteWorker::connect(address, WorkerId(0), &options)
+        .await
+        .expect("the same version is accepted");
+}
+
+#[test]
+fn an_unreachable_worker_is_a_clear_error_at_connect_time() {
+    // A port nobody listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let message = Session::builder()
+        .workers([format!("127.0.0.1:{port}").as_str()])
+        .build()
+        .err()
+        .expect("nobody listens there")
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(message.contains("cannot connect"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_query_is_a_clear_error_and_the_session_goes_on() {
+    let mut workers = start(3);
+    let s = Session::builder()
+        .workers(workers.addresses())
+        .token(workers.token())
+        .partitions(6)
+        .build()
+        .unwrap();
+    s.load_tpch(0.01).await.unwrap();
+    let s = std::sync::Arc::new(s);
+    // A join with hundreds of millions of output rows: seconds of work on every worker.
+    let q = s.clone();
+    let query = tokio::spawn(async move {
+        let started = Instant::now();
+        let r = q
+            .sql(
+                "SELECT sum(a.l_quantity * b.l_quantity) FROM lineitem a \
+                 JOIN lineitem b ON a.l_suppkey % 10 = b.l_suppkey % 10",
+            )
+            .await;
+        let r = match r {
+            Ok(df) => df.collect().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        (r, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    workers.kill(2);
+    let killed = Instant::now();
+    let (result, ran) = tokio::time::timeout(Duration::from_secs(30), query)
+        .await
+        .expect("a dead worker never hangs a query")
+        .unwrap();
+    let message = result
+        .err()
+        .unwrap_or_else(|| panic!("the query finished in {ran:?}, before the kill: make it longer"))
+        .to_string();
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert!(message.contains("worker 2"), "names the worker: {message}");
+    assert!(message.contains("lost"), "{message}");
+    assert!(!message.contains('\n'), "one line: {message}");
+
+    // The session goes on with the two workers left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.engine().workers().len() != 2 {
+        assert!(Instant::now() < deadline, "w2 is never declared lost");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run_dirk(
+        &s,
+        "CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, 'c')) v(k, name)",
+        "create",
+    )
+    .await;
+    let got = run_dirk(
+        &s,
+        "SELECT k, upper(name) AS n FROM t WHERE k > 1 ORDER BY k",
+        "after",
+    )
+    .await;
+    let reference = datafusion::prelude::SessionContext::new();
+    let expected = reference
+        .sql("SELECT * FROM (VALUES (2, 'B'), (3, 'C')) v(k, n)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_same(&got, &expected, true, "after the loss");
+    // A table that had partitions on the lost worker says so, promptly.
+    let lost = tokio::time::timeout(Duration::from_secs(15), async {
+        match s.sql("SELECT sum(o_totalprice) FROM orders").await {
+            Ok(df) => df.collect().await.map(|_| ()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .expect("never hangs");
+    let message = lost.err().expect("a third of orders is gone").to_string();
+    assert!(message.contains("lost with worker 2"), "{message}");
+}

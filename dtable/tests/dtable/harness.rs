@@ -1,0 +1,53 @@
+//! Where the tests' sessions run. The same test bodies run twice: in `dtable_integration` on
+//! in-process workers, and in `cluster_integration` on real `dirk worker` processes on
+//! loopback (started once per worker count and shared by the tests, each test attaching its
+//! own session).
+
+use dirk_dtable::flight::LocalWorkers;
+use dirk_dtable::{Session, SessionBuilder};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// True in the binary whose sessions attach to worker processes.
+pub(crate) fn on_cluster() -> bool {
+    crate::ON_CLUSTER
+}
+
+/// CPU threads per worker process: the CI machines have two cores.
+const THREADS_PER_WORKER: usize = 2;
+
+/// A session builder with `workers` workers: in-process ones, or worker processes.
+pub(crate) fn builder(workers: usize) -> SessionBuilder {
+    if !on_cluster() {
+        return Session::builder().workers(workers);
+    }
+    static CLUSTERS: OnceLock<Mutex<BTreeMap<usize, LocalWorkers>>> = OnceLock::new();
+    let mut clusters = CLUSTERS.get_or_init(Default::default).lock();
+    let c = clusters.entry(workers).or_insert_with(|| start(workers));
+    Session::builder().workers(c.addresses()).token(c.token())
+}
+
+/// `n` worker processes of the test's own (to kill one, say).
+pub(crate) fn start(n: usize) -> LocalWorkers {
+    LocalWorkers::start(&dirk_binary(), n, THREADS_PER_WORKER)
+        .unwrap_or_else(|e| panic!("cannot start {n} dirk workers: {e}"))
+}
+
+/// The `dirk` binary of this build (`cargo test --workspace` builds it before running tests).
+pub(crate) fn dirk_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test binary> -> target/<profile>/dirk
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps");
+    let dirk = dir.join(format!("dirk{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        dirk.exists(),
+        "{} does not exist: build it first (cargo build -p dirk-sql), or run cargo test --workspace",
+        dirk.display()
+    );
+    dirk
+}

@@ -1,0 +1,649 @@
+//! The driver's side (and a worker's side, towards its peers): [`RemoteWorker`], the engine's
+//! [`Worker`] trait over Arrow Flight.
+//!
+//! The engine's worker interface is synchronous; calls run on one process-wide tokio runtime
+//! (`dirk-flight` threads) and the caller's thread waits for the answer. Tasks are fire and
+//! forget: `run_task` returns at once and the report arrives when the `dirk.run` action answers.
+
+use crate::protocol::{
+    self, action, Hello, HelloReply, Peer, PutHeader, StatusReply, ATTACHMENT_HEADER,
+    PROTOCOL_VERSION, TOKEN_HEADER,
+};
+use crate::server::MAX_MESSAGE;
+use arrow::array::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, FlightDescriptor, Ticket};
+use bytes::Bytes;
+use dirk_engine::{
+    Chunk, ChunkId, ChunkMeta, EngineError, ProcessorKind, ReportSink, TaskAssignment, TaskId,
+    TaskReport, Worker, WorkerId, WorkerStatus,
+};
+use futures::{future, stream, StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+
+/// How a driver (or a worker, towards its peers) talks to workers.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The shared token sent with every call.
+    pub token: Option<String>,
+    /// TLS: the certificate authority (PEM) that signed the workers' certificates. With it,
+    /// calls use TLS; without it, plain HTTP/2.
+    pub tls_ca: Option<Vec<u8>>,
+    /// TLS: the name to verify the workers' certificates against (default: the host in each
+    /// address).
+    pub tls_domain: Option<String>,
+    /// How long to wait for a TCP connection and for a control call's answer.
+    pub connect_timeout: Duration,
+    /// How often the driver asks each worker for its status.
+    pub heartbeat: Duration,
+    /// A worker that has not answered a heartbeat for this long is declared lost.
+    pub lost_after: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            token: None,
+            tls_ca: None,
+            tls_domain: None,
+            connect_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            lost_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The runtime every Flight call of this process runs on.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dirk-flight")
+            .enable_all()
+            .build()
+            .expect("cannot start the Flight client runtime")
+    })
+}
+
+/// Runs `fut` on the client runtime and waits for it from a thread outside that runtime.
+fn block<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, EngineError>> + Send + 'static,
+) -> Result<T, EngineError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().unwrap_or(Err(EngineError::Shutdown))
+}
+
+/// Adds the token and the attachment key to every call.
+#[derive(Clone)]
+struct Headers {
+    token: Option<MetadataValue<Ascii>>,
+    attachment: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for Headers {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(t) = &self.token {
+            req.metadata_mut().insert(TOKEN_HEADER, t.clone());
+        }
+        if let Some(a) = &self.attachment {
+            req.metadata_mut().insert(ATTACHMENT_HEADER, a.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = FlightServiceClient<InterceptedService<Channel, Headers>>;
+
+/// One worker's address and a client for it; cheap to clone into the calls' futures.
+#[derive(Clone)]
+struct Link {
+    id: WorkerId,
+    address: String,
+    client: Client,
+}
+
+fn endpoint(address: &str, o: &ClientOptions) -> Result<Endpoint, EngineError> {
+    let scheme = if o.tls_ca.is_some() { "https" } else { "http" };
+    let bad = |m: String| EngineError::Remote {
+        peer: format!("worker {address}"),
+        message: m,
+    };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| bad(format!("not an address (HOST:PORT): {e}")))?
+        .connect_timeout(o.connect_timeout)
+        .tcp_nodelay(true)
+        // A peer that vanishes without closing the connection (a machine that died, a network
+        // cut) fails every call on it within the keepalive timeout, long calls included.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if let Some(ca) = &o.tls_ca {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(d) = &o.tls_domain {
+            tls = tls.domain_name(d.clone());
+        }
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| bad(format!("TLS configuration: {}", chain(&e))))?;
+    }
+    Ok(ep)
+}
+
+fn header(value: &str) -> Result<MetadataValue<Ascii>, EngineError> {
+    value.parse().map_err(|_| EngineError::Remote {
+        peer: "token".into(),
+        message: "the token must be printable ASCII".into(),
+    })
+}
+
+fn client(
+    channel: Channel,
+    token: Option<&str>,
+    attachment: Option<u64>,
+) -> Result<Client, EngineError> {
+    let headers = Headers {
+        token: token.map(|t| header(&format!("Bearer {t}"))).transpose()?,
+        attachment: attachment.map(|a| header(&a.to_string())).transpose()?,
+    };
+    Ok(FlightServiceClient::with_interceptor(channel, headers)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// An error and its causes, on one line; a cause whose words are already there is left out.
+fn chain(e: &dyn std::error::Error) -> String {
+    with_causes(e.to_string(), e.source())
+}
+
+fn with_causes(mut s: String, mut source: Option<&dyn std::error::Error>) -> String {
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+/// A gRPC status as one line: its message and, for transport failures, their cause.
+fn describe(status: &Status) -> String {
+    let message = if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_string()
+    };
+    with_causes(message, std::error::Error::source(status))
+}
+
+impl Link {
+    fn error(&self, message: String) -> EngineError {
+        EngineError::Remote {
+            peer: format!("{} at {}", self.id, self.address),
+            message,
+        }
+    }
+
+    async fn action(&self, kind: &str, body: Vec<u8>) -> Result<Bytes, Status> {
+        let mut client = self.client.clone();
+        let response = client
+            .do_action(Request::new(Action {
+                r#type: kind.to_string(),
+                body: body.into(),
+            }))
+            .await?;
+        let mut results = response.into_inner();
+        Ok(results.message().await?.map(|r| r.body).unwrap_or_default())
+    }
+
+    /// A control call that must answer within `limit`.
+    async fn control(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+        limit: Duration,
+    ) -> Result<Bytes, EngineError> {
+        match tokio::time::timeout(limit, self.action(kind, body)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(status)) => Err(self.error(describe(&status))),
+            Err(_) => Err(self.error(format!("no answer to {kind} within {limit:?}"))),
+        }
+    }
+
+    async fn fetch(&self, id: ChunkId) -> Result<Chunk, EngineError> {
+        let mut client = self.client.clone();
+        let ticket = Ticket {
+            ticket: protocol::encode(&Some(id)).into(),
+        };
+        let response = client
+            .do_get(Request::new(ticket))
+            .await
+            .map_err(|s| self.error(format!("fetching {id}: {}", describe(&s))))?;
+        let data = response
+            .into_inner()
+            .map_err(|s| FlightError::Tonic(Box::new(s)));
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches = Vec::new();
+        while let Some(batch) = decoded.next().await {
+            batches.push(batch.map_err(|e| self.error(format!("fetching {id}: {}", flight(e))))?);
+        }
+        let schema = decoded
+            .schema()
+            .cloned()
+            .ok_or_else(|| self.error(format!("fetching {id}: the stream carried no schema")))?;
+        Ok(Chunk::new(schema, batches))
+    }
+
+    async fn store(
+        &self,
+        id: Option<ChunkId>,
+        chunk: Arc<Chunk>,
+    ) -> Result<ChunkMeta, EngineError> {
+        let header = PutHeader {
+            chunk: id,
+            rows: chunk.rows(),
+        };
+        let batches: Vec<Result<RecordBatch, FlightError>> =
+            chunk.batches().iter().cloned().map(Ok).collect();
+        // An encoding failure ends the stream early; the worker then sees fewer rows than the
+        // header announced and keeps nothing.
+        let failed: Arc<Mutex<Option<FlightError>>> = Arc::default();
+        let failed_in_stream = failed.clone();
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(chunk.schema().clone())
+            .with_flight_descriptor(Some(FlightDescriptor::new_cmd(protocol::encode(&header))))
+            .build(stream::iter(batches))
+            .take_while(move |r| {
+                if let Err(e) = r {
+                    *failed_in_stream.lock() =
+                        Some(FlightError::ExternalError(e.to_string().into()));
+                }
+                future::ready(r.is_ok())
+            })
+            .filter_map(|r| future::ready(r.ok()));
+        let mut client = self.client.clone();
+        let response = client.do_put(Request::new(data)).await;
+        if let Some(e) = failed.lock().take() {
+            return Err(self.error(format!("sending a chunk: {}", flight(e))));
+        }
+        let mut results = response
+            .map_err(|s| self.error(format!("sending a chunk: {}", describe(&s))))?
+            .into_inner();
+        let result = results
+            .message()
+            .await
+            .map_err(|s| self.error(format!("sending a chunk: {}", describe(&s))))?
+            .ok_or_else(|| self.error("sending a chunk: no answer".into()))?;
+        protocol::decode(&result.app_metadata, "chunk metadata")
+    }
+}
+
+fn flight(e: FlightError) -> String {
+    match e {
+        FlightError::Tonic(s) => describe(&s),
+        other => other.to_string(),
+    }
+}
+
+/// A worker in another process, reached over Arrow Flight.
+pub struct RemoteWorker {
+    link: Link,
+    options: ClientOptions,
+    processors: Vec<(ProcessorKind, usize)>,
+    /// Added to the worker's clock readings to put them on this process's timeline.
+    clock_offset_us: i64,
+    memory_limit: Option<u64>,
+    attachment: u64,
+    last_status: Arc<Mutex<WorkerStatus>>,
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The driver's link ends the attachment when dropped; a worker's link to a peer does not.
+    owns_attachment: bool,
+}
+
+impl RemoteWorker {
+    /// Attaches to the worker at `address` as worker `id` of this driver.
+    pub async fn connect(
+        address: &str,
+        id: WorkerId,
+        options: &ClientOptions,
+    ) -> Result<RemoteWorker, EngineError> {
+        Self::connect_with_protocol(address, id, options, PROTOCOL_VERSION).await
+    }
+
+    /// [`RemoteWorker::connect`], claiming to speak protocol `protocol`: for tests of the
+    /// version check.
+    #[doc(hidden)]
+    pub async fn connect_with_protocol(
+        address: &str,
+        id: WorkerId,
+        options: &ClientOptions,
+        protocol: u32,
+    ) -> Result<RemoteWorker, EngineError> {
+        let unreachable = |message: String| EngineError::Remote {
+            peer: format!("worker {address}"),
+            message,
+        };
+        let channel = endpoint(address, options)?
+            .connect()
+            .await
+            .map_err(|e| unreachable(format!("cannot connect: {}", chain(&e))))?;
+        let hello_link = Link {
+            id,
+            address: address.to_string(),
+            client: client(channel.clone(), options.token.as_deref(), None)?,
+        };
+        let sent_us = dirk_engine::eventlog::now_us();
+        let answer = hello_link
+            .control(
+                action::HELLO,
+                protocol::encode(&Hello {
+                    protocol,
+                    worker: id,
+                }),
+                options.connect_timeout,
+            )
+            .await
+            .map_err(|e| match e {
+                EngineError::Remote { message, .. } => unreachable(message),
+                other => other,
+            })?;
+        let received_us = dirk_engine::eventlog::now_us();
+        let reply: HelloReply = protocol::decode(&answer, "hello reply")?;
+        if reply.protocol != protocol {
+            return Err(unreachable(format!(
+                "protocol version mismatch: this driver speaks Dirk protocol {protocol}, the worker speaks {}",
+                reply.protocol
+            )));
+        }
+        let midpoint = (sent_us / 2 + received_us / 2) as i64;
+        Ok(RemoteWorker {
+            link: Link {
+                id,
+                address: address.to_string(),
+                client: client(channel, options.token.as_deref(), Some(reply.attachment))?,
+            },
+            options: options.clone(),
+            processors: reply.processors,
+            clock_offset_us: midpoint - reply.clock_us as i64,
+            memory_limit: reply.memory_limit,
+            attachment: reply.attachment,
+            last_status: Arc::new(Mutex::new(WorkerStatus {
+                id,
+                chunks: 0,
+                bytes: 0,
+                running: 0,
+                finished: 0,
+            })),
+            heartbeat: Mutex::new(None),
+            owns_attachment: true,
+        })
+    }
+
+    /// A worker's client for a peer of the same driver: connects on first use.
+    pub(crate) fn peer(peer: Peer, options: ClientOptions) -> RemoteWorker {
+        let link = endpoint(&peer.address, &options)
+            .map(|ep| ep.connect_lazy())
+            .and_then(|ch| client(ch, options.token.as_deref(), Some(peer.attachment)));
+        let link = match link {
+            Ok(client) => client,
+            // The driver reached this address with the same options, so this does not happen;
+            // if it did, fetches from the peer fail with the reason.
+            Err(_) => client(
+                Endpoint::from_static("http://0.0.0.0:9").connect_lazy(),
+                None,
+                None,
+            )
+            .expect("a client without headers always builds"),
+        };
+        RemoteWorker {
+            link: Link {
+                id: peer.worker,
+                address: peer.address,
+                client: link,
+            },
+            options,
+            processors: Vec::new(),
+            clock_offset_us: 0,
+            memory_limit: None,
+            attachment: peer.attachment,
+            last_status: Arc::new(Mutex::new(WorkerStatus {
+                id: peer.worker,
+                chunks: 0,
+                bytes: 0,
+                running: 0,
+                finished: 0,
+            })),
+            heartbeat: Mutex::new(None),
+            owns_attachment: false,
+        }
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> &str {
+        &self.link.address
+    }
+
+    /// The memory limit the worker was started with.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
+    }
+
+    fn peer_info(&self) -> Peer {
+        Peer {
+            worker: self.link.id,
+            address: self.link.address.clone(),
+            attachment: self.attachment,
+        }
+    }
+}
+
+/// Attaches to every worker in `addresses` (worker `i` gets id `i`) and tells each where the
+/// others are, so they fetch inputs from each other directly. Fails, naming the worker, if one
+/// cannot be reached, refuses the token, or speaks another protocol version.
+pub async fn connect_cluster(
+    addresses: &[String],
+    options: &ClientOptions,
+) -> Result<Vec<Arc<RemoteWorker>>, EngineError> {
+    let attempts = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| RemoteWorker::connect(a, WorkerId(i as u32), options));
+    let workers: Vec<Arc<RemoteWorker>> = future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let peers: Vec<Peer> = workers.iter().map(|w| w.peer_info()).collect();
+    let body = protocol::encode(&peers);
+    for w in &workers {
+        w.link
+            .control(action::PEERS, body.clone(), options.connect_timeout)
+            .await?;
+    }
+    Ok(workers)
+}
+
+/// [`connect_cluster`] from synchronous code.
+pub fn connect_cluster_blocking(
+    addresses: &[String],
+    options: &ClientOptions,
+) -> Result<Vec<Arc<RemoteWorker>>, EngineError> {
+    let addresses = addresses.to_vec();
+    let options = options.clone();
+    block(async move { connect_cluster(&addresses, &options).await })
+}
+
+impl Worker for RemoteWorker {
+    fn id(&self) -> WorkerId {
+        self.link.id
+    }
+
+    fn processors(&self) -> Vec<(ProcessorKind, usize)> {
+        self.processors.clone()
+    }
+
+    fn run_task(&self, assignment: TaskAssignment, sink: ReportSink) {
+        let link = self.link.clone();
+        let offset = self.clock_offset_us;
+        let adjust = move |t: u64| (t as i64).saturating_add(offset).max(0) as u64;
+        runtime().spawn(async move {
+            let task = assignment.task;
+            let processor = assignment.processor;
+            let started = dirk_engine::eventlog::now_us();
+            let outcome = link
+                .action(action::RUN, protocol::encode(&assignment))
+                .await
+                .map_err(|s| describe(&s))
+                .and_then(|bytes| {
+                    protocol::decode::<TaskReport>(&bytes, "task report").map_err(|e| e.to_string())
+                });
+            let report = match outcome {
+                Ok(mut r) => {
+                    r.started_us = adjust(r.started_us);
+                    r.finished_us = adjust(r.finished_us);
+                    r
+                }
+                Err(message) => {
+                    // The call itself failed: the worker is gone or no longer knows this driver.
+                    let reason = format!("{}: {message}", link.address);
+                    sink.worker_lost(link.id, reason.clone());
+                    let now = dirk_engine::eventlog::now_us();
+                    TaskReport {
+                        task,
+                        worker: link.id,
+                        processor,
+                        started_us: started,
+                        finished_us: now,
+                        rows_in: 0,
+                        bytes_in: 0,
+                        transfers: Vec::new(),
+                        result: Err(EngineError::WorkerLost {
+                            worker: link.id,
+                            reason,
+                        }),
+                    }
+                }
+            };
+            sink.report(report);
+        });
+    }
+
+    fn cancel_task(&self, task: TaskId) {
+        let link = self.link.clone();
+        let limit = self.options.connect_timeout;
+        runtime().spawn(async move {
+            let _ = link
+                .control(action::CANCEL, protocol::encode(&task), limit)
+                .await;
+        });
+    }
+
+    fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Chunk>, EngineError> {
+        let link = self.link.clone();
+        block(async move { link.fetch(id).await.map(Arc::new) })
+    }
+
+    fn store_chunk(
+        &self,
+        id: Option<ChunkId>,
+        chunk: Arc<Chunk>,
+    ) -> Result<ChunkMeta, EngineError> {
+        let link = self.link.clone();
+        block(async move { link.store(id, chunk).await })
+    }
+
+    fn free_chunks(&self, ids: &[ChunkId]) {
+        let link = self.link.clone();
+        let body = protocol::encode(&ids);
+        let limit = self.options.connect_timeout;
+        runtime().spawn(async move {
+            let _ = link.control(action::FREE, body, limit).await;
+        });
+    }
+
+    fn status(&self) -> WorkerStatus {
+        let link = self.link.clone();
+        let limit = self.options.connect_timeout;
+        let answer = block(async move {
+            let bytes = link.control(action::STATUS, Vec::new(), limit).await?;
+            protocol::decode::<StatusReply>(&bytes, "status")
+        });
+        let mut last = self.last_status.lock();
+        if let Ok(reply) = answer {
+            *last = reply.status;
+        }
+        last.clone()
+    }
+
+    fn attached(&self, sink: ReportSink) {
+        let link = self.link.clone();
+        let options = self.options.clone();
+        let last_status = self.last_status.clone();
+        let beat = runtime().spawn(async move {
+            let mut last_answer = Instant::now();
+            let mut ticks = tokio::time::interval(options.heartbeat);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let limit = options.lost_after.min(options.connect_timeout);
+                let problem = match link.control(action::STATUS, Vec::new(), limit).await {
+                    Ok(bytes) => match protocol::decode::<StatusReply>(&bytes, "status") {
+                        Ok(reply) => {
+                            *last_status.lock() = reply.status;
+                            last_answer = Instant::now();
+                            continue;
+                        }
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                let forgotten = problem.contains("unknown attachment");
+                if forgotten || last_answer.elapsed() >= options.lost_after {
+                    sink.worker_lost(
+                        link.id,
+                        format!(
+                            "no heartbeat answer for {:.1}s ({problem})",
+                            last_answer.elapsed().as_secs_f64()
+                        ),
+                    );
+                    return;
+                }
+            }
+        });
+        if let Some(old) = self.heartbeat.lock().replace(beat) {
+            old.abort();
+        }
+    }
+}
+
+impl Drop for RemoteWorker {
+    fn drop(&mut self) {
+        if let Some(beat) = self.heartbeat.lock().take() {
+            beat.abort();
+        }
+        if self.owns_attachment {
+            // Best effort: a worker also drops an attachment whose driver has gone silent.
+            let link = self.link.clone();
+            runtime().spawn(async move {
+                let _ = link
+                    .control(action::GOODBYE, Vec::new(), Duration::from_secs(2))
+                    .await;
+            });
+        }
+    }
+}

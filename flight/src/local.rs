@@ -1,0 +1,135 @@
+//! Worker processes on this machine: what `dirk cluster --local N` and the tests start.
+
+use crate::protocol::TOKEN_ENV;
+use dirk_engine::EngineError;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The first line a worker prints on standard output, once it listens.
+pub fn listening_line(addr: SocketAddr) -> String {
+    format!(
+        "dirk worker listening on {addr} (protocol {})",
+        crate::PROTOCOL_VERSION
+    )
+}
+
+fn parse_listening_line(line: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix("dirk worker listening on ")?;
+    Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// Worker processes started on loopback ports. Dropping it stops them; they also exit on their
+/// own when the process that started them ends (their standard input closes).
+pub struct LocalWorkers {
+    children: Vec<Child>,
+    addresses: Vec<String>,
+    token: String,
+}
+
+impl LocalWorkers {
+    /// Starts `n` workers by running `dirk_binary worker --listen 127.0.0.1:0`, each with
+    /// `threads` CPU threads, all requiring one fresh random token.
+    pub fn start(
+        dirk_binary: &Path,
+        n: usize,
+        threads: usize,
+    ) -> Result<LocalWorkers, EngineError> {
+        let token = random_token();
+        let mut workers = LocalWorkers {
+            children: Vec::new(),
+            addresses: Vec::new(),
+            token,
+        };
+        for _ in 0..n {
+            let (child, address) = workers.spawn(dirk_binary, threads)?;
+            workers.children.push(child);
+            workers.addresses.push(address);
+        }
+        Ok(workers)
+    }
+
+    fn spawn(&self, dirk_binary: &Path, threads: usize) -> Result<(Child, String), EngineError> {
+        let failed = |message: String| EngineError::Remote {
+            peer: format!("{} worker", dirk_binary.display()),
+            message,
+        };
+        let mut child = Command::new(dirk_binary)
+            .args(["worker", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
+            .args(["--threads", &threads.max(1).to_string()])
+            .env(TOKEN_ENV, &self.token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| failed(format!("cannot start: {e}")))?;
+        let stdout = child.stdout.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            if let Some(out) = stdout {
+                let _ = BufReader::new(out).read_line(&mut line);
+            }
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        match parse_listening_line(&line) {
+            Some(address) => Ok((child, address)),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(failed(format!(
+                    "did not report its address (printed {:?})",
+                    line.trim()
+                )))
+            }
+        }
+    }
+
+    /// Their addresses, `127.0.0.1:PORT`.
+    pub fn addresses(&self) -> Vec<String> {
+        self.addresses.clone()
+    }
+
+    /// The token they require.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Kills worker `i` at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(c) = self.children.get_mut(i) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for LocalWorkers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// 128 random bits as hex, from the standard library's per-process random hash keys.
+pub fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut s = String::new();
+    for i in 0..2u8 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        s.push_str(&format!("{:016x}", h.finish()));
+    }
+    s
+}

@@ -1,0 +1,117 @@
+//! What drivers and workers say to each other, on top of Arrow Flight.
+//!
+//! Data moves as Flight streams: `do_get` with a ticket naming a chunk (`Option<ChunkId>`)
+//! returns its batches, `do_put` whose descriptor command names the chunk (or asks for a fresh
+//! id) and its row count stores one.
+//! Control messages are Flight actions whose bodies are `postcard`-encoded engine types:
+//!
+//! | action          | body                 | reply                 |
+//! |-----------------|----------------------|-----------------------|
+//! | `dirk.hello`    | [`Hello`]            | [`HelloReply`]        |
+//! | `dirk.peers`    | `Vec<Peer>`          | nothing               |
+//! | `dirk.run`      | `TaskAssignment`     | `TaskReport`, when the task ends |
+//! | `dirk.cancel`   | `TaskId`             | nothing               |
+//! | `dirk.free`     | `Vec<ChunkId>`       | nothing               |
+//! | `dirk.status`   | nothing              | [`StatusReply`]       |
+//! | `dirk.goodbye`  | nothing              | nothing               |
+//!
+//! Every call carries the shared token (`authorization: Bearer …`); every call after `hello`
+//! carries the attachment key the worker handed out (`dirk-attachment`), because one worker
+//! process serves several drivers (or several sessions of one driver) at once, each with its own
+//! chunk store and worker id.
+
+use dirk_engine::{ChunkId, EngineError, ProcessorKind, WorkerId, WorkerStatus};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Bumped whenever a message changes shape. A driver and a worker of different versions refuse
+/// each other at `hello`, with a message that names both versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The metadata key that carries the token.
+pub const TOKEN_HEADER: &str = "authorization";
+/// The metadata key that carries the attachment key.
+pub const ATTACHMENT_HEADER: &str = "dirk-attachment";
+/// The environment variable the shell and `dirk worker` read the token from.
+pub const TOKEN_ENV: &str = "DIRK_TOKEN";
+
+/// Action names.
+pub(crate) mod action {
+    pub(crate) const HELLO: &str = "dirk.hello";
+    pub(crate) const PEERS: &str = "dirk.peers";
+    pub(crate) const RUN: &str = "dirk.run";
+    pub(crate) const CANCEL: &str = "dirk.cancel";
+    pub(crate) const FREE: &str = "dirk.free";
+    pub(crate) const STATUS: &str = "dirk.status";
+    pub(crate) const GOODBYE: &str = "dirk.goodbye";
+}
+
+/// A driver attaching to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// The driver's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The id the driver gives this worker; chunk ids the worker mints carry it.
+    pub worker: WorkerId,
+}
+
+/// A worker's answer to [`Hello`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The worker's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The key to send with every later call of this attachment.
+    pub attachment: u64,
+    /// Its processors and their slots.
+    pub processors: Vec<(ProcessorKind, usize)>,
+    /// The memory limit it was started with, if any.
+    pub memory_limit: Option<u64>,
+    /// Its wall clock (µs since the Unix epoch) when it answered, to put its task times on the
+    /// driver's timeline.
+    pub clock_us: u64,
+    /// The Dirk release it runs.
+    pub release: String,
+}
+
+/// Another worker of the same driver, as a worker needs to know it to fetch chunks from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its id in the driver's numbering.
+    pub worker: WorkerId,
+    /// Where it listens.
+    pub address: String,
+    /// Its attachment key for this driver.
+    pub attachment: u64,
+}
+
+/// A worker's status, with the limits it was started with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Chunks, bytes and tasks of this attachment.
+    pub status: WorkerStatus,
+    /// The memory limit it was started with, if any.
+    pub memory_limit: Option<u64>,
+    /// Attachments (drivers or sessions) it serves now.
+    pub attachments: usize,
+}
+
+/// Encodes a message body.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding into a Vec only fails for types serde cannot describe, which ours are not.
+    postcard::to_stdvec(value).expect("protocol messages always encode")
+}
+
+/// Decodes a message body.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, EngineError> {
+    postcard::from_bytes(bytes).map_err(|e| EngineError::Remote {
+        peer: "protocol".into(),
+        message: format!("malformed {what}: {e}"),
+    })
+}
+
+/// The descriptor command of `do_put`: which chunk (none: the worker mints an id) and how many
+/// rows it has, so a stream cut short is refused instead of stored as half a chunk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PutHeader {
+    pub(crate) chunk: Option<ChunkId>,
+    pub(crate) rows: u64,
+}

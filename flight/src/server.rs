@@ -1,0 +1,578 @@
+//! `dirk worker`: a worker process serving Arrow Flight.
+//!
+//! Each driver that says `hello` gets an *attachment*: its own [`InProcessWorker`] (chunk store,
+//! the id the driver gave it) over the process's one CPU pool. Tasks run exactly as they do in
+//! the embedded engine; inputs held by other workers are fetched from them directly, through
+//! [`RemoteWorker`] clients of the peers the driver named.
+
+use crate::client::{ClientOptions, RemoteWorker};
+use crate::protocol::{
+    self, action, Hello, HelloReply, Peer, StatusReply, ATTACHMENT_HEADER, PROTOCOL_VERSION,
+    TOKEN_HEADER,
+};
+use arrow::array::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use dirk_engine::{
+    Chunk, ChunkId, CpuProcessor, EngineError, InProcessWorker, KernelRegistry, PeerDirectory,
+    ProcessorRef, ReportSink, TaskAssignment, TaskId, Worker, WorkerId,
+};
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+/// How a worker process runs.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerOptions {
+    /// CPU threads for tasks (default: one per core).
+    pub threads: Option<usize>,
+    /// The shared token every call must carry; `None` accepts every caller.
+    pub token: Option<String>,
+    /// TLS: the worker's certificate and key (PEM). Without them the worker speaks plain HTTP/2.
+    pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// TLS: the certificate authority (PEM) to verify other workers by when fetching from them.
+    pub tls_ca: Option<Vec<u8>>,
+    /// Memory this worker may use, in bytes: accepted and reported; spilling comes later.
+    pub memory_limit: Option<u64>,
+    /// An attachment whose driver has not called for this long is dropped with its chunks
+    /// (a driver that died); drivers send a heartbeat every second. Default 60 s.
+    pub attachment_idle_timeout: Option<Duration>,
+}
+
+struct Attachment {
+    worker: Arc<InProcessWorker>,
+    peers: PeerDirectory,
+    last_seen: Mutex<Instant>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        // The directory holds the worker itself: break the cycle.
+        self.peers.clear();
+    }
+}
+
+struct WorkerState {
+    options: WorkerOptions,
+    registry: Arc<KernelRegistry>,
+    processors: Vec<ProcessorRef>,
+    attachments: Mutex<HashMap<u64, Arc<Attachment>>>,
+    next_attachment: AtomicU64,
+    peer_client: ClientOptions,
+}
+
+/// The Flight service of one worker process.
+#[derive(Clone)]
+struct WorkerService {
+    state: Arc<WorkerState>,
+}
+
+/// A running worker server.
+pub struct WorkerServer {
+    local_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl WorkerServer {
+    /// Binds `listen` (a `HOST:PORT`; port 0 picks a free one) and serves on the current tokio
+    /// runtime until [`WorkerServer::stop`] or the process ends.
+    pub async fn start(
+        listen: &str,
+        registry: Arc<KernelRegistry>,
+        options: WorkerOptions,
+    ) -> Result<WorkerServer, EngineError> {
+        let bind_error = |message: String| EngineError::Remote {
+            peer: format!("dirk worker --listen {listen}"),
+            message,
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| bind_error(format!("cannot listen: {e}")))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| bind_error(e.to_string()))?;
+        let threads = options.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let cpu: ProcessorRef = Arc::new(CpuProcessor::new(threads, "dirk-worker"));
+        let state = Arc::new(WorkerState {
+            peer_client: ClientOptions {
+                token: options.token.clone(),
+                tls_ca: options.tls_ca.clone(),
+                ..ClientOptions::default()
+            },
+            options,
+            registry,
+            processors: vec![cpu],
+            attachments: Mutex::new(HashMap::new()),
+            next_attachment: AtomicU64::new(random_seed()),
+        });
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_nodelay(true);
+        if let Some((cert, key)) = &state.options.tls_identity {
+            builder = builder
+                .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+                .map_err(|e| bind_error(format!("TLS configuration: {e}")))?;
+        }
+        let token = state.options.token.clone();
+        let service = FlightServiceServer::new(WorkerService {
+            state: state.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+        let service = tonic::service::interceptor::InterceptedService::new(
+            service,
+            move |req: Request<()>| check_token(token.as_deref(), req),
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let done = tokio::spawn(async move {
+            builder
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+        });
+        tokio::spawn(expire_idle_attachments(Arc::downgrade(&state)));
+        Ok(WorkerServer {
+            local_addr,
+            stop: Some(stop_tx),
+            done,
+        })
+    }
+
+    /// The address it listens on (with the port it picked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until the server fails or is stopped.
+    pub async fn wait(self) -> Result<(), EngineError> {
+        let addr = self.local_addr;
+        let _keep_stop_sender = self.stop;
+        match self.done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EngineError::Remote {
+                peer: format!("dirk worker at {addr}"),
+                message: e,
+            }),
+            Err(e) => Err(EngineError::Remote {
+                peer: format!("dirk worker at {addr}"),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Stops accepting calls and waits for the server to end.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.done.await;
+    }
+}
+
+/// gRPC messages may be large: a chunk's batches are cut into 2 MiB Flight messages, but one
+/// wide row group or a big task fragment can exceed tonic's 4 MiB default.
+pub(crate) const MAX_MESSAGE: usize = 256 << 20;
+
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+fn check_token(token: Option<&str>, req: Request<()>) -> Result<Request<()>, Status> {
+    let Some(token) = token else {
+        return Ok(req);
+    };
+    let given = req
+        .metadata()
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(req),
+        Some(_) => Err(Status::unauthenticated("wrong token")),
+        None => Err(Status::unauthenticated(
+            "this worker requires a token (dirk --token, or DIRK_TOKEN)",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish() >> 1
+}
+
+async fn expire_idle_attachments(state: std::sync::Weak<WorkerState>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let Some(state) = state.upgrade() else { return };
+        let idle = state
+            .options
+            .attachment_idle_timeout
+            .unwrap_or(Duration::from_secs(60));
+        let expired: Vec<Arc<Attachment>> = {
+            let mut map = state.attachments.lock();
+            let keys: Vec<u64> = map
+                .iter()
+                .filter(|(_, a)| a.last_seen.lock().elapsed() > idle)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for a in expired {
+            eprintln!(
+                "dirk worker: dropping {} (its driver has not called for {}s)",
+                a.worker.id(),
+                idle.as_secs()
+            );
+        }
+    }
+}
+
+fn to_status(e: EngineError) -> Status {
+    match e {
+        EngineError::ChunkNotFound { .. } | EngineError::UnknownChunk { .. } => {
+            Status::not_found(e.to_string())
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn flight_status(e: FlightError) -> Status {
+    match e {
+        FlightError::Tonic(s) => *s,
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+impl WorkerService {
+    #[allow(clippy::result_large_err)]
+    fn attachment<T>(&self, req: &Request<T>) -> Result<Arc<Attachment>, Status> {
+        let key = req
+            .metadata()
+            .get(ATTACHMENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Status::failed_precondition("no attachment: say dirk.hello first"))?;
+        let a = self
+            .state
+            .attachments
+            .lock()
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                "unknown attachment: this worker restarted or dropped the driver after a silence",
+            )
+            })?;
+        *a.last_seen.lock() = Instant::now();
+        Ok(a)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn hello(&self, body: &[u8]) -> Result<HelloReply, Status> {
+        let hello: Hello = protocol::decode(body, "hello").map_err(|e| {
+            // A driver of another version may not even encode `Hello` the same way.
+            Status::failed_precondition(format!(
+                "{e}; this worker speaks Dirk protocol {PROTOCOL_VERSION}"
+            ))
+        })?;
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version mismatch: the driver speaks Dirk protocol {}, this worker speaks {}",
+                hello.protocol, PROTOCOL_VERSION
+            )));
+        }
+        let peers = PeerDirectory::default();
+        let worker = Arc::new(InProcessWorker::with_processors(
+            hello.worker,
+            self.state.processors.clone(),
+            self.state.registry.clone(),
+            peers.clone(),
+        ));
+        peers.add(worker.clone());
+        let key = self.state.next_attachment.fetch_add(1, Ordering::Relaxed);
+        let processors = worker.processors();
+        self.state.attachments.lock().insert(
+            key,
+            Arc::new(Attachment {
+                worker,
+                peers,
+                last_seen: Mutex::new(Instant::now()),
+            }),
+        );
+        Ok(HelloReply {
+            protocol: PROTOCOL_VERSION,
+            attachment: key,
+            processors,
+            memory_limit: self.state.options.memory_limit,
+            clock_us: dirk_engine::eventlog::now_us(),
+            release: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }
+
+    fn set_peers(&self, a: &Attachment, peers: Vec<Peer>) {
+        let me = a.worker.id();
+        for p in peers.into_iter().filter(|p| p.worker != me) {
+            a.peers.add(Arc::new(RemoteWorker::peer(
+                p,
+                self.state.peer_client.clone(),
+            )));
+        }
+    }
+
+    async fn run(a: Arc<Attachment>, assignment: TaskAssignment) -> Vec<u8> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = Mutex::new(Some(tx));
+        a.worker.run_task(
+            assignment,
+            ReportSink::from_fn(move |report| {
+                if let Some(tx) = tx.lock().take() {
+                    let _ = tx.send(report);
+                }
+            }),
+        );
+        match rx.await {
+            Ok(report) => protocol::encode(&report),
+            // The worker dropped the sink without reporting: it cannot, every path reports.
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+type Reply<T> = Result<Response<BoxStream<'static, Result<T, Status>>>, Status>;
+
+fn one<T: Send + 'static>(value: T) -> Reply<T> {
+    Ok(Response::new(stream::once(async { Ok(value) }).boxed()))
+}
+
+fn body(bytes: Vec<u8>) -> arrow_flight::Result {
+    arrow_flight::Result { body: bytes.into() }
+}
+
+#[tonic::async_trait]
+impl FlightService for WorkerService {
+    type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
+    type ListFlightsStream = BoxStream<'static, Result<FlightInfo, Status>>;
+    type DoGetStream = BoxStream<'static, Result<FlightData, Status>>;
+    type DoPutStream = BoxStream<'static, Result<PutResult, Status>>;
+    type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
+    type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
+    type DoExchangeStream = BoxStream<'static, Result<FlightData, Status>>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "Dirk workers authenticate every call with a bearer token; no handshake",
+        ))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("list_flights"))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("get_flight_info"))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("poll_flight_info"))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("get_schema"))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let a = self.attachment(&request)?;
+        let id: Option<ChunkId> = protocol::decode(&request.get_ref().ticket, "ticket")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = id.ok_or_else(|| Status::invalid_argument("a do_get ticket names a chunk"))?;
+        let chunk = a.worker.fetch_chunk(id).map_err(to_status)?;
+        let batches: Vec<Result<RecordBatch, FlightError>> =
+            chunk.batches().iter().cloned().map(Ok).collect();
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(chunk.schema().clone())
+            .build(stream::iter(batches))
+            .map_err(flight_status);
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let a = self.attachment(&request)?;
+        let mut incoming = request.into_inner();
+        let first = incoming
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty do_put"))?;
+        let header: protocol::PutHeader = first
+            .flight_descriptor
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("do_put without a descriptor"))
+            .and_then(|d| {
+                protocol::decode(&d.cmd, "do_put header")
+                    .map_err(|e| Status::invalid_argument(e.to_string()))
+            })?;
+        let data = stream::once(async { Ok(first) })
+            .chain(incoming)
+            .map_err(|s| FlightError::Tonic(Box::new(s)));
+        let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches = Vec::new();
+        while let Some(batch) = decoded.next().await {
+            batches.push(batch.map_err(flight_status)?);
+        }
+        let schema = decoded
+            .schema()
+            .cloned()
+            .ok_or_else(|| Status::invalid_argument("do_put carried no schema"))?;
+        let chunk = Chunk::new(schema, batches);
+        if chunk.rows() != header.rows {
+            // The sender stopped part-way: keep nothing rather than half a chunk.
+            return Err(Status::data_loss(format!(
+                "incomplete chunk: {} of {} rows arrived",
+                chunk.rows(),
+                header.rows
+            )));
+        }
+        let meta = a
+            .worker
+            .store_chunk(header.chunk, Arc::new(chunk))
+            .map_err(to_status)?;
+        one(PutResult {
+            app_metadata: protocol::encode(&meta).into(),
+        })
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let kind = request.get_ref().r#type.clone();
+        if kind == action::HELLO {
+            let reply = self.hello(&request.get_ref().body)?;
+            return one(body(protocol::encode(&reply)));
+        }
+        let a = self.attachment(&request)?;
+        let raw = &request.get_ref().body;
+        let bad = |e: EngineError| Status::invalid_argument(e.to_string());
+        match kind.as_str() {
+            action::PEERS => {
+                let peers: Vec<Peer> = protocol::decode(raw, "peers").map_err(bad)?;
+                self.set_peers(&a, peers);
+                one(body(Vec::new()))
+            }
+            action::RUN => {
+                let assignment: TaskAssignment =
+                    protocol::decode(raw, "task assignment").map_err(bad)?;
+                one(body(Self::run(a, assignment).await))
+            }
+            action::CANCEL => {
+                let task: TaskId = protocol::decode(raw, "task id").map_err(bad)?;
+                a.worker.cancel_task(task);
+                one(body(Vec::new()))
+            }
+            action::FREE => {
+                let ids: Vec<ChunkId> = protocol::decode(raw, "chunk ids").map_err(bad)?;
+                a.worker.free_chunks(&ids);
+                one(body(Vec::new()))
+            }
+            action::STATUS => {
+                let reply = StatusReply {
+                    status: a.worker.status(),
+                    memory_limit: self.state.options.memory_limit,
+                    attachments: self.state.attachments.lock().len(),
+                };
+                one(body(protocol::encode(&reply)))
+            }
+            action::GOODBYE => {
+                let id: WorkerId = a.worker.id();
+                self.state
+                    .attachments
+                    .lock()
+                    .retain(|_, other| other.worker.id() != id || !Arc::ptr_eq(other, &a));
+                one(body(Vec::new()))
+            }
+            other => Err(Status::unimplemented(format!("unknown action `{other}`"))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = [
+            action::HELLO,
+            action::PEERS,
+            action::RUN,
+            action::CANCEL,
+            action::FREE,
+            action::STATUS,
+            action::GOODBYE,
+        ]
+        .into_iter()
+        .map(|name| {
+            Ok(ActionType {
+                r#type: name.to_string(),
+                description: String::new(),
+            })
+        })
+        .collect::<Vec<_>>();
+        Ok(Response::new(stream::iter(actions).boxed()))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("do_exchange"))
+    }
+}

@@ -1,0 +1,91 @@
+//! `dirk worker` and `dirk cluster --local N`.
+
+use crate::WorkerArgs;
+use dirk_dtable::flight::{self, LocalWorkers, WorkerOptions, WorkerServer};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Runs a worker process until it is killed (or, with `--exit-with-stdin`, until its standard
+/// input closes).
+pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
+    let tls_identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    let tls_ca = args.tls_ca.as_deref().map(read).transpose()?;
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var(flight::TOKEN_ENV).ok())
+        .filter(|t| !t.is_empty());
+    let options = WorkerOptions {
+        threads: args.threads,
+        token,
+        tls_identity,
+        tls_ca,
+        memory_limit: args.memory_limit,
+        attachment_idle_timeout: None,
+    };
+    let registry = Arc::new(dirk_engine::KernelRegistry::with_builtins());
+    dirk_dtable::register_kernels(&registry);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dirk-worker-io")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let open = options.token.is_none();
+        let server = WorkerServer::start(&args.listen, registry, options).await?;
+        let addr = server.local_addr();
+        let mut out = std::io::stdout();
+        writeln!(out, "{}", flight::listening_line(addr))?;
+        out.flush()?;
+        if open && !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: no token (--token or {}): anyone who reaches {addr} can run tasks here",
+                flight::TOKEN_ENV
+            );
+        }
+        if args.exit_with_stdin {
+            std::thread::spawn(|| {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                std::process::exit(0);
+            });
+        }
+        server.wait().await?;
+        Ok(())
+    })
+}
+
+/// `dirk cluster --local N`: worker processes on loopback, stopped when the shell exits.
+pub(crate) struct LocalCluster {
+    workers: LocalWorkers,
+}
+
+impl LocalCluster {
+    pub(crate) fn start(n: usize, threads: Option<usize>) -> anyhow::Result<LocalCluster> {
+        anyhow::ensure!(n > 0, "--local needs at least one worker");
+        let cores = std::thread::available_parallelism()
+            .map(|c| c.get())
+            .unwrap_or(1);
+        let exe = std::env::current_exe()?;
+        let workers = LocalWorkers::start(&exe, n, threads.unwrap_or((cores / n).max(1)))?;
+        eprintln!(
+            "started {n} local workers: {}",
+            workers.addresses().join(", ")
+        );
+        Ok(LocalCluster { workers })
+    }
+
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        self.workers.addresses()
+    }
+
+    pub(crate) fn token(&self) -> String {
+        self.workers.token().to_string()
+    }
+}
