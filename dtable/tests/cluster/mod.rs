@@ -165,6 +165,6 @@ async fn a_worker_killed_mid_query_is_a_clear_error_and_the_session_goes_on() {
     })
     .await
     .expect("never hangs");
-    let message = lost.err().expect("a third of orders is gone").to_string();
+    let message = lost.expect_err("a third of orders is gone").to_string();
     assert!(message.contains("lost with worker 2"), "{message}");
 }

@@ -1,0 +1,221 @@
+//! The Flight layer on its own: worker servers in this process on loopback ports, reached over
+//! real gRPC, driven by an engine context whose workers are all remote.
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, Criteria, FlightData, FlightDescriptor, Ticket};
+use dirk_engine::{
+    Arg, Chunk, Context, EngineError, FnKernel, KernelRegistry, Scope, TaskOptions, Worker,
+    WorkerId,
+};
+use dirk_flight::{connect_cluster, ClientOptions, RemoteWorker, WorkerOptions, WorkerServer};
+use std::sync::Arc;
+use tonic::Code;
+
+const TOKEN: &str = "s3cret";
+
+/// A registry with `double`: doubles column 0 (Int64) of its one input.
+fn registry() -> Arc<KernelRegistry> {
+    let r = KernelRegistry::with_builtins();
+    r.register(FnKernel::new("double", |call| {
+        let input = call.input(0).clone();
+        let mut out = Vec::new();
+        for b in input.batches() {
+            let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let doubled: Int64Array = a.iter().map(|v| v.map(|x| x * 2)).collect();
+            out.push(
+                RecordBatch::try_new(b.schema(), vec![Arc::new(doubled) as ArrayRef])
+                    .map_err(|e| EngineError::kernel(e.to_string()))?,
+            );
+        }
+        Ok(vec![Chunk::new(input.schema().clone(), out)])
+    }));
+    Arc::new(r)
+}
+
+async fn server(token: Option<&str>) -> WorkerServer {
+    WorkerServer::start(
+        "127.0.0.1:0",
+        registry(),
+        WorkerOptions {
+            threads: Some(1),
+            token: token.map(str::to_string),
+            memory_limit: Some(1 << 30),
+            ..WorkerOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        token: Some(TOKEN.into()),
+        ..ClientOptions::default()
+    }
+}
+
+fn ints(values: impl IntoIterator<Item = Option<i64>>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+    let a: Int64Array = values.into_iter().collect();
+    RecordBatch::try_new(schema, vec![Arc::new(a)]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_without_the_token_is_refused() {
+    let srv = server(Some(TOKEN)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", srv.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = FlightServiceClient::new(channel);
+    let get = raw
+        .do_get(Ticket {
+            ticket: vec![1, 0].into(),
+        })
+        .await
+        .unwrap_err();
+    let action = raw
+        .do_action(Action {
+            r#type: "dirk.status".into(),
+            body: Vec::new().into(),
+        })
+        .await
+        .unwrap_err();
+    let list = raw.list_flights(Criteria::default()).await.unwrap_err();
+    let put = raw
+        .do_put(futures::stream::iter(vec![FlightData {
+            flight_descriptor: Some(FlightDescriptor::new_cmd(vec![0u8, 0])),
+            ..FlightData::default()
+        }]))
+        .await
+        .unwrap_err();
+    for status in [get, action, list, put] {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("requires a token"), "{status:?}");
+    }
+    let wrong = RemoteWorker::connect(
+        &srv.local_addr().to_string(),
+        WorkerId(0),
+        &ClientOptions {
+            token: Some("guess".into()),
+            ..ClientOptions::default()
+        },
+    )
+    .await
+    .err()
+    .expect("a wrong token is refused")
+    .to_string();
+    assert!(wrong.contains("wrong token"), "{wrong}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_go_and_come_back_whole() {
+    let srv = server(Some(TOKEN)).await;
+    let w = RemoteWorker::connect(&srv.local_addr().to_string(), WorkerId(3), &options())
+        .await
+        .unwrap();
+    assert_eq!(w.memory_limit(), Some(1 << 30));
+    let strings = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, true),
+    ]));
+    let wide = RecordBatch::try_new(
+        strings.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..100_000)),
+            Arc::new(StringArray::from_iter(
+                (0..100_000).map(|i| (i % 7 != 0).then(|| format!("row {i}"))),
+            )),
+        ],
+    )
+    .unwrap();
+    let chunks = vec![
+        // Several batches, nulls, strings, more than one 2 MiB Flight message.
+        Chunk::new(strings.clone(), vec![wide.clone(), wide.slice(10, 5)]),
+        // A slice with a non-zero offset.
+        Chunk::from_batch(ints((0..50).map(|i| (i % 3 != 0).then_some(i))).slice(7, 30)),
+        // No rows at all: the schema still arrives.
+        Chunk::new(strings.clone(), Vec::new()),
+    ];
+    let w = Arc::new(w);
+    for chunk in chunks {
+        let (sent, w) = (chunk.clone(), w.clone());
+        let back = tokio::task::spawn_blocking(move || {
+            let meta = w.store_chunk(None, Arc::new(sent))?;
+            assert_eq!(meta.owner, WorkerId(3));
+            assert_eq!(meta.id.minted_by(), WorkerId(3));
+            w.fetch_chunk(meta.id)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(back.schema(), chunk.schema());
+        assert_eq!(back.rows(), chunk.rows());
+        let concat = |c: &Chunk| arrow::compute::concat_batches(c.schema(), c.batches()).unwrap();
+        assert_eq!(concat(&back), concat(&chunk));
+    }
+    let missing = {
+        let w = w.clone();
+        tokio::task::spawn_blocking(move || w.fetch_chunk(dirk_engine::ChunkId(12345)))
+            .await
+            .unwrap()
+            .err()
+            .expect("no such chunk")
+            .to_string()
+    };
+    assert!(missing.contains("not found"), "{missing}");
+    drop(w);
+    srv.stop().await;
+}
+
+/// Tasks run on remote workers; an input on another worker is fetched by the worker that runs
+/// the task, straight from its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_remotely_and_fetch_inputs_from_each_other() {
+    let (a, b) = (server(Some(TOKEN)).await, server(Some(TOKEN)).await);
+    let addresses = vec![a.local_addr().to_string(), b.local_addr().to_string()];
+    let workers = connect_cluster(&addresses, &options()).await.unwrap();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let ctx = Context::builder().workers(0).build().unwrap();
+        for w in workers {
+            ctx.add_worker(w).unwrap();
+        }
+        assert_eq!(ctx.workers(), vec![WorkerId(0), WorkerId(1)]);
+        let input = ctx
+            .put_on(
+                WorkerId(0),
+                Chunk::from_batch(ints([Some(1), None, Some(3)])),
+                false,
+            )
+            .unwrap();
+        let task = ctx.spawn(
+            "double",
+            vec![Arg::read(&input)],
+            TaskOptions::new().scope(Scope::worker(WorkerId(1))),
+        );
+        let out = task.fetch().unwrap();
+        let log = ctx.event_log();
+        (out, log)
+    })
+    .await
+    .unwrap();
+    let (out, log) = outcome;
+    assert_eq!(out[0].batches()[0], ints([Some(2), None, Some(6)]));
+    let record = log
+        .records
+        .iter()
+        .find(|r| r.name.as_ref() == "double")
+        .unwrap();
+    assert_eq!(record.worker, Some(WorkerId(1)));
+    assert!(record.bytes_moved > 0, "the input moved from worker 0 to 1");
+    assert!(log
+        .transfers
+        .iter()
+        .any(|t| t.from == WorkerId(0) && t.to == WorkerId(1)));
+    a.stop().await;
+    b.stop().await;
+}
