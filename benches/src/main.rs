@@ -6,6 +6,7 @@
 //! cargo run --release -p dirk-benches -- scheduler [--tasks 100000,1000000] [--json out.jsonl]
 //! cargo run --release -p dirk-benches -- tpch --scale 1 [--runs 3] [--queries 1,6] [--json out.jsonl]
 //! cargo run --release -p dirk-benches -- mutation [--rows 50000000] [--json out.jsonl]
+//! cargo run --release -p dirk-benches -- flight [--big-mib 1024] [--small 1000]
 //! ```
 
 /// Dirk's binaries use mimalloc: tasks allocate on one thread and free on another, where it is
@@ -14,6 +15,7 @@
 static GLOBAL: alloc::Counting = alloc::Counting;
 
 mod alloc;
+mod flight;
 mod mutation;
 mod report;
 mod scheduler;
@@ -42,6 +44,8 @@ enum Suite {
     /// In-place UPDATE / DELETE / INSERT / ADD COLUMN against DataFusion's out-of-place
     /// rewrite (CREATE TABLE AS SELECT) of the same table.
     Mutation(mutation::Args),
+    /// Chunk transfer between two workers over Arrow Flight on loopback.
+    Flight(flight::Args),
 }
 
 /// Runs a suite's async body on a multi-threaded tokio runtime.
@@ -60,6 +64,7 @@ fn main() {
         Suite::Scheduler(args) => scheduler::run(&args, &mut report),
         Suite::Tpch(args) => tpch::run(&args, &mut report),
         Suite::Mutation(args) => mutation::run(&args, &mut report),
+        Suite::Flight(args) => flight::run(&args, &mut report),
     };
     if let Err(e) = result.and_then(|_| report.finish()) {
         eprintln!("error: {e}");

@@ -1,0 +1,162 @@
+//! `flight`: chunk transfer between two workers over Arrow Flight on loopback, against a plain
+//! memory copy of the same bytes on this machine.
+//!
+//! Two `WorkerServer`s run in this process, but every byte between them goes through gRPC over
+//! loopback TCP and the Arrow IPC encoding, as between processes: a task placed on worker 1
+//! reads chunks that worker 0 holds, so worker 1 fetches them from worker 0 with `do_get`.
+
+use crate::report::{Report, Row};
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use dirk_dtable::flight::{connect_cluster, ClientOptions, WorkerOptions, WorkerServer};
+use dirk_engine::{Arg, Chunk, Context, FnKernel, KernelRegistry, Scope, TaskOptions, WorkerId};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Options of the `flight` suite.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Size of the one big chunk, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    big_mib: usize,
+    /// How many small chunks, of 1 MiB each.
+    #[arg(long, default_value_t = 1000)]
+    small: usize,
+}
+
+fn ints(n: usize, start: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+    let values = Int64Array::from_iter_values(start..start + n as i64);
+    RecordBatch::try_new(schema, vec![Arc::new(values)]).expect("one Int64 column")
+}
+
+pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
+    crate::block_on(run_async(args, report))
+}
+
+async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
+    let registry = KernelRegistry::with_builtins();
+    // Reads its inputs (they must be here, so they are fetched) and returns nothing.
+    registry.register(FnKernel::new("touch", |call| {
+        let rows: u64 = (0..call.num_inputs()).map(|i| call.input(i).rows()).sum();
+        std::hint::black_box(rows);
+        Ok(vec![])
+    }));
+    let registry = Arc::new(registry);
+    let token = dirk_dtable::flight::random_token();
+    let options = WorkerOptions {
+        threads: Some(1),
+        token: Some(token.clone()),
+        ..WorkerOptions::default()
+    };
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        servers.push(
+            WorkerServer::start("127.0.0.1:0", registry.clone(), options.clone())
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let addresses: Vec<String> = servers.iter().map(|s| s.local_addr().to_string()).collect();
+    let client = ClientOptions {
+        token: Some(token),
+        ..ClientOptions::default()
+    };
+    let workers = connect_cluster(&addresses, &client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (big_mib, small) = (args.big_mib, args.small);
+    let rows = tokio::task::spawn_blocking(move || measure(workers, big_mib, small))
+        .await
+        .map_err(|e| e.to_string())??;
+    println!(
+        "Flight between two workers on loopback (gRPC over TCP, Arrow IPC), against memcpy of the same bytes"
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>12} {:>14}",
+        "case", "MiB", "seconds", "Flight GB/s", "memcpy GB/s"
+    );
+    for (case, mib, seconds, memcpy_gbs) in rows {
+        let gbs = mib as f64 * 1048576.0 / seconds / 1e9;
+        println!("{case:<28} {mib:>10} {seconds:>10.3} {gbs:>12.2} {memcpy_gbs:>14.2}");
+        for (system, metric, value, unit) in [
+            ("dirk-flight", "gb_per_s", gbs, "GB/s"),
+            ("memcpy", "gb_per_s", memcpy_gbs, "GB/s"),
+        ] {
+            report.add(Row {
+                suite: "flight",
+                case: case.clone(),
+                system,
+                metric,
+                value,
+                unit,
+            });
+        }
+    }
+    for s in servers {
+        s.stop().await;
+    }
+    Ok(())
+}
+
+type Measured = Vec<(String, usize, f64, f64)>;
+
+fn measure(
+    workers: Vec<Arc<dirk_dtable::flight::RemoteWorker>>,
+    big_mib: usize,
+    small: usize,
+) -> Result<Measured, String> {
+    let ctx = Context::builder()
+        .workers(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+    for w in workers {
+        ctx.add_worker(w).map_err(|e| e.to_string())?;
+    }
+    let mut out = Vec::new();
+    let cases: [(String, Vec<usize>); 2] = [
+        (format!("one {big_mib} MiB chunk"), vec![big_mib << 17]),
+        (format!("{small} chunks of 1 MiB"), vec![1 << 17; small]),
+    ];
+    for (case, sizes) in cases {
+        let batches: Vec<RecordBatch> = sizes.iter().map(|&n| ints(n, 0)).collect();
+        let memcpy_gbs = memcpy_rate(&batches);
+        let mut chunks = Vec::new();
+        for b in &batches {
+            chunks.push(
+                ctx.put_on(WorkerId(0), Chunk::from_batch(b.clone()), false)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        drop(batches);
+        let started = Instant::now();
+        let task = ctx.spawn(
+            "touch",
+            chunks.iter().map(Arg::read).collect(),
+            TaskOptions::new().scope(Scope::worker(WorkerId(1))),
+        );
+        task.wait().map_err(|e| e.to_string())?;
+        let seconds = started.elapsed().as_secs_f64();
+        ctx.free(&chunks).map_err(|e| e.to_string())?;
+        let mib = sizes.iter().sum::<usize>() * 8 / 1048576;
+        out.push((case, mib, seconds, memcpy_gbs));
+    }
+    Ok(out)
+}
+
+/// GB/s of copying the batches' values into a fresh buffer, on this machine.
+fn memcpy_rate(batches: &[RecordBatch]) -> f64 {
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    for b in batches {
+        let a = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("Int64");
+        let copy: Vec<i64> = a.values().to_vec();
+        bytes += copy.len() * 8;
+        std::hint::black_box(copy);
+    }
+    bytes as f64 / started.elapsed().as_secs_f64() / 1e9
+}
