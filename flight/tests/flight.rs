@@ -163,8 +163,7 @@ async fn chunks_go_and_come_back_whole() {
         tokio::task::spawn_blocking(move || w.fetch_chunk(dirk_engine::ChunkId(12345)))
             .await
             .unwrap()
-            .err()
-            .expect("no such chunk")
+            .expect_err("no such chunk")
             .to_string()
     };
     assert!(missing.contains("not found"), "{missing}");
