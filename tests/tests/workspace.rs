@@ -4,9 +4,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 /// Layers, lowest first. A crate may depend only on crates of a lower layer (or its own).
-/// `dirk-gpu` sits below `dirk-dtable` (which uses it behind a feature) and above the engine.
+/// `dirk-gpu` and `dirk-flight` sit below `dirk-dtable` and above the engine.
 /// Crates that are not listed (benches, tests, examples) are on top and may use anything.
-const LAYERS: &[&str] = &["dirk-engine", "dirk-gpu", "dirk-dtable", "dirk-sql"];
+const LAYERS: &[&str] = &[
+    "dirk-engine",
+    "dirk-gpu",
+    "dirk-flight",
+    "dirk-dtable",
+    "dirk-sql",
+];
 
 /// The crate's directory. Cargo sets it at run time too; that value wins, because a
 /// binary reused from a build in another checkout would carry that checkout's path.
