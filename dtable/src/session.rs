@@ -179,6 +179,7 @@ impl SessionBuilder {
             partitions,
             task_memory,
             temp_counter: std::sync::atomic::AtomicU64::new(0),
+            catalog_version: std::sync::atomic::AtomicU64::new(0),
             mutation_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -212,6 +213,8 @@ pub struct Session {
     partitions: usize,
     task_memory: Option<usize>,
     temp_counter: std::sync::atomic::AtomicU64,
+    /// Bumped before and after a table is re-registered with the planner (see `sql`).
+    catalog_version: std::sync::atomic::AtomicU64,
     /// Held by every statement that changes the catalog or a table's data, so they run one at
     /// a time (see `mutate.rs`).
     mutation_lock: tokio::sync::Mutex<()>,
@@ -326,8 +329,12 @@ impl Session {
             name: name.to_string(),
             table: table.clone(),
         };
+        self.catalog_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.planner.deregister_table(name)?;
         self.planner.register_table(name, Arc::new(provider))?;
+        self.catalog_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let kept: std::collections::HashSet<_> = table.chunks().map(|c| c.id).collect();
         if let Some(old) = tables.insert(name.to_string(), table) {
             drop(tables);
@@ -386,7 +393,27 @@ impl Session {
                 return self.count(rows);
             }
         }
-        let plan = state.statement_to_plan(statement).await?;
+        // A table being replaced is briefly absent from DataFusion's catalog (deregistered,
+        // then registered again); planning that raced with it is planned again.
+        let mut attempts = 0;
+        let plan = loop {
+            let version = self
+                .catalog_version
+                .load(std::sync::atomic::Ordering::Acquire);
+            match state.statement_to_plan(statement.clone()).await {
+                Ok(plan) => break plan,
+                Err(_)
+                    if attempts < 3
+                        && self
+                            .catalog_version
+                            .load(std::sync::atomic::Ordering::Acquire)
+                            != version =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         self.execute_logical(plan).await
     }
 
