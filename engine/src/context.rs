@@ -220,12 +220,7 @@ impl Context {
     /// tasks go elsewhere.
     pub fn remove_worker(&self, worker: WorkerId, reason: &str) -> Result<()> {
         self.shared.peers.get(worker)?;
-        self.shared.send(Event::WorkerLost {
-            worker,
-            reason: reason.to_string(),
-        })?;
-        self.shared.peers.remove(worker);
-        Ok(())
+        self.shared.sink.worker_lost(worker, reason.to_string())
     }
 
     /// The workers, by id.

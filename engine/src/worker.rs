@@ -118,16 +118,19 @@ impl ReportSink {
         }
     }
 
-    /// Declares `worker` lost (a remote worker that stopped answering): the scheduler fails its
-    /// running tasks, marks its chunks lost and places nothing more on it. A no-op for a
-    /// callback sink.
-    pub fn worker_lost(&self, worker: WorkerId, reason: String) {
+    /// Declares `worker` lost (a remote worker that stopped answering, or one the caller
+    /// removes): the scheduler fails its running tasks, marks its chunks lost and places nothing
+    /// more on it. A no-op for a callback sink, and for a worker already gone.
+    pub fn worker_lost(&self, worker: WorkerId, reason: String) -> Result<()> {
         if let SinkTarget::Scheduler { events, peers } = &self.target {
             if peers.get(worker).is_ok() {
                 peers.remove(worker);
-                let _ = events.send(Event::WorkerLost { worker, reason });
+                events
+                    .send(Event::WorkerLost { worker, reason })
+                    .map_err(|_| EngineError::Shutdown)?;
             }
         }
+        Ok(())
     }
 }
 

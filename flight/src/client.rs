@@ -225,6 +225,11 @@ impl Link {
         }
     }
 
+    async fn status(&self, limit: Duration) -> Result<StatusReply, EngineError> {
+        let bytes = self.control(action::STATUS, Vec::new(), limit).await?;
+        protocol::decode(&bytes, "status")
+    }
+
     async fn fetch(&self, id: ChunkId) -> Result<Chunk, EngineError> {
         let mut client = self.client.clone();
         let ticket = Ticket {
@@ -371,65 +376,53 @@ impl RemoteWorker {
             )));
         }
         let midpoint = (sent_us / 2 + received_us / 2) as i64;
-        Ok(RemoteWorker {
-            link: Link {
-                id,
-                address: address.to_string(),
-                client: client(channel, options.token.as_deref(), Some(reply.attachment))?,
-            },
-            options: options.clone(),
-            processors: reply.processors,
-            clock_offset_us: midpoint - reply.clock_us as i64,
-            memory_limit: reply.memory_limit,
-            attachment: reply.attachment,
-            last_status: Arc::new(Mutex::new(WorkerStatus {
-                id,
-                chunks: 0,
-                bytes: 0,
-                running: 0,
-                finished: 0,
-            })),
-            heartbeat: Mutex::new(None),
-            owns_attachment: true,
-        })
+        let link = Link {
+            id,
+            address: address.to_string(),
+            client: client(channel, options.token.as_deref(), Some(reply.attachment))?,
+        };
+        let mut worker = Self::from_link(link, options.clone(), reply.attachment, true);
+        worker.processors = reply.processors;
+        worker.clock_offset_us = midpoint - reply.clock_us as i64;
+        worker.memory_limit = reply.memory_limit;
+        Ok(worker)
     }
 
     /// A worker's client for a peer of the same driver: connects on first use.
-    pub(crate) fn peer(peer: Peer, options: ClientOptions) -> RemoteWorker {
-        let link = endpoint(&peer.address, &options)
-            .map(|ep| ep.connect_lazy())
-            .and_then(|ch| client(ch, options.token.as_deref(), Some(peer.attachment)));
-        let link = match link {
-            Ok(client) => client,
-            // The driver reached this address with the same options, so this does not happen;
-            // if it did, fetches from the peer fail with the reason.
-            Err(_) => client(
-                Endpoint::from_static("http://0.0.0.0:9").connect_lazy(),
-                None,
-                None,
-            )
-            .expect("a client without headers always builds"),
+    pub(crate) fn peer(peer: Peer, options: ClientOptions) -> Result<RemoteWorker, EngineError> {
+        let channel = endpoint(&peer.address, &options)?.connect_lazy();
+        let link = Link {
+            id: peer.worker,
+            client: client(channel, options.token.as_deref(), Some(peer.attachment))?,
+            address: peer.address,
+        };
+        Ok(Self::from_link(link, options, peer.attachment, false))
+    }
+
+    /// A worker reached through `link`, its facts from `hello` not yet filled in.
+    fn from_link(
+        link: Link,
+        options: ClientOptions,
+        attachment: u64,
+        owns_attachment: bool,
+    ) -> RemoteWorker {
+        let status = WorkerStatus {
+            id: link.id,
+            chunks: 0,
+            bytes: 0,
+            running: 0,
+            finished: 0,
         };
         RemoteWorker {
-            link: Link {
-                id: peer.worker,
-                address: peer.address,
-                client: link,
-            },
+            link,
             options,
             processors: Vec::new(),
             clock_offset_us: 0,
             memory_limit: None,
-            attachment: peer.attachment,
-            last_status: Arc::new(Mutex::new(WorkerStatus {
-                id: peer.worker,
-                chunks: 0,
-                bytes: 0,
-                running: 0,
-                finished: 0,
-            })),
+            attachment,
+            last_status: Arc::new(Mutex::new(status)),
             heartbeat: Mutex::new(None),
-            owns_attachment: false,
+            owns_attachment,
         }
     }
 
@@ -521,7 +514,7 @@ impl Worker for RemoteWorker {
                 Err(message) => {
                     // The call itself failed: the worker is gone or no longer knows this driver.
                     let reason = format!("{}: {message}", link.address);
-                    sink.worker_lost(link.id, reason.clone());
+                    let _ = sink.worker_lost(link.id, reason.clone());
                     let now = dirk_engine::eventlog::now_us();
                     TaskReport {
                         task,
@@ -579,10 +572,7 @@ impl Worker for RemoteWorker {
     fn status(&self) -> WorkerStatus {
         let link = self.link.clone();
         let limit = self.options.connect_timeout;
-        let answer = block(async move {
-            let bytes = link.control(action::STATUS, Vec::new(), limit).await?;
-            protocol::decode::<StatusReply>(&bytes, "status")
-        });
+        let answer = block(async move { link.status(limit).await });
         let mut last = self.last_status.lock();
         if let Ok(reply) = answer {
             *last = reply.status;
@@ -601,20 +591,17 @@ impl Worker for RemoteWorker {
             loop {
                 ticks.tick().await;
                 let limit = options.lost_after.min(options.connect_timeout);
-                let problem = match link.control(action::STATUS, Vec::new(), limit).await {
-                    Ok(bytes) => match protocol::decode::<StatusReply>(&bytes, "status") {
-                        Ok(reply) => {
-                            *last_status.lock() = reply.status;
-                            last_answer = Instant::now();
-                            continue;
-                        }
-                        Err(e) => e.to_string(),
-                    },
+                let problem = match link.status(limit).await {
+                    Ok(reply) => {
+                        *last_status.lock() = reply.status;
+                        last_answer = Instant::now();
+                        continue;
+                    }
                     Err(e) => e.to_string(),
                 };
                 let forgotten = problem.contains("unknown attachment");
                 if forgotten || last_answer.elapsed() >= options.lost_after {
-                    sink.worker_lost(
+                    let _ = sink.worker_lost(
                         link.id,
                         format!(
                             "no heartbeat answer for {:.1}s ({problem})",

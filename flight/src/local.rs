@@ -116,20 +116,23 @@ impl Drop for LocalWorkers {
     }
 }
 
-/// 128 random bits as hex, from the standard library's per-process random hash keys.
+/// 128 random bits as hex.
 pub fn random_token() -> String {
+    format!("{:016x}{:016x}", random_u64(0), random_u64(1))
+}
+
+/// 64 random bits, from the standard library's per-process random hash keys, the clock and the
+/// process id (`salt` tells draws in the same instant apart).
+pub(crate) fn random_u64(salt: u8) -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    let mut s = String::new();
-    for i in 0..2u8 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u8(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        s.push_str(&format!("{:016x}", h.finish()));
-    }
-    s
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(salt);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }

@@ -120,7 +120,8 @@ impl WorkerServer {
             registry,
             processors: vec![cpu],
             attachments: Mutex::new(HashMap::new()),
-            next_attachment: AtomicU64::new(random_seed()),
+            // Keys start at a random point: a restarted worker does not honour old keys.
+            next_attachment: AtomicU64::new(crate::local::random_u64(2) >> 1),
         });
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
@@ -216,19 +217,6 @@ fn check_token(token: Option<&str>, req: Request<()>) -> Result<Request<()>, Sta
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish() >> 1
 }
 
 async fn expire_idle_attachments(state: std::sync::Weak<WorkerState>) {
@@ -340,14 +328,13 @@ impl WorkerService {
         })
     }
 
-    fn set_peers(&self, a: &Attachment, peers: Vec<Peer>) {
+    fn set_peers(&self, a: &Attachment, peers: Vec<Peer>) -> Result<(), EngineError> {
         let me = a.worker.id();
         for p in peers.into_iter().filter(|p| p.worker != me) {
-            a.peers.add(Arc::new(RemoteWorker::peer(
-                p,
-                self.state.peer_client.clone(),
-            )));
+            let peer = RemoteWorker::peer(p, self.state.peer_client.clone())?;
+            a.peers.add(Arc::new(peer));
         }
+        Ok(())
     }
 
     async fn run(a: Arc<Attachment>, assignment: TaskAssignment) -> Vec<u8> {
@@ -507,7 +494,7 @@ impl FlightService for WorkerService {
         match kind.as_str() {
             action::PEERS => {
                 let peers: Vec<Peer> = protocol::decode(raw, "peers").map_err(bad)?;
-                self.set_peers(&a, peers);
+                self.set_peers(&a, peers).map_err(bad)?;
                 one(body(Vec::new()))
             }
             action::RUN => {

@@ -80,14 +80,17 @@ pub(crate) fn assert_same(got: &[RecordBatch], want: &[RecordBatch], ordered: bo
     assert!(equal, "{what}\ngot:\n{}\nwant:\n{}", show(got), show(want));
 }
 
+/// Runs a statement through Dirk and collects its result, or its error.
+pub(crate) async fn try_dirk(
+    s: &dirk_dtable::Session,
+    sql: &str,
+) -> dirk_dtable::Result<Vec<RecordBatch>> {
+    s.sql(sql).await?.collect().await
+}
+
 /// Runs a query through Dirk, failing (instead of hanging the suite) if it takes over 120 s.
 pub(crate) async fn run_dirk(s: &dirk_dtable::Session, sql: &str, what: &str) -> Vec<RecordBatch> {
-    let run = async {
-        match s.sql(sql).await {
-            Ok(df) => df.collect().await,
-            Err(e) => Err(e),
-        }
-    };
+    let run = try_dirk(s, sql);
     match tokio::time::timeout(std::time::Duration::from_secs(120), run).await {
         Ok(r) => r.unwrap_or_else(|e| panic!("{what}: {e}")),
         Err(_) => panic!("{what}: no result after 120 s"),
