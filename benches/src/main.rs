@@ -7,6 +7,7 @@
 //! cargo run --release -p dirk-benches -- tpch --scale 1 [--runs 3] [--queries 1,6] [--json out.jsonl]
 //! cargo run --release -p dirk-benches -- mutation [--rows 50000000] [--json out.jsonl]
 //! cargo run --release -p dirk-benches -- flight [--big-mib 1024] [--small 1000]
+//! cargo run --release -p dirk-benches -- gpu [--rows 100000000] [--emulate]
 //! ```
 
 /// Dirk's binaries use mimalloc: tasks allocate on one thread and free on another, where it is
@@ -16,6 +17,7 @@ static GLOBAL: alloc::Counting = alloc::Counting;
 
 mod alloc;
 mod flight;
+mod gpu;
 mod mutation;
 mod report;
 mod scheduler;
@@ -46,6 +48,9 @@ enum Suite {
     Mutation(mutation::Args),
     /// Chunk transfer between two workers over Arrow Flight on loopback.
     Flight(flight::Args),
+    /// Filter + SUM and grouped aggregation on GPU-resident data against DataFusion on all
+    /// cores, with the device's copy bandwidth as the ceiling.
+    Gpu(gpu::Args),
 }
 
 /// Runs a suite's async body on a multi-threaded tokio runtime.
@@ -65,6 +70,7 @@ fn main() {
         Suite::Tpch(args) => tpch::run(&args, &mut report),
         Suite::Mutation(args) => mutation::run(&args, &mut report),
         Suite::Flight(args) => flight::run(&args, &mut report),
+        Suite::Gpu(args) => gpu::run(&args, &mut report),
     };
     if let Err(e) = result.and_then(|_| report.finish()) {
         eprintln!("error: {e}");
