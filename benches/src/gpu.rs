@@ -110,7 +110,10 @@ pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
         .iter()
         .map(|s: &f64| {
             let k = (1000.0 * (1.0 - s)) as i64 - 1;
-            (format!("SUM(x) WHERE y > k, {:.0}% selected", s * 100.0), format!("SELECT sum(x) FROM t WHERE y > {k}"))
+            (
+                format!("SUM(x) WHERE y > k, {:.0}% selected", s * 100.0),
+                format!("SELECT sum(x) FROM t WHERE y > {k}"),
+            )
         })
         .collect();
     let schema = Arc::new(Schema::new(vec![
@@ -173,7 +176,8 @@ fn measure(
         .collect();
     let ctx = SessionContext::new();
     let table = MemTable::try_new(batch.schema(), parts).map_err(|e| e.to_string())?;
-    ctx.register_table("t", Arc::new(table)).map_err(|e| e.to_string())?;
+    ctx.register_table("t", Arc::new(table))
+        .map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -186,7 +190,9 @@ fn measure(
         let gpu = GpuAggregate::from_plan(&partial, &batch.schema()).map_err(|e| e.to_string())?;
         gpu.run(device, &resident).map_err(|e| e.to_string())?; // compiles the kernels
         let gpu_time = best(args.runs, || {
-            gpu.run(device, &resident).map(|_| ()).map_err(|e| e.to_string())
+            gpu.run(device, &resident)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })?;
         let cpu_time = best(args.runs, || {
             rt.block_on(collect(plan.clone(), ctx.task_ctx()))

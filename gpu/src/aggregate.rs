@@ -13,7 +13,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Array, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch, UInt64Array};
+use arrow::array::{
+    ArrayRef, Date32Array, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    UInt64Array,
+};
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::Literal;
@@ -148,7 +151,10 @@ impl GpuAggregate {
     ) -> Result<GpuAggregate> {
         let mut lowering = Lowering::new(schema);
         let predicate = predicate.map(|p| lowering.lower(p)).transpose()?;
-        if predicate.as_ref().is_some_and(|p| p.ty() != GpuType::Boolean) {
+        if predicate
+            .as_ref()
+            .is_some_and(|p| p.ty() != GpuType::Boolean)
+        {
             return unsupported("a non-boolean filter");
         }
         let mut keys = Vec::new();
@@ -260,7 +266,11 @@ impl GpuAggregate {
         })
     }
 
-    fn module(&self, batch: &DeviceBatch, plan: &AggregatePlan) -> (crate::device::KernelSource, codegen::Inputs) {
+    fn module(
+        &self,
+        batch: &DeviceBatch,
+        plan: &AggregatePlan,
+    ) -> (crate::device::KernelSource, codegen::Inputs) {
         let mut exprs: Vec<&GExpr> = self.predicate.iter().collect();
         exprs.extend(self.aggs.iter().filter_map(|a| a.arg.as_ref()));
         let key_exprs: Vec<GExpr> = self
@@ -301,7 +311,12 @@ impl GpuAggregate {
     }
 
     /// As [`GpuAggregate::run`], with a plan (e.g. a strategy forced by a test).
-    pub fn run_with(&self, device: &Device, batch: &DeviceBatch, plan: &AggregatePlan) -> Result<RecordBatch> {
+    pub fn run_with(
+        &self,
+        device: &Device,
+        batch: &DeviceBatch,
+        plan: &AggregatePlan,
+    ) -> Result<RecordBatch> {
         let (fields, layout) = codegen::agg_fields(&self.aggs);
         let (source, inputs) = self.module(batch, plan);
         let rows = batch.num_rows() as u64;
@@ -366,8 +381,12 @@ impl GpuAggregate {
             });
             columns.push(match ty {
                 GpuType::Int64 => Arc::new(key.collect::<Int64Array>()),
-                GpuType::Int32 => Arc::new(key.map(|k| k.map(|v| v as i32)).collect::<Int32Array>()),
-                GpuType::Date32 => Arc::new(key.map(|k| k.map(|v| v as i32)).collect::<Date32Array>()),
+                GpuType::Int32 => {
+                    Arc::new(key.map(|k| k.map(|v| v as i32)).collect::<Int32Array>())
+                }
+                GpuType::Date32 => {
+                    Arc::new(key.map(|k| k.map(|v| v as i32)).collect::<Date32Array>())
+                }
                 _ => unreachable!("keys are integers"),
             });
         }
@@ -379,32 +398,58 @@ impl GpuAggregate {
                 None => Vec::new(),
             };
             match spec.kind {
-                AggKind::CountStar | AggKind::Count => {
-                    columns.push(Arc::new(Int64Array::from_iter_values(counts.iter().map(|c| *c as i64))))
-                }
+                AggKind::CountStar | AggKind::Count => columns.push(Arc::new(
+                    Int64Array::from_iter_values(counts.iter().map(|c| *c as i64)),
+                )),
                 AggKind::Sum => {
                     let float = fields[value.unwrap()] == Field::SumFloat;
                     columns.push(if float {
-                        Arc::new((0..raw.len()).map(|i| present(i).then(|| f64::from_bits(raw[i]))).collect::<Float64Array>())
+                        Arc::new(
+                            (0..raw.len())
+                                .map(|i| present(i).then(|| f64::from_bits(raw[i])))
+                                .collect::<Float64Array>(),
+                        )
                     } else {
-                        Arc::new((0..raw.len()).map(|i| present(i).then_some(raw[i] as i64)).collect::<Int64Array>())
+                        Arc::new(
+                            (0..raw.len())
+                                .map(|i| present(i).then_some(raw[i] as i64))
+                                .collect::<Int64Array>(),
+                        )
                     });
                 }
                 AggKind::Avg => {
                     // DataFusion's grouped AVG state is NULL in both fields for a group
                     // without values; its ungrouped merge ignores a NULL count.
-                    columns.push(Arc::new((0..counts.len()).map(|i| present(i).then_some(counts[i])).collect::<UInt64Array>()));
-                    columns.push(Arc::new((0..raw.len()).map(|i| present(i).then(|| f64::from_bits(raw[i]))).collect::<Float64Array>()));
+                    columns.push(Arc::new(
+                        (0..counts.len())
+                            .map(|i| present(i).then_some(counts[i]))
+                            .collect::<UInt64Array>(),
+                    ));
+                    columns.push(Arc::new(
+                        (0..raw.len())
+                            .map(|i| present(i).then(|| f64::from_bits(raw[i])))
+                            .collect::<Float64Array>(),
+                    ));
                 }
                 AggKind::Min | AggKind::Max => {
                     let ty = spec.arg.as_ref().unwrap().ty();
                     let keys = (0..raw.len()).map(|i| present(i).then_some(raw[i] as i64));
                     columns.push(match ty {
                         GpuType::Int64 => Arc::new(keys.collect::<Int64Array>()),
-                        GpuType::Int32 => Arc::new(keys.map(|k| k.map(|v| v as i32)).collect::<Int32Array>()),
-                        GpuType::Date32 => Arc::new(keys.map(|k| k.map(|v| v as i32)).collect::<Date32Array>()),
-                        GpuType::Float64 => Arc::new(keys.map(|k| k.map(|v| f64::from_bits(untkey64(v) as u64))).collect::<Float64Array>()),
-                        GpuType::Float32 => Arc::new(keys.map(|k| k.map(|v| f32::from_bits(untkey32(v as i32) as u32))).collect::<Float32Array>()),
+                        GpuType::Int32 => {
+                            Arc::new(keys.map(|k| k.map(|v| v as i32)).collect::<Int32Array>())
+                        }
+                        GpuType::Date32 => {
+                            Arc::new(keys.map(|k| k.map(|v| v as i32)).collect::<Date32Array>())
+                        }
+                        GpuType::Float64 => Arc::new(
+                            keys.map(|k| k.map(|v| f64::from_bits(untkey64(v) as u64)))
+                                .collect::<Float64Array>(),
+                        ),
+                        GpuType::Float32 => Arc::new(
+                            keys.map(|k| k.map(|v| f32::from_bits(untkey32(v as i32) as u32)))
+                                .collect::<Float32Array>(),
+                        ),
                         GpuType::Boolean => unreachable!("MIN/MAX of booleans is not lowered"),
                     });
                 }

@@ -46,7 +46,10 @@ impl Params {
     }
 
     fn struct_members(&self) -> String {
-        self.0.iter().map(|(t, n)| format!("  {t} {n};\n")).collect()
+        self.0
+            .iter()
+            .map(|(t, n)| format!("  {t} {n};\n"))
+            .collect()
     }
 
     fn names(&self) -> String {
@@ -87,7 +90,10 @@ impl Inputs {
     fn params(&self) -> Params {
         let mut p = Params::default();
         for (index, ty, _) in &self.columns {
-            p.push(format!("const {}* __restrict__", ty.c_type()), format!("c{index}"));
+            p.push(
+                format!("const {}* __restrict__", ty.c_type()),
+                format!("c{index}"),
+            );
             p.push("const u8* __restrict__", format!("c{index}v"));
         }
         for (slot, t) in self.params.iter().enumerate() {
@@ -167,7 +173,10 @@ impl Emitter {
             }
             GExpr::Param { slot, ty } => {
                 let (v, o) = self.fresh();
-                self.line(format!("{} {v} = in.p{slot}; const bool {o} = true;", ty.c_type()));
+                self.line(format!(
+                    "{} {v} = in.p{slot}; const bool {o} = true;",
+                    ty.c_type()
+                ));
                 (v, o)
             }
             GExpr::Bool(b) => {
@@ -177,7 +186,11 @@ impl Emitter {
             }
             GExpr::Null(ty) => {
                 let (v, o) = self.fresh();
-                let t = if *ty == GpuType::Boolean { "bool" } else { ty.c_type() };
+                let t = if *ty == GpuType::Boolean {
+                    "bool"
+                } else {
+                    ty.c_type()
+                };
                 self.line(format!("const {t} {v} = 0; const bool {o} = false;"));
                 (v, o)
             }
@@ -257,7 +270,11 @@ impl Emitter {
                     (_, t) => format!("({}){xv}", t.c_type()),
                 };
                 self.line(format!("bool {o} = {xo};"));
-                self.line(format!("{} {v} = {o} ? {conv} : ({})0;", to.c_type(), to.c_type()));
+                self.line(format!(
+                    "{} {v} = {o} ? {conv} : ({})0;",
+                    to.c_type(),
+                    to.c_type()
+                ));
                 (v, o)
             }
             GExpr::InList(x, list, negated) => {
@@ -336,7 +353,10 @@ pub(crate) fn filter_module(predicate: &GExpr, inputs: &Inputs) -> crate::device
     all.push("u32* __restrict__", "out_bits");
     all.push("u64* __restrict__", "out_count");
     all.push("u32* __restrict__", "flags");
-    let mut s = format!("// {shape}\n{PRELUDE}\nstruct In {{\n{}}};\n", ins.struct_members());
+    let mut s = format!(
+        "// {shape}\n{PRELUDE}\nstruct In {{\n{}}};\n",
+        ins.struct_members()
+    );
     s.push_str(&keep_row_fn(inputs, Some(predicate)));
     write!(
         s,
@@ -528,13 +548,13 @@ pub(crate) fn agg_fields(aggs: &[AggSpec]) -> (Vec<Field>, Vec<(Option<usize>, u
                 continue;
             }
             AggKind::Count => None,
-            AggKind::Sum | AggKind::Avg => Some(
-                if a.arg.as_ref().is_some_and(|e| e.ty().is_float()) {
+            AggKind::Sum | AggKind::Avg => {
+                Some(if a.arg.as_ref().is_some_and(|e| e.ty().is_float()) {
                     Field::SumFloat
                 } else {
                     Field::SumInt
-                },
-            ),
+                })
+            }
             AggKind::Min => Some(Field::MinKey),
             AggKind::Max => Some(Field::MaxKey),
         };
@@ -565,7 +585,13 @@ pub(crate) fn aggregate_module(
 ) -> (crate::device::KernelSource, Params) {
     let agg_shapes: Vec<String> = aggs
         .iter()
-        .map(|a| format!("{:?}({})", a.kind, a.arg.as_ref().map_or(String::new(), |e| e.shape())))
+        .map(|a| {
+            format!(
+                "{:?}({})",
+                a.kind,
+                a.arg.as_ref().map_or(String::new(), |e| e.shape())
+            )
+        })
         .collect();
     let shape = format!(
         "aggregate {} where {} by {:?} [{}] private {private_slots}",
@@ -593,8 +619,16 @@ pub(crate) fn aggregate_module(
     all.extend(&slot_params);
     all.push("u32* __restrict__", "flags");
 
-    let mut s = format!("// {shape}\n{PRELUDE}\nstruct In {{\n{}}};\n", ins.struct_members());
-    writeln!(s, "#define PRIVATE_SLOTS {private_slots}\n#define NFIELDS {}", fields.len()).unwrap();
+    let mut s = format!(
+        "// {shape}\n{PRELUDE}\nstruct In {{\n{}}};\n",
+        ins.struct_members()
+    );
+    writeln!(
+        s,
+        "#define PRIVATE_SLOTS {private_slots}\n#define NFIELDS {}",
+        fields.len()
+    )
+    .unwrap();
     s.push_str(&keep_row_fn(inputs, predicate));
     // The group code: a mixed-radix number of the keys' offsets from their minimum, the digit
     // `knull` standing for NULL.

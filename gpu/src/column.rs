@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use arrow::array::{make_array, Array, ArrayData, ArrayRef, AsArray, RecordBatch};
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer};
-use arrow::datatypes::{DataType, Date32Type, Float32Type, Float64Type, Int32Type, Int64Type, SchemaRef};
+use arrow::datatypes::{
+    DataType, Date32Type, Float32Type, Float64Type, Int32Type, Int64Type, SchemaRef,
+};
 
 use crate::device::{Device, DeviceBuffer};
 use crate::error::{GpuError, Result};
@@ -118,7 +120,9 @@ impl DeviceColumn {
             GpuType::Boolean => array.as_boolean().values().sliced(),
         };
         let validity = match array.logical_nulls() {
-            Some(nulls) if null_count > 0 => Some(device.upload(nulls.inner().sliced().as_slice())?),
+            Some(nulls) if null_count > 0 => {
+                Some(device.upload(nulls.inner().sliced().as_slice())?)
+            }
             _ => None,
         };
         let range = if ty.is_integer() {

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig,
-    PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 use parking_lot::Mutex;
@@ -56,7 +55,9 @@ impl CudaDevice {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(unavailable("cuDeviceGetAttribute"))?;
         let (free, _total) = ctx.mem_get_info().map_err(unavailable("cuMemGetInfo"))?;
-        let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
+        let name = ctx
+            .name()
+            .unwrap_or_else(|_| format!("CUDA device {ordinal}"));
         let stream = ctx.default_stream();
         Ok(CudaDevice {
             ctx,
@@ -95,12 +96,23 @@ impl CudaDevice {
     /// Seconds the work queued by `f` takes on the device, timed with CUDA events.
     pub fn timed(&self, f: impl FnOnce() -> Result<()>) -> Result<f64> {
         let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self.ctx.new_event(flags).map_err(|e| GpuError::driver("cuEventCreate", e))?;
-        let end = self.ctx.new_event(flags).map_err(|e| GpuError::driver("cuEventCreate", e))?;
-        start.record(&self.stream).map_err(|e| GpuError::driver("cuEventRecord", e))?;
+        let start = self
+            .ctx
+            .new_event(flags)
+            .map_err(|e| GpuError::driver("cuEventCreate", e))?;
+        let end = self
+            .ctx
+            .new_event(flags)
+            .map_err(|e| GpuError::driver("cuEventCreate", e))?;
+        start
+            .record(&self.stream)
+            .map_err(|e| GpuError::driver("cuEventRecord", e))?;
         f()?;
-        end.record(&self.stream).map_err(|e| GpuError::driver("cuEventRecord", e))?;
-        let ms = start.elapsed_ms(&end).map_err(|e| GpuError::driver("cuEventElapsedTime", e))?;
+        end.record(&self.stream)
+            .map_err(|e| GpuError::driver("cuEventRecord", e))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| GpuError::driver("cuEventElapsedTime", e))?;
         Ok(ms as f64 / 1000.0)
     }
 

@@ -95,10 +95,14 @@ pub(crate) fn check_flags(device: &Device, flags: &DeviceBuffer) -> Result<()> {
     let f = device.download(flags)?;
     let f = u32::from_le_bytes([f[0], f[1], f[2], f[3]]);
     if f & 1 != 0 {
-        return Err(GpuError::NeedsCpu("an integer division by zero or overflow".into()));
+        return Err(GpuError::NeedsCpu(
+            "an integer division by zero or overflow".into(),
+        ));
     }
     if f & 2 != 0 {
-        return Err(GpuError::NeedsCpu("a cast of a value out of the target's range".into()));
+        return Err(GpuError::NeedsCpu(
+            "a cast of a value out of the target's range".into(),
+        ));
     }
     Ok(())
 }
@@ -175,7 +179,11 @@ pub fn compact(device: &Device, batch: &DeviceBatch, selection: &Selection) -> R
             "chunk_counts",
             words,
             0,
-            &[Arg::Buf(&selection.bits), Arg::U64(words), Arg::Buf(&counts)],
+            &[
+                Arg::Buf(&selection.bits),
+                Arg::U64(words),
+                Arg::Buf(&counts),
+            ],
         )?;
     }
     let mut offsets = Vec::with_capacity(chunks as usize);
@@ -218,7 +226,11 @@ pub fn compact(device: &Device, batch: &DeviceBatch, selection: &Selection) -> R
             }
             t => {
                 let dst = device.alloc_zeroed((out_rows * t.width()).max(1))?;
-                let entry = if t.width() == 4 { "compact32" } else { "compact64" };
+                let entry = if t.width() == 4 {
+                    "compact32"
+                } else {
+                    "compact64"
+                };
                 gather(entry, c.values(), &dst)?;
                 dst
             }
@@ -227,17 +239,18 @@ pub fn compact(device: &Device, batch: &DeviceBatch, selection: &Selection) -> R
             Some(v) => {
                 let dst = device.alloc_zeroed(bitmap_bytes)?;
                 gather("compact_bits", v, &dst)?;
-                let valid: u32 = device
-                    .download(&dst)?
-                    .iter()
-                    .map(|b| b.count_ones())
-                    .sum();
+                let valid: u32 = device.download(&dst)?.iter().map(|b| b.count_ones()).sum();
                 (Some(dst), out_rows - valid as usize)
             }
             None => (None, 0),
         };
         columns.push(Arc::new(DeviceColumn::from_parts(
-            ty, out_rows, null_count, values, validity, c.range(),
+            ty,
+            out_rows,
+            null_count,
+            values,
+            validity,
+            c.range(),
         )));
     }
     Ok(DeviceBatch::new(batch.schema().clone(), columns, out_rows))

@@ -129,11 +129,18 @@ impl HostDevice {
         let lib = unsafe { libloading::Library::new(&lib_path) }
             .map_err(|e| fail(format!("cannot load {}: {e}", lib_path.display())))?;
         let lib = Arc::new(lib);
-        self.libraries.lock().insert(source.key.clone(), lib.clone());
+        self.libraries
+            .lock()
+            .insert(source.key.clone(), lib.clone());
         Ok(lib)
     }
 
-    pub(crate) fn launch(&self, source: &KernelSource, entry: &str, args: &[Arg<'_>]) -> Result<()> {
+    pub(crate) fn launch(
+        &self,
+        source: &KernelSource,
+        entry: &str,
+        args: &[Arg<'_>],
+    ) -> Result<()> {
         let lib = self.library(source)?;
         let symbol = format!("host_{entry}");
         // SAFETY: every `host_` entry has the signature `void(void**)`.

@@ -127,7 +127,9 @@ impl GExpr {
             GExpr::And(l, r) => format!("({} and {})", l.shape(), r.shape()),
             GExpr::Or(l, r) => format!("({} or {})", l.shape(), r.shape()),
             GExpr::Not(e) => format!("(not {})", e.shape()),
-            GExpr::IsNull(e, neg) => format!("({} isnull{})", e.shape(), if *neg { "!" } else { "" }),
+            GExpr::IsNull(e, neg) => {
+                format!("({} isnull{})", e.shape(), if *neg { "!" } else { "" })
+            }
             GExpr::Arith(op, l, r) => format!("({} {op:?} {})", l.shape(), r.shape()),
             GExpr::Cast(e, ty) => format!("({} as {ty:?})", e.shape()),
             GExpr::InList(e, list, neg) => format!(
@@ -192,8 +194,9 @@ impl<'a> Lowering<'a> {
                 GpuError::Unsupported(format!("column {} is not resident on the device", c.name()))
             })?;
             let dt = self.schema.field(index).data_type();
-            let ty = GpuType::of(dt)
-                .ok_or_else(|| GpuError::Unsupported(format!("column {} of type {dt}", c.name())))?;
+            let ty = GpuType::of(dt).ok_or_else(|| {
+                GpuError::Unsupported(format!("column {} of type {dt}", c.name()))
+            })?;
             return Ok(GExpr::Column { index, ty });
         }
         if let Some(l) = any.downcast_ref::<Literal>() {

@@ -34,10 +34,11 @@ pub fn probe(ordinal: usize) -> Result<Arc<CudaDevice>, GpuUnavailable> {
     if !driver_library_present() {
         return Err(GpuUnavailable::NoDriverLibrary);
     }
-    let count = cudarc::driver::CudaContext::device_count().map_err(|e| GpuUnavailable::Driver {
-        call: "cuDeviceGetCount",
-        code: format!("{:?}", e.0),
-    })?;
+    let count =
+        cudarc::driver::CudaContext::device_count().map_err(|e| GpuUnavailable::Driver {
+            call: "cuDeviceGetCount",
+            code: format!("{:?}", e.0),
+        })?;
     if count <= 0 || count as usize <= ordinal {
         return Err(GpuUnavailable::NoDevice);
     }

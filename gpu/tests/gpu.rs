@@ -19,13 +19,19 @@ fn filters(device: &Device, batch: &RecordBatch) {
     for p in PREDICATES {
         // Only a division or a narrowing cast may send a filter to the CPU.
         let may_need_cpu = p.contains('/') || p.contains("CAST(x AS INT)") || p.contains("CAST(b");
-        assert!(check_filter(device, batch, p) || may_need_cpu, "{p}: the GPU did not answer");
+        assert!(
+            check_filter(device, batch, p) || may_need_cpu,
+            "{p}: the GPU did not answer"
+        );
     }
 }
 
 fn aggregates(device: &Device, batch: &RecordBatch) {
     for q in AGGREGATES {
-        assert!(check_aggregate(device, batch, q) >= 1, "{q}: no strategy answered");
+        assert!(
+            check_aggregate(device, batch, q) >= 1,
+            "{q}: no strategy answered"
+        );
     }
 }
 
@@ -61,7 +67,16 @@ fn edge_batches() -> Vec<RecordBatch> {
     let all_null = batch_of(&[(None, None, None, None, None, None, None, None); 3]);
     vec![
         batch_of(&[]),
-        batch_of(&[(Some(1), Some(2), Some(f64::NAN), Some(-0.0), Some(3), Some(true), Some(4), Some(5))]),
+        batch_of(&[(
+            Some(1),
+            Some(2),
+            Some(f64::NAN),
+            Some(-0.0),
+            Some(3),
+            Some(true),
+            Some(4),
+            Some(5),
+        )]),
         all_null,
         runner_rows(40_000, 7),
     ]
@@ -81,13 +96,21 @@ fn division_by_zero_sends_the_filter_to_the_cpu() {
     // DataFusion fails this query; the GPU must not answer it.
     assert!(!check_filter(shared_emulator(), &batch, "b / a > 1"));
     let batch = batch_of(&[(None, Some(5), Some(1e12), None, None, None, None, None)]);
-    assert!(!check_filter(shared_emulator(), &batch, "CAST(x AS INT) > 2"));
+    assert!(!check_filter(
+        shared_emulator(),
+        &batch,
+        "CAST(x AS INT) > 2"
+    ));
 }
 
 #[test]
 fn expressions_outside_the_subset_are_reported_unsupported() {
     let batch = batch_of(&[(Some(1), Some(2), None, None, None, None, Some(1), None)]);
-    for p in ["a % 2 = 0", "a::VARCHAR LIKE '1%'", "CASE WHEN a > 0 THEN true ELSE false END"] {
+    for p in [
+        "a % 2 = 0",
+        "a::VARCHAR LIKE '1%'",
+        "CASE WHEN a > 0 THEN true ELSE false END",
+    ] {
         let (_, expr) = datafusion_filter(&batch, p);
         match GpuFilter::lower(&expr, &batch.schema()) {
             Err(GpuError::Unsupported(what)) => assert!(!what.is_empty()),
@@ -108,7 +131,9 @@ fn expressions_outside_the_subset_are_reported_unsupported() {
         let mut found = None;
         let mut stack = vec![plan];
         while let Some(p) = stack.pop() {
-            if p.downcast_ref::<datafusion::physical_plan::aggregates::AggregateExec>().is_some() {
+            if p.downcast_ref::<datafusion::physical_plan::aggregates::AggregateExec>()
+                .is_some()
+            {
                 found = Some(GpuAggregate::from_plan(&p, &batch.schema()));
             }
             stack.extend(p.children().into_iter().cloned());
@@ -132,7 +157,11 @@ fn device_memory_is_accounted_and_exhaustion_is_an_error() {
     assert!(matches!(err, GpuError::OutOfMemory { .. }), "{err}");
     assert!(err.to_string().starts_with("out of GPU memory"));
     drop(resident);
-    assert_eq!(device.memory().used(), 0, "freed buffers give their memory back");
+    assert_eq!(
+        device.memory().used(),
+        0,
+        "freed buffers give their memory back"
+    );
 }
 
 #[test]

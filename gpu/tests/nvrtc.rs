@@ -18,7 +18,18 @@ fn every_generated_kernel_compiles_with_nvrtc() {
         return;
     }
     let device = Device::host_emulator(1 << 30).unwrap();
-    let row = |v: Option<i32>| (v, v.map(i64::from), v.map(f64::from), v.map(|x| x as f32), v, v.map(|x| x > 0), v, v.map(i64::from));
+    let row = |v: Option<i32>| {
+        (
+            v,
+            v.map(i64::from),
+            v.map(f64::from),
+            v.map(|x| x as f32),
+            v,
+            v.map(|x| x > 0),
+            v,
+            v.map(i64::from),
+        )
+    };
     // Columns with and without NULLs compile to different kernels; small and wide key ranges to
     // different private-slot counts.
     let batches = [
@@ -31,12 +42,18 @@ fn every_generated_kernel_compiles_with_nvrtc() {
         let resident = DeviceBatch::upload(&device, batch).unwrap();
         for p in PREDICATES {
             let (_, expr) = datafusion_filter(batch, p);
-            sources.push(GpuFilter::lower(&expr, &batch.schema()).unwrap().kernel(&resident));
+            sources.push(
+                GpuFilter::lower(&expr, &batch.schema())
+                    .unwrap()
+                    .kernel(&resident),
+            );
         }
         let ctx = context(batch);
         let rt = runtime();
         for q in AGGREGATES {
-            let plan = rt.block_on(rt.block_on(ctx.sql(q)).unwrap().create_physical_plan()).unwrap();
+            let plan = rt
+                .block_on(rt.block_on(ctx.sql(q)).unwrap().create_physical_plan())
+                .unwrap();
             let mut stack = vec![plan];
             while let Some(node) = stack.pop() {
                 if let Ok(agg) = GpuAggregate::from_plan(&node, &batch.schema()) {

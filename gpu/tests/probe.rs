@@ -13,7 +13,10 @@ fn the_probe_answers_without_panicking_and_caches_its_answer() {
         Ok(d) => eprintln!("GPU found: {} ({})", d.name(), d.arch()),
         Err(e) => {
             let message = e.to_string();
-            assert!(!message.is_empty() && !message.contains('\n'), "{message:?}");
+            assert!(
+                !message.is_empty() && !message.contains('\n'),
+                "{message:?}"
+            );
             if std::env::var("DIRK_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("a GPU is required (DIRK_REQUIRE_GPU=1) but {message}");
             }
@@ -26,8 +29,15 @@ fn the_probe_answers_without_panicking_and_caches_its_answer() {
 /// Runs [`probe_in_child`] in a new process of this test binary with `env`.
 fn probe_in_child_process(env: &[(&str, &str)]) -> String {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--ignored", "--exact", "probe_in_child", "--nocapture", "--test-threads", "1"])
-        .env("DIRK_GPU_PROBE_CHILD", "1");
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "probe_in_child",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("DIRK_GPU_PROBE_CHILD", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -103,5 +113,8 @@ fn a_driver_library_without_a_device_is_an_answer_not_a_panic() {
 #[test]
 fn the_backend_can_be_disabled() {
     let answer = probe_in_child_process(&[("DIRK_GPU_DISABLE", "1")]);
-    assert!(answer.starts_with(&format!("{:?}", GpuUnavailable::Disabled)), "{answer}");
+    assert!(
+        answer.starts_with(&format!("{:?}", GpuUnavailable::Disabled)),
+        "{answer}"
+    );
 }

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array,
-    Int64Array, RecordBatch,
+    Array, ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array, Int64Array,
+    RecordBatch,
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -19,7 +19,9 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use dirk_gpu::{compact, Device, DeviceBatch, GpuAggregate, GpuError, GpuFilter, Strategy as SlotStrategy};
+use dirk_gpu::{
+    compact, Device, DeviceBatch, GpuAggregate, GpuError, GpuFilter, Strategy as SlotStrategy,
+};
 use proptest::prelude::*;
 
 /// The GPU, or `None` after saying why the test is skipped; with `DIRK_REQUIRE_GPU=1` a
@@ -108,7 +110,12 @@ fn row() -> impl Strategy<Value = Row> {
         proptest::option::weighted(0.9, 0i32..12),
         proptest::option::weighted(
             0.9,
-            prop_oneof![-3i64..3, Just(1i64 << 40), Just(-(1i64 << 40)), 0i64..1_000_000],
+            prop_oneof![
+                -3i64..3,
+                Just(1i64 << 40),
+                Just(-(1i64 << 40)),
+                0i64..1_000_000
+            ],
         ),
     )
 }
@@ -196,10 +203,15 @@ pub(crate) fn context(batch: &RecordBatch) -> SessionContext {
 }
 
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
 }
 
-fn find(plan: &Arc<dyn ExecutionPlan>, pred: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool) -> Option<Arc<dyn ExecutionPlan>> {
+fn find(
+    plan: &Arc<dyn ExecutionPlan>,
+    pred: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool,
+) -> Option<Arc<dyn ExecutionPlan>> {
     if pred(plan) {
         return Some(plan.clone());
     }
@@ -241,7 +253,11 @@ fn same_cell(a: &str, b: &str, float: bool) -> bool {
 
 pub(crate) fn assert_same(context: &str, got: &RecordBatch, want: &RecordBatch) {
     let (g, w) = (cells(got), cells(want));
-    assert_eq!(g.len(), w.len(), "{context}: row counts differ\n got {g:?}\nwant {w:?}");
+    assert_eq!(
+        g.len(),
+        w.len(),
+        "{context}: row counts differ\n got {g:?}\nwant {w:?}"
+    );
     for (r, (gr, wr)) in g.iter().zip(&w).enumerate() {
         for ((gt, gv), (_, wv)) in gr.iter().zip(wr) {
             let float = matches!(gt, DataType::Float32 | DataType::Float64);
@@ -254,16 +270,32 @@ pub(crate) fn assert_same(context: &str, got: &RecordBatch, want: &RecordBatch) 
 }
 
 /// The rows DataFusion keeps for `WHERE predicate`, and the physical predicate it planned.
-pub(crate) fn datafusion_filter(batch: &RecordBatch, predicate: &str) -> (Result<RecordBatch, String>, Arc<dyn datafusion::physical_expr::PhysicalExpr>) {
+pub(crate) fn datafusion_filter(
+    batch: &RecordBatch,
+    predicate: &str,
+) -> (
+    Result<RecordBatch, String>,
+    Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+) {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     let table = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]]).unwrap();
     ctx.register_table("t", Arc::new(table)).unwrap();
     let rt = runtime();
-    let df = rt.block_on(ctx.sql(&format!("SELECT * FROM t WHERE {predicate}"))).unwrap();
+    let df = rt
+        .block_on(ctx.sql(&format!("SELECT * FROM t WHERE {predicate}")))
+        .unwrap();
     let plan = rt.block_on(df.create_physical_plan()).unwrap();
-    let filter = find(&plan, &|p| p.downcast_ref::<FilterExec>().is_some())
-        .unwrap_or_else(|| panic!("no FilterExec for {predicate}: {}", datafusion::physical_plan::displayable(plan.as_ref()).indent(true)));
-    let predicate_expr = filter.downcast_ref::<FilterExec>().unwrap().predicate().clone();
+    let filter = find(&plan, &|p| p.downcast_ref::<FilterExec>().is_some()).unwrap_or_else(|| {
+        panic!(
+            "no FilterExec for {predicate}: {}",
+            datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+        )
+    });
+    let predicate_expr = filter
+        .downcast_ref::<FilterExec>()
+        .unwrap()
+        .predicate()
+        .clone();
     let result = rt
         .block_on(collect(plan, ctx.task_ctx()))
         .map(|b| concat_batches(&batch.schema(), &b).unwrap())
@@ -281,17 +313,31 @@ pub(crate) fn check_filter(device: &Device, batch: &RecordBatch, predicate: &str
     let resident = DeviceBatch::upload(device, batch).unwrap();
     match filter.evaluate(device, &resident) {
         Ok(selection) => {
-            let want = want.unwrap_or_else(|e| panic!("{predicate}: the GPU answered but DataFusion failed: {e}"));
-            assert_eq!(selection.count() as usize, want.num_rows(), "{predicate}: selected rows");
+            let want = want.unwrap_or_else(|e| {
+                panic!("{predicate}: the GPU answered but DataFusion failed: {e}")
+            });
+            assert_eq!(
+                selection.count() as usize,
+                want.num_rows(),
+                "{predicate}: selected rows"
+            );
             let kept = compact(device, &resident, &selection).unwrap();
             let got = kept.download(device).unwrap();
             assert_same(predicate, &got, &want);
             // The selection bitmap agrees with DataFusion's own evaluation of the predicate.
             let mask = selection.to_boolean_array(device).unwrap();
-            let evaluated = expr.evaluate(batch).unwrap().into_array(batch.num_rows()).unwrap();
+            let evaluated = expr
+                .evaluate(batch)
+                .unwrap()
+                .into_array(batch.num_rows())
+                .unwrap();
             let evaluated = evaluated.as_any().downcast_ref::<BooleanArray>().unwrap();
             for i in 0..batch.num_rows() {
-                assert_eq!(mask.value(i), evaluated.is_valid(i) && evaluated.value(i), "{predicate}: row {i}");
+                assert_eq!(
+                    mask.value(i),
+                    evaluated.is_valid(i) && evaluated.value(i),
+                    "{predicate}: row {i}"
+                );
             }
             true
         }
@@ -314,17 +360,30 @@ pub(crate) fn check_aggregate(device: &Device, batch: &RecordBatch, sql: &str) -
     let rt = runtime();
     let df = rt.block_on(ctx.sql(&sql)).unwrap();
     let plan = rt.block_on(df.create_physical_plan()).unwrap();
-    let want = rt.block_on(collect(plan.clone(), ctx.task_ctx())).map(|b| concat_batches(&plan.schema(), &b).unwrap());
+    let want = rt
+        .block_on(collect(plan.clone(), ctx.task_ctx()))
+        .map(|b| concat_batches(&plan.schema(), &b).unwrap());
     let partial = find(&plan, &|p| {
-        p.downcast_ref::<AggregateExec>().is_some_and(|a| *a.mode() == AggregateMode::Partial)
+        p.downcast_ref::<AggregateExec>()
+            .is_some_and(|a| *a.mode() == AggregateMode::Partial)
     })
-    .unwrap_or_else(|| panic!("{sql}: no partial aggregate in\n{}", datafusion::physical_plan::displayable(plan.as_ref()).indent(true)));
-    let gpu = GpuAggregate::from_plan(&partial, &batch.schema()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    .unwrap_or_else(|| {
+        panic!(
+            "{sql}: no partial aggregate in\n{}",
+            datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+        )
+    });
+    let gpu =
+        GpuAggregate::from_plan(&partial, &batch.schema()).unwrap_or_else(|e| panic!("{sql}: {e}"));
     let resident = DeviceBatch::upload(device, batch).unwrap();
     let chosen = gpu.plan(&resident).unwrap();
     let rows = batch.num_rows() as u64;
     let mut strategies = vec![chosen.clone()];
-    for s in [SlotStrategy::Shared, SlotStrategy::Dense, SlotStrategy::Hash] {
+    for s in [
+        SlotStrategy::Shared,
+        SlotStrategy::Dense,
+        SlotStrategy::Hash,
+    ] {
         let mut p = chosen.clone();
         p.strategy = s;
         p.slots = match s {
@@ -358,7 +417,9 @@ pub(crate) fn check_aggregate(device: &Device, batch: &RecordBatch, sql: &str) -
             .data;
         let got = rt.block_on(collect(replaced, ctx.task_ctx())).unwrap();
         let got = concat_batches(&plan.schema(), &got).unwrap();
-        let want = want.as_ref().unwrap_or_else(|e| panic!("{context}: GPU answered, DataFusion failed: {e}"));
+        let want = want
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{context}: GPU answered, DataFusion failed: {e}"));
         assert_same(&context, &got, want);
         answered += 1;
     }
