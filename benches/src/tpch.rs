@@ -1,7 +1,8 @@
 //! TPC-H: the 22 queries through Dirk (embedded, one worker per core) and through DataFusion on
-//! one node, over the same in-memory data with the same partitions, in one run. Runs alternate
-//! between the systems (Dirk, DataFusion, Dirk, ...): 1 warm-up and `--runs` timed runs each;
-//! the median is reported, with the ratio Dirk / DataFusion and its geometric mean.
+//! one node, over the same in-memory data with the same partitions, in one run; with
+//! `--workers local:N` also through Dirk on N local `dirk worker` processes (TPC-H generated on
+//! the workers, the same total threads). Runs alternate between the systems: 1 warm-up and
+//! `--runs` timed runs each; the median is reported, with ratios and their geometric means.
 
 use crate::report::{Report, Row};
 use datafusion::datasource::MemTable;
@@ -19,9 +20,13 @@ pub(crate) struct Args {
     /// Timed runs per query and system (after one warm-up).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// In-process workers (default: one per core).
+    /// In-process workers (default: one per core), or `local:N`: also run on N local worker
+    /// processes (started from the `dirk` binary beside this one, or `--dirk`).
     #[arg(long)]
-    workers: Option<usize>,
+    workers: Option<String>,
+    /// The `dirk` binary that `local:N` starts workers from.
+    #[arg(long)]
+    dirk: Option<std::path::PathBuf>,
     /// Only these queries, e.g. `1,6,18`.
     #[arg(long, value_delimiter = ',')]
     queries: Vec<usize>,
@@ -32,14 +37,50 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs `sql` on a Dirk session: rows returned and seconds taken.
+async fn dirk_rows(session: &Session, sql: &str) -> Result<(usize, f64), String> {
+    let err = |e: dirk_dtable::DirkError| e.to_string();
+    let t = Instant::now();
+    let rows: usize = session
+        .sql(sql)
+        .await
+        .map_err(err)?
+        .collect()
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    Ok((rows, t.elapsed().as_secs_f64()))
+}
+
 pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     crate::block_on(run_async(args, report))
 }
 
 async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
     let err = |e: dirk_dtable::DirkError| e.to_string();
+    let (in_process, local) = match args.workers.as_deref() {
+        None => (None, None),
+        Some(w) => match w.strip_prefix("local:") {
+            Some(n) => (
+                None,
+                Some(
+                    n.parse::<usize>()
+                        .map_err(|_| format!("bad --workers {w}"))?,
+                ),
+            ),
+            None => (
+                Some(
+                    w.parse::<usize>()
+                        .map_err(|_| format!("bad --workers {w}"))?,
+                ),
+                None,
+            ),
+        },
+    };
     let mut builder = Session::builder();
-    if let Some(w) = args.workers {
+    if let Some(w) = in_process {
         builder = builder.workers(w);
     }
     let session = builder.build().map_err(err)?;
@@ -52,6 +93,42 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
         args.scale,
         started.elapsed().as_secs_f64()
     );
+    // Dirk on local worker processes: the same total threads as the embedded session.
+    let mut _processes = None;
+    let cluster = match local {
+        Some(n) => {
+            let dirk = match &args.dirk {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()
+                    .map_err(|e| e.to_string())?
+                    .with_file_name("dirk"),
+            };
+            if !dirk.exists() {
+                return Err(format!(
+                    "{} not found: build it first (cargo build --release --bin dirk) or pass --dirk",
+                    dirk.display()
+                ));
+            }
+            let threads = (workers / n).max(1);
+            let procs = dirk_dtable::flight::LocalWorkers::start(&dirk, n, threads)
+                .map_err(|e| e.to_string())?;
+            let cluster = Session::builder()
+                .workers(procs.addresses())
+                .token(procs.token())
+                .build()
+                .map_err(err)?;
+            let started = Instant::now();
+            cluster.load_tpch(args.scale).await.map_err(err)?;
+            eprintln!(
+                "on {n} worker processes ({threads} threads each): generated in {:.1} s, {} partitions",
+                started.elapsed().as_secs_f64(),
+                cluster.partitions()
+            );
+            _processes = Some(procs);
+            Some(cluster)
+        }
+        None => None,
+    };
     // DataFusion gets the very same batches, partition for partition.
     let ctx =
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
@@ -70,9 +147,15 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
 
-    println!("| query | Dirk s | DataFusion s | Dirk / DataFusion |");
-    println!("|---|---|---|---|");
-    let mut log_sum = 0.0;
+    if cluster.is_some() {
+        println!("| query | Dirk s | Dirk cluster s | DataFusion s | Dirk / DataFusion | cluster / DataFusion | cluster / Dirk |");
+        println!("|---|---|---|---|---|---|---|");
+    } else {
+        println!("| query | Dirk s | DataFusion s | Dirk / DataFusion |");
+        println!("|---|---|---|---|");
+    }
+    // Sums of log ratios: Dirk / DataFusion, cluster / DataFusion, cluster / Dirk.
+    let mut logs = [0.0f64; 3];
     let mut counted = 0;
     let mut worst = (0.0f64, 0usize);
     for (i, sql) in tpch::QUERIES.iter().enumerate() {
@@ -81,20 +164,22 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
             continue;
         }
         let mut dirk = Vec::new();
+        let mut on_cluster = Vec::new();
         let mut df = Vec::new();
         for run in 0..=args.runs {
-            let t = Instant::now();
-            let rows: usize = session
-                .sql(sql)
-                .await
-                .map_err(err)?
-                .collect()
-                .await
-                .map_err(err)?
-                .iter()
-                .map(|b| b.num_rows())
-                .sum();
-            let dirk_s = t.elapsed().as_secs_f64();
+            let (rows, dirk_s) = dirk_rows(&session, sql).await?;
+            let cluster_s = match &cluster {
+                Some(c) => {
+                    let (cluster_rows, s) = dirk_rows(c, sql).await?;
+                    if cluster_rows != rows {
+                        return Err(format!(
+                            "q{q:02}: Dirk returned {rows} rows embedded, {cluster_rows} on the cluster"
+                        ));
+                    }
+                    s
+                }
+                None => 0.0,
+            };
             let t = Instant::now();
             let df_rows: usize = ctx
                 .sql(sql)
@@ -114,18 +199,33 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
             }
             if run > 0 {
                 dirk.push(dirk_s);
+                on_cluster.push(cluster_s);
                 df.push(df_s);
             }
         }
-        let (d, f) = (median(dirk), median(df));
+        let (d, c, f) = (median(dirk), median(on_cluster), median(df));
         let ratio = d / f;
-        log_sum += ratio.ln();
+        logs[0] += ratio.ln();
+        logs[1] += (c / f).ln();
+        logs[2] += (c / d).ln();
         counted += 1;
         if ratio > worst.0 {
             worst = (ratio, q);
         }
-        println!("| q{q:02} | {d:.3} | {f:.3} | {ratio:.2} |");
-        for (system, value) in [("dirk", d), ("datafusion", f)] {
+        if cluster.is_some() {
+            println!(
+                "| q{q:02} | {d:.3} | {c:.3} | {f:.3} | {ratio:.2} | {:.2} | {:.2} |",
+                c / f,
+                c / d
+            );
+        } else {
+            println!("| q{q:02} | {d:.3} | {f:.3} | {ratio:.2} |");
+        }
+        let mut systems = vec![("dirk", d), ("datafusion", f)];
+        if cluster.is_some() {
+            systems.push(("dirk-cluster", c));
+        }
+        for (system, value) in systems {
             report.add(Row {
                 suite: "tpch",
                 case: format!("q{q:02}"),
@@ -137,20 +237,33 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
         }
     }
     if counted > 0 {
-        let geomean = (log_sum / counted as f64).exp();
+        let mean = |l: f64| (l / counted as f64).exp();
         println!(
-            "\ngeometric mean Dirk / DataFusion: {geomean:.2} over {counted} queries \
-             (worst: q{:02} at {:.2})",
-            worst.1, worst.0
+            "\ngeometric mean Dirk / DataFusion: {:.2} over {counted} queries (worst: q{:02} at {:.2})",
+            mean(logs[0]),
+            worst.1,
+            worst.0
         );
-        report.add(Row {
-            suite: "tpch",
-            case: "geomean".into(),
-            system: "dirk/datafusion",
-            metric: "ratio",
-            value: geomean,
-            unit: "x",
-        });
+        let mut means = vec![("dirk/datafusion", mean(logs[0]))];
+        if cluster.is_some() {
+            println!(
+                "geometric mean cluster / DataFusion: {:.2}; cluster / embedded Dirk: {:.2}",
+                mean(logs[1]),
+                mean(logs[2])
+            );
+            means.push(("dirk-cluster/datafusion", mean(logs[1])));
+            means.push(("dirk-cluster/dirk", mean(logs[2])));
+        }
+        for (system, value) in means {
+            report.add(Row {
+                suite: "tpch",
+                case: "geomean".into(),
+                system,
+                metric: "ratio",
+                value,
+                unit: "x",
+            });
+        }
     }
     Ok(())
 }

@@ -218,3 +218,96 @@ async fn tasks_run_remotely_and_fetch_inputs_from_each_other() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, and its key (PEM).
+fn self_signed() -> (Vec<u8>, Vec<u8>) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    (
+        made.cert.pem().into_bytes(),
+        made.signing_key.serialize_pem().into_bytes(),
+    )
+}
+
+/// With certificates, the driver talks TLS to the workers and the workers to each other (a
+/// task's input is fetched from its owner over TLS); a driver without TLS, or trusting another
+/// authority, is refused with an error naming the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_between_the_driver_and_workers_and_between_workers() {
+    let (cert, key) = self_signed();
+    let tls_server = || {
+        WorkerServer::start(
+            "127.0.0.1:0",
+            registry(),
+            WorkerOptions {
+                threads: Some(1),
+                token: Some(TOKEN.into()),
+                tls_identity: Some((cert.clone(), key.clone())),
+                tls_ca: Some(cert.clone()),
+                ..WorkerOptions::default()
+            },
+        )
+    };
+    let (a, b) = (tls_server().await.unwrap(), tls_server().await.unwrap());
+    let addresses = vec![a.local_addr().to_string(), b.local_addr().to_string()];
+    let tls = ClientOptions {
+        token: Some(TOKEN.into()),
+        tls_ca: Some(cert.clone()),
+        tls_domain: Some("localhost".into()),
+        ..ClientOptions::default()
+    };
+    let workers = connect_cluster(&addresses, &tls).await.unwrap();
+    let (out, log) = tokio::task::spawn_blocking(move || {
+        let ctx = Context::builder().workers(0).build().unwrap();
+        for w in workers {
+            ctx.add_worker(w).unwrap();
+        }
+        let input = ctx
+            .put_on(
+                WorkerId(0),
+                Chunk::from_batch(ints([Some(20), None])),
+                false,
+            )
+            .unwrap();
+        let task = ctx.spawn(
+            "double",
+            vec![Arg::read(&input)],
+            TaskOptions::new().scope(Scope::worker(WorkerId(1))),
+        );
+        (task.fetch().unwrap(), ctx.event_log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(out[0].batches()[0], ints([Some(40), None]));
+    assert!(
+        log.transfers
+            .iter()
+            .any(|t| t.from == WorkerId(0) && t.to == WorkerId(1)),
+        "worker 1 fetched the input from worker 0"
+    );
+
+    let plain = RemoteWorker::connect(&addresses[0], WorkerId(0), &options())
+        .await
+        .err()
+        .expect("plain HTTP/2 to a TLS worker fails")
+        .to_string();
+    assert!(plain.contains(&addresses[0]), "{plain}");
+    let (other_ca, _) = self_signed();
+    let distrusted = RemoteWorker::connect(
+        &addresses[0],
+        WorkerId(0),
+        &ClientOptions {
+            tls_ca: Some(other_ca),
+            ..tls.clone()
+        },
+    )
+    .await
+    .err()
+    .expect("a certificate from another authority is refused")
+    .to_string();
+    assert!(distrusted.contains(&addresses[0]), "{distrusted}");
+    assert!(!distrusted.contains('\n'), "{distrusted}");
+    a.stop().await;
+    b.stop().await;
+}

@@ -97,8 +97,8 @@ const STATEMENTS: &[&str] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statements_match_datafusion_at_1_2_and_4_workers() {
-    for workers in [1, 2, 4] {
+async fn statements_match_datafusion_at_1_3_and_4_workers() {
+    for workers in [1, 3, 4] {
         let s = dirk(workers, 3, 200);
         let reference = datafusion_reference(200);
         for sql in STATEMENTS {
