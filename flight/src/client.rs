@@ -264,7 +264,10 @@ impl Link {
             rows: chunk.rows(),
         };
         let batches: Vec<Result<RecordBatch, FlightError>> =
-            chunk.batches().iter().cloned().map(Ok).collect();
+            protocol::batches_for_transfer(chunk.batches())
+                .into_iter()
+                .map(Ok)
+                .collect();
         // An encoding failure ends the stream early; the worker then sees fewer rows than the
         // header announced and keeps nothing.
         let failed: Arc<Mutex<Option<FlightError>>> = Arc::default();

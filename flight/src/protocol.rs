@@ -115,3 +115,87 @@ pub(crate) struct PutHeader {
     pub(crate) chunk: Option<ChunkId>,
     pub(crate) rows: u64,
 }
+
+/// The batches of a chunk as they go over the wire. A string or binary *view* column shares its
+/// data buffers with every array sliced or taken from it (a hash repartition's outputs all
+/// point into their input's buffers), and Arrow IPC sends each array's buffers whole: sent as
+/// is, every piece of a repartitioned view column would carry all of the input's bytes. Such
+/// columns are compacted first when their buffers hold more than twice the bytes they use.
+pub(crate) fn batches_for_transfer(
+    batches: &[arrow::array::RecordBatch],
+) -> Vec<arrow::array::RecordBatch> {
+    use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+    use arrow::datatypes::DataType;
+    fn wasteful(held: usize, used: usize) -> bool {
+        held > 2 * used + 4096
+    }
+    let compact = |column: &ArrayRef| -> Option<ArrayRef> {
+        match column.data_type() {
+            DataType::Utf8View => {
+                let a = column.as_string_view();
+                let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
+                wasteful(held, a.total_buffer_bytes_used())
+                    .then(|| std::sync::Arc::new(a.gc()) as ArrayRef)
+            }
+            DataType::BinaryView => {
+                let a = column.as_binary_view();
+                let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
+                wasteful(held, a.total_buffer_bytes_used())
+                    .then(|| std::sync::Arc::new(a.gc()) as ArrayRef)
+            }
+            _ => None,
+        }
+    };
+    batches
+        .iter()
+        .map(|b| {
+            if !b.columns().iter().any(|c| compact(c).is_some()) {
+                return b.clone();
+            }
+            let columns: Vec<ArrayRef> = b
+                .columns()
+                .iter()
+                .map(|c| compact(c).unwrap_or_else(|| c.clone()))
+                .collect();
+            RecordBatch::try_new(b.schema(), columns).unwrap_or_else(|_| b.clone())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches_for_transfer;
+    use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringViewArray, UInt32Array};
+    use std::sync::Arc;
+
+    /// A few rows taken from a large view column keep pointing into all of its data; what goes
+    /// over the wire carries only the bytes those rows use, and the same values.
+    #[test]
+    fn view_columns_are_compacted_before_transfer() {
+        let big = StringViewArray::from_iter_values(
+            (0..100_000).map(|i| format!("a long string, row number {i}")),
+        );
+        let few = arrow::compute::take(&big, &UInt32Array::from(vec![3, 99_999, 5]), None).unwrap();
+        let batch = RecordBatch::try_from_iter([("s", few.clone() as ArrayRef)]).unwrap();
+        let held = |b: &RecordBatch| -> usize {
+            b.column(0)
+                .as_string_view()
+                .data_buffers()
+                .iter()
+                .map(|d| d.len())
+                .sum()
+        };
+        assert!(held(&batch) > 1_000_000, "take shares the input's buffers");
+        let sent = batches_for_transfer(std::slice::from_ref(&batch));
+        assert!(held(&sent[0]) < 1_000, "{} bytes sent", held(&sent[0]));
+        assert_eq!(sent[0].column(0).as_ref(), few.as_ref());
+        // A compact column is sent as it is.
+        let small = RecordBatch::try_from_iter([(
+            "s",
+            Arc::new(StringViewArray::from(vec!["x"])) as ArrayRef,
+        )])
+        .unwrap();
+        assert_eq!(batches_for_transfer(std::slice::from_ref(&small))[0], small);
+        assert_eq!(few.len(), 3);
+    }
+}

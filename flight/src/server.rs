@@ -423,7 +423,10 @@ impl FlightService for WorkerService {
         let id = id.ok_or_else(|| Status::invalid_argument("a do_get ticket names a chunk"))?;
         let chunk = a.worker.fetch_chunk(id).map_err(to_status)?;
         let batches: Vec<Result<RecordBatch, FlightError>> =
-            chunk.batches().iter().cloned().map(Ok).collect();
+            protocol::batches_for_transfer(chunk.batches())
+                .into_iter()
+                .map(Ok)
+                .collect();
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(chunk.schema().clone())
             .build(stream::iter(batches))
