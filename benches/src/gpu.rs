@@ -11,8 +11,7 @@ use std::time::Instant;
 use datafusion::arrow::array::{Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use dirk_gpu::{Device, DeviceBatch, GpuAggregate};
 use rayon::prelude::*;
@@ -59,16 +58,6 @@ fn best(runs: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<f64, S
     Ok(best)
 }
 
-fn partial_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
-    if plan
-        .downcast_ref::<AggregateExec>()
-        .is_some_and(|a| *a.mode() == AggregateMode::Partial)
-    {
-        return Some(plan.clone());
-    }
-    plan.children().into_iter().find_map(partial_aggregate)
-}
-
 pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     let device = if args.emulate {
         Device::host_emulator(64 << 30).map_err(|e| e.to_string())?
@@ -97,9 +86,21 @@ pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
         device.describe(),
         copy_bw / 1e9
     );
+    // DataFusion's side runs on one runtime for the whole suite; the GPU side is synchronous.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let n = args.rows;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     println!("{n} rows; DataFusion on {cores} cores\n");
+    let setup = Setup {
+        rt,
+        device,
+        runs: args.runs,
+        cores,
+        copy_bw,
+    };
     println!(
         "{:<44} {:>10} {:>9} {:>10} {:>10} {:>8}",
         "case", "device ms", "GB/s", "% of copy", "CPU ms", "CPU/GPU"
@@ -122,7 +123,7 @@ pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     ]));
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(x.clone()), Arc::new(y)])
         .map_err(|e| e.to_string())?;
-    measure(&device, args, report, &batch, &filter_cases, cores, copy_bw)?;
+    measure(&setup, report, &batch, &filter_cases)?;
     drop(batch);
     for keys in [10u64, 10_000, 10_000_000] {
         let key = column(n, 3, keys);
@@ -136,20 +137,34 @@ pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
             format!("SUM, COUNT, AVG GROUP BY key, {keys} keys"),
             "SELECT key, sum(x), count(*), avg(x) FROM t GROUP BY key".to_string(),
         )];
-        measure(&device, args, report, &batch, &case, cores, copy_bw)?;
+        measure(&setup, report, &batch, &case)?;
     }
     Ok(())
 }
 
+/// What every case of the suite shares.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    device: Device,
+    runs: usize,
+    cores: usize,
+    copy_bw: f64,
+}
+
 fn measure(
-    device: &Device,
-    args: &Args,
+    setup: &Setup,
     report: &mut Report,
     batch: &RecordBatch,
     cases: &[(String, String)],
-    cores: usize,
-    copy_bw: f64,
 ) -> Result<(), String> {
+    let Setup {
+        rt,
+        device,
+        runs,
+        cores,
+        copy_bw,
+    } = setup;
+    let (runs, cores, copy_bw) = (*runs, *cores, *copy_bw);
     let input_bytes = batch.get_array_memory_size() as f64;
     let t = Instant::now();
     let resident = DeviceBatch::upload(device, batch).map_err(|e| e.to_string())?;
@@ -178,23 +193,20 @@ fn measure(
     let table = MemTable::try_new(batch.schema(), parts).map_err(|e| e.to_string())?;
     ctx.register_table("t", Arc::new(table))
         .map_err(|e| e.to_string())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
     for (name, sql) in cases {
         let plan = rt
             .block_on(async { ctx.sql(sql).await?.create_physical_plan().await })
             .map_err(|e| e.to_string())?;
-        let partial = partial_aggregate(&plan).ok_or("no partial aggregate in the plan")?;
+        let partial =
+            GpuAggregate::find_partial(&plan).ok_or("no partial aggregate in the plan")?;
         let gpu = GpuAggregate::from_plan(&partial, &batch.schema()).map_err(|e| e.to_string())?;
         gpu.run(device, &resident).map_err(|e| e.to_string())?; // compiles the kernels
-        let gpu_time = best(args.runs, || {
+        let gpu_time = best(runs, || {
             gpu.run(device, &resident)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })?;
-        let cpu_time = best(args.runs, || {
+        let cpu_time = best(runs, || {
             rt.block_on(collect(plan.clone(), ctx.task_ctx()))
                 .map(|_| ())
                 .map_err(|e| e.to_string())

@@ -6,8 +6,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, Criteria, FlightData, FlightDescriptor, Ticket};
 use dirk_engine::{
-    Arg, Chunk, Context, EngineError, FnKernel, KernelRegistry, Scope, TaskOptions, Worker,
-    WorkerId,
+    Arg, Chunk, Context, EngineError, EventLogSnapshot, FnKernel, KernelRegistry, Scope,
+    TaskOptions, Worker, WorkerId,
 };
 use dirk_flight::{connect_cluster, ClientOptions, RemoteWorker, WorkerOptions, WorkerServer};
 use std::sync::Arc;
@@ -171,6 +171,31 @@ async fn chunks_go_and_come_back_whole() {
     srv.stop().await;
 }
 
+/// Attaches `workers` to a fresh context, puts `input` on worker 0 and runs `double` on worker 1,
+/// which must fetch it from worker 0: the output, the event log, and the context's workers.
+async fn double_on_worker_1(
+    workers: Vec<Arc<RemoteWorker>>,
+    input: RecordBatch,
+) -> (Vec<Chunk>, EventLogSnapshot, Vec<WorkerId>) {
+    tokio::task::spawn_blocking(move || {
+        let ctx = Context::builder().workers(0).build().unwrap();
+        for w in workers {
+            ctx.add_worker(w).unwrap();
+        }
+        let input = ctx
+            .put_on(WorkerId(0), Chunk::from_batch(input), false)
+            .unwrap();
+        let task = ctx.spawn(
+            "double",
+            vec![Arg::read(&input)],
+            TaskOptions::new().scope(Scope::worker(WorkerId(1))),
+        );
+        (task.fetch().unwrap(), ctx.event_log(), ctx.workers())
+    })
+    .await
+    .unwrap()
+}
+
 /// Tasks run on remote workers; an input on another worker is fetched by the worker that runs
 /// the task, straight from its owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,31 +203,8 @@ async fn tasks_run_remotely_and_fetch_inputs_from_each_other() {
     let (a, b) = (server(Some(TOKEN)).await, server(Some(TOKEN)).await);
     let addresses = vec![a.local_addr().to_string(), b.local_addr().to_string()];
     let workers = connect_cluster(&addresses, &options()).await.unwrap();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let ctx = Context::builder().workers(0).build().unwrap();
-        for w in workers {
-            ctx.add_worker(w).unwrap();
-        }
-        assert_eq!(ctx.workers(), vec![WorkerId(0), WorkerId(1)]);
-        let input = ctx
-            .put_on(
-                WorkerId(0),
-                Chunk::from_batch(ints([Some(1), None, Some(3)])),
-                false,
-            )
-            .unwrap();
-        let task = ctx.spawn(
-            "double",
-            vec![Arg::read(&input)],
-            TaskOptions::new().scope(Scope::worker(WorkerId(1))),
-        );
-        let out = task.fetch().unwrap();
-        let log = ctx.event_log();
-        (out, log)
-    })
-    .await
-    .unwrap();
-    let (out, log) = outcome;
+    let (out, log, ids) = double_on_worker_1(workers, ints([Some(1), None, Some(3)])).await;
+    assert_eq!(ids, vec![WorkerId(0), WorkerId(1)]);
     assert_eq!(out[0].batches()[0], ints([Some(2), None, Some(6)]));
     let record = log
         .records
@@ -258,27 +260,7 @@ async fn tls_between_the_driver_and_workers_and_between_workers() {
         ..ClientOptions::default()
     };
     let workers = connect_cluster(&addresses, &tls).await.unwrap();
-    let (out, log) = tokio::task::spawn_blocking(move || {
-        let ctx = Context::builder().workers(0).build().unwrap();
-        for w in workers {
-            ctx.add_worker(w).unwrap();
-        }
-        let input = ctx
-            .put_on(
-                WorkerId(0),
-                Chunk::from_batch(ints([Some(20), None])),
-                false,
-            )
-            .unwrap();
-        let task = ctx.spawn(
-            "double",
-            vec![Arg::read(&input)],
-            TaskOptions::new().scope(Scope::worker(WorkerId(1))),
-        );
-        (task.fetch().unwrap(), ctx.event_log())
-    })
-    .await
-    .unwrap();
+    let (out, log, _) = double_on_worker_1(workers, ints([Some(20), None])).await;
     assert_eq!(out[0].batches()[0], ints([Some(40), None]));
     assert!(
         log.transfers

@@ -91,6 +91,18 @@ fn unsupported<T>(what: impl Into<String>) -> Result<T> {
 }
 
 impl GpuAggregate {
+    /// The first `Partial` aggregate in `plan` (depth first): the node [`GpuAggregate::from_plan`]
+    /// lowers and the node a GPU's partial states replace.
+    pub fn find_partial(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+        if plan
+            .downcast_ref::<AggregateExec>()
+            .is_some_and(|a| *a.mode() == AggregateMode::Partial)
+        {
+            return Some(plan.clone());
+        }
+        plan.children().into_iter().find_map(Self::find_partial)
+    }
+
     /// Lowers a DataFusion `Partial` aggregate, with the predicate of a `FilterExec` directly
     /// below it (if any) fused in. Columns are looked up by name in `schema`, the device batch's.
     pub fn from_plan(plan: &Arc<dyn ExecutionPlan>, schema: &Schema) -> Result<GpuAggregate> {
@@ -379,16 +391,7 @@ impl GpuAggregate {
                 let digit = (code / stride) % (digits + 1);
                 (digit != digits).then(|| min.wrapping_add(digit as i64))
             });
-            columns.push(match ty {
-                GpuType::Int64 => Arc::new(key.collect::<Int64Array>()),
-                GpuType::Int32 => {
-                    Arc::new(key.map(|k| k.map(|v| v as i32)).collect::<Int32Array>())
-                }
-                GpuType::Date32 => {
-                    Arc::new(key.map(|k| k.map(|v| v as i32)).collect::<Date32Array>())
-                }
-                _ => unreachable!("keys are integers"),
-            });
+            columns.push(integer_array(*ty, key));
         }
         for (spec, (value, count)) in self.aggs.iter().zip(&layout) {
             let counts: Vec<u64> = groups.iter().map(|(k, _)| values[*count][*k]).collect();
@@ -435,12 +438,8 @@ impl GpuAggregate {
                     let ty = spec.arg.as_ref().unwrap().ty();
                     let keys = (0..raw.len()).map(|i| present(i).then_some(raw[i] as i64));
                     columns.push(match ty {
-                        GpuType::Int64 => Arc::new(keys.collect::<Int64Array>()),
-                        GpuType::Int32 => {
-                            Arc::new(keys.map(|k| k.map(|v| v as i32)).collect::<Int32Array>())
-                        }
-                        GpuType::Date32 => {
-                            Arc::new(keys.map(|k| k.map(|v| v as i32)).collect::<Date32Array>())
+                        GpuType::Int64 | GpuType::Int32 | GpuType::Date32 => {
+                            integer_array(ty, keys)
                         }
                         GpuType::Float64 => Arc::new(
                             keys.map(|k| k.map(|v| f64::from_bits(untkey64(v) as u64)))
@@ -458,6 +457,17 @@ impl GpuAggregate {
         RecordBatch::try_new(self.output.clone(), columns).map_err(|e| {
             GpuError::Unsupported(format!("a partial state unlike DataFusion's ({e})"))
         })
+    }
+}
+
+/// An array of integer type `ty` from values widened to `i64` (group keys, integer MIN/MAX).
+fn integer_array(ty: GpuType, values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    let narrow = |v: Option<i64>| v.map(|v| v as i32);
+    match ty {
+        GpuType::Int64 => Arc::new(values.collect::<Int64Array>()),
+        GpuType::Int32 => Arc::new(values.map(narrow).collect::<Int32Array>()),
+        GpuType::Date32 => Arc::new(values.map(narrow).collect::<Date32Array>()),
+        other => unreachable!("{other:?} is not an integer type"),
     }
 }
 

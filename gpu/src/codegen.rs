@@ -401,8 +401,13 @@ extern "C" void host_filter(void** args) {{
 pub(crate) const CHUNK_WORDS: u64 = 256;
 
 /// The compaction module (one per device): entries `chunk_counts`, `compact32`, `compact64` and
-/// `compact_bits`.
-pub(crate) fn compaction_module() -> crate::device::KernelSource {
+/// `compact_bits`. Its text does not vary, so it is written once per process.
+pub(crate) fn compaction_module() -> &'static crate::device::KernelSource {
+    static MODULE: std::sync::OnceLock<crate::device::KernelSource> = std::sync::OnceLock::new();
+    MODULE.get_or_init(write_compaction_module)
+}
+
+fn write_compaction_module() -> crate::device::KernelSource {
     let text = format!(
         r#"// compaction
 {PRELUDE}

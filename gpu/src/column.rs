@@ -130,14 +130,10 @@ impl DeviceColumn {
         } else {
             None
         };
-        Ok(DeviceColumn {
-            ty,
-            len,
-            null_count,
-            values: device.upload(values_bytes.as_slice())?,
-            validity,
-            range,
-        })
+        let values = device.upload(values_bytes.as_slice())?;
+        Ok(Self::from_parts(
+            ty, len, null_count, values, validity, range,
+        ))
     }
 
     /// A column built from device buffers a kernel wrote.

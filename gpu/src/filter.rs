@@ -175,7 +175,7 @@ pub fn compact(device: &Device, batch: &DeviceBatch, selection: &Selection) -> R
     let counts = device.alloc_zeroed((chunks.max(1) * 8) as usize)?;
     if words > 0 {
         device.launch(
-            &module,
+            module,
             "chunk_counts",
             words,
             0,
@@ -201,7 +201,7 @@ pub fn compact(device: &Device, batch: &DeviceBatch, selection: &Selection) -> R
             return Ok(());
         }
         device.launch(
-            &module,
+            module,
             entry,
             launch_rows,
             0,

@@ -39,5 +39,5 @@ pub use probe::{driver_library_present, gpu, nvrtc_library_present, probe, DISAB
 
 /// Every module a device compiles that does not depend on an expression (for compile checks).
 pub fn static_kernels() -> Vec<KernelSource> {
-    vec![codegen::compaction_module()]
+    vec![codegen::compaction_module().clone()]
 }

@@ -128,16 +128,8 @@ fn expressions_outside_the_subset_are_reported_unsupported() {
     ] {
         let df = rt.block_on(ctx.sql(q)).unwrap();
         let plan = rt.block_on(df.create_physical_plan()).unwrap();
-        let mut found = None;
-        let mut stack = vec![plan];
-        while let Some(p) = stack.pop() {
-            if p.downcast_ref::<datafusion::physical_plan::aggregates::AggregateExec>()
-                .is_some()
-            {
-                found = Some(GpuAggregate::from_plan(&p, &batch.schema()));
-            }
-            stack.extend(p.children().into_iter().cloned());
-        }
+        let found = GpuAggregate::find_partial(&plan)
+            .map(|partial| GpuAggregate::from_plan(&partial, &batch.schema()));
         match found {
             Some(Err(GpuError::Unsupported(_))) => {}
             other => panic!("{q}: expected unsupported, got {other:?}"),

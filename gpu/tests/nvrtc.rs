@@ -54,12 +54,10 @@ fn every_generated_kernel_compiles_with_nvrtc() {
             let plan = rt
                 .block_on(rt.block_on(ctx.sql(q)).unwrap().create_physical_plan())
                 .unwrap();
-            let mut stack = vec![plan];
-            while let Some(node) = stack.pop() {
-                if let Ok(agg) = GpuAggregate::from_plan(&node, &batch.schema()) {
-                    sources.push(agg.kernel(&resident).unwrap());
-                }
-                stack.extend(node.children().into_iter().cloned());
+            let lowered = GpuAggregate::find_partial(&plan)
+                .map(|partial| GpuAggregate::from_plan(&partial, &batch.schema()));
+            if let Some(Ok(agg)) = lowered {
+                sources.push(agg.kernel(&resident).unwrap());
             }
         }
     }

@@ -15,7 +15,6 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::MemTable;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -363,11 +362,7 @@ pub(crate) fn check_aggregate(device: &Device, batch: &RecordBatch, sql: &str) -
     let want = rt
         .block_on(collect(plan.clone(), ctx.task_ctx()))
         .map(|b| concat_batches(&plan.schema(), &b).unwrap());
-    let partial = find(&plan, &|p| {
-        p.downcast_ref::<AggregateExec>()
-            .is_some_and(|a| *a.mode() == AggregateMode::Partial)
-    })
-    .unwrap_or_else(|| {
+    let partial = GpuAggregate::find_partial(&plan).unwrap_or_else(|| {
         panic!(
             "{sql}: no partial aggregate in\n{}",
             datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
