@@ -20,6 +20,7 @@
 use crate::error::{DirkError, Result};
 use crate::exec::with_schema;
 use crate::fragment::{decode_plan, decode_with_header, encode_plan, encode_with_header};
+use crate::rowchange;
 use crate::session::Session;
 use crate::table::DTable;
 use arrow::array::{
@@ -50,13 +51,31 @@ pub const MUTATE_KERNEL: &str = "dirk.mutate";
 /// (`ProjectionExec` over `FilterExec` over an `EmptyExec` of the table's schema), serialized
 /// with datafusion-proto like any fragment, so the task runs unchanged on a remote worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-enum Step {
+pub(crate) enum Step {
     /// The positions of the rows the filter picks and the projection's values for them; no
     /// output when no row matches.
     UpdatePrepare { columns: Vec<usize> },
-    /// Writes prepared values (input 1) into the chunk (input 0, read-write): projection
-    /// output `k` goes to table column `columns[k]`.
+    /// Writes prepared values (inputs 1..) into the chunk (input 0, read-write): value
+    /// column `k` goes to table column `columns[k]`.
     UpdateApply { columns: Vec<usize> },
+    /// The chunk with columns naming each row appended (`rowchange::tag`); `chunk` is its
+    /// position in the table.
+    Tag { chunk: u32 },
+    /// A change query's answer split by target chunk (`rowchange::route`).
+    Route {
+        targets: usize,
+        target: Schema,
+        columns: Vec<usize>,
+        updated: Vec<usize>,
+    },
+    /// Checks that pending updates (inputs) name no row twice (`rowchange::verify`).
+    Verify { updates: usize },
+    /// A chunk that loses rows, rewritten (`rowchange::rewrite`).
+    Rewrite {
+        columns: Vec<usize>,
+        updates: usize,
+        dedupe_deletes: bool,
+    },
     /// The rows the filter does not pick, as a new chunk; no output when every row stays.
     Delete,
     /// The projection of every row, as a new chunk (columns passed through share buffers);
@@ -81,6 +100,29 @@ impl Kernel for MutateKernel {
                 return apply_update(call, columns).map_err(kernel_err)
             }
             Step::Slice { cuts } => return Ok(slice(call.input(0), cuts)),
+            Step::Tag { chunk } => {
+                return rowchange::tag(call.input(0), *chunk).map_err(kernel_err)
+            }
+            Step::Route {
+                targets,
+                target,
+                columns,
+                updated,
+            } => {
+                return rowchange::route(call.input(0), *targets, target, columns, updated)
+                    .map_err(kernel_err)
+            }
+            Step::Verify { updates } => {
+                return rowchange::verify(call, 0, *updates, false).map_err(kernel_err)
+            }
+            Step::Rewrite {
+                columns,
+                updates,
+                dedupe_deletes,
+            } => {
+                return rowchange::rewrite(call, columns, *updates, *dedupe_deletes)
+                    .map_err(kernel_err)
+            }
             _ => {}
         }
         let plan = decode_plan(plan)?;
@@ -96,7 +138,12 @@ impl Kernel for MutateKernel {
             Step::UpdatePrepare { columns } => prepare_update(&parts, &columns, &batches),
             Step::Delete => delete_rows(&parts, chunk.schema(), &batches),
             Step::Project { nullable } => project(&parts, &nullable, &batches),
-            Step::UpdateApply { .. } | Step::Slice { .. } => unreachable!("handled above"),
+            Step::UpdateApply { .. }
+            | Step::Slice { .. }
+            | Step::Tag { .. }
+            | Step::Route { .. }
+            | Step::Verify { .. }
+            | Step::Rewrite { .. } => unreachable!("handled above"),
         };
         out.map_err(kernel_err)
     }
@@ -337,7 +384,9 @@ fn slice(chunk: &Chunk, cuts: &[u64]) -> Vec<Chunk> {
 }
 
 fn apply_update(call: &mut KernelCall<'_>, columns: &[usize]) -> KResult<Vec<Chunk>> {
-    let pending: Vec<RecordBatch> = call.input(1).batches().to_vec();
+    let pending: Vec<RecordBatch> = (1..call.num_inputs())
+        .flat_map(|i| call.input(i).batches().to_vec())
+        .collect();
     let target = call
         .input_mut(0)
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
@@ -420,7 +469,7 @@ fn scatter_primitive<T: ArrowPrimitiveType>(
 }
 
 /// Copy-on-write: a new array, `old` with `rows` taken from `new`.
-fn scatter_copy(old: ArrayRef, rows: &UInt32Array, new: &ArrayRef) -> KResult<ArrayRef> {
+pub(crate) fn scatter_copy(old: ArrayRef, rows: &UInt32Array, new: &ArrayRef) -> KResult<ArrayRef> {
     let mut from: Vec<(usize, usize)> = (0..old.len()).map(|i| (0, i)).collect();
     for (k, &r) in rows.values().iter().enumerate() {
         from[r as usize] = (1, k);
@@ -475,7 +524,7 @@ impl Session {
     /// One `dirk.mutate` task per chunk, in order, with the parameters `params` gives it;
     /// returns each chunk with its task's outputs. On any failure every output is freed and
     /// the first error returned.
-    async fn each_chunk(
+    pub(crate) async fn each_chunk(
         &self,
         table: &DTable,
         label: &str,
@@ -776,7 +825,7 @@ fn ident_name(i: &ast::Ident) -> String {
     }
 }
 
-fn object_name(n: &ast::ObjectName) -> Result<String> {
+pub(crate) fn object_name(n: &ast::ObjectName) -> Result<String> {
     n.0.last()
         .and_then(|p| p.as_ident())
         .map(ident_name)

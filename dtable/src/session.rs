@@ -185,6 +185,9 @@ impl SessionBuilder {
     }
 }
 
+/// Names of the tables a statement makes for itself while it runs.
+const TEMP_PREFIX: &str = "__dirk_temp_";
+
 /// Registers Dirk's kernels (plan fragments, TPC-H generation, mutation steps): on the session's
 /// in-process workers, and by `dirk worker` on its own.
 pub fn register_kernels(registry: &dirk_engine::KernelRegistry) {
@@ -260,7 +263,7 @@ impl Session {
         self.tables
             .lock()
             .keys()
-            .filter(|n| !n.starts_with("__driver_source_"))
+            .filter(|n| !n.starts_with(TEMP_PREFIX))
             .cloned()
             .collect()
     }
@@ -321,6 +324,18 @@ impl Session {
     }
 
     fn register(&self, name: &str, table: DTable, replace: bool) -> Result<()> {
+        self.register_with(name, table, replace, || ())
+    }
+
+    /// Registers `table` as `name` and runs `alongside` under the same catalog lock: no query
+    /// sees the new entry without what `alongside` submits, or the other way round.
+    fn register_with<T>(
+        &self,
+        name: &str,
+        table: DTable,
+        replace: bool,
+        alongside: impl FnOnce() -> T,
+    ) -> Result<T> {
         let mut tables = self.tables.lock();
         if tables.contains_key(name) && !replace {
             return Err(DirkError::TableExists { name: name.into() });
@@ -329,6 +344,7 @@ impl Session {
             name: name.to_string(),
             table: table.clone(),
         };
+        let done = alongside();
         self.catalog_version
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.planner.deregister_table(name)?;
@@ -346,7 +362,30 @@ impl Session {
                 .collect();
             self.engine.free(&gone)?;
         }
-        Ok(())
+        Ok(done)
+    }
+
+    /// [`Session::register_replacing`], running `alongside` under the same catalog lock.
+    pub(crate) fn register_replacing_with<T>(
+        &self,
+        name: &str,
+        table: DTable,
+        alongside: impl FnOnce() -> T,
+    ) -> Result<T> {
+        self.register_with(name, table, true, alongside)
+    }
+
+    /// Registers a table a statement needs while it runs, under a fresh name with `what` in it
+    /// (hidden from [`Session::table_names`]); [`Session::drop_temp`] removes it.
+    pub(crate) fn register_temp(&self, what: &str, table: DTable) -> Result<String> {
+        let name = format!("{TEMP_PREFIX}{what}_{}", self.next_temp());
+        self.register(&name, table, false)?;
+        Ok(name)
+    }
+
+    /// Drops a table [`Session::register_temp`] made and frees its chunks.
+    pub(crate) fn drop_temp(&self, name: &str) -> Result<()> {
+        self.drop_table(name).map(|_| ())
     }
 
     /// Registers `table` as `name`, replacing any table of that name.
@@ -388,8 +427,21 @@ impl Session {
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         if let datafusion::sql::parser::Statement::Statement(s) = &statement {
-            if let datafusion::sql::sqlparser::ast::Statement::AlterTable(alter) = s.as_ref() {
-                let rows = self.alter_table(alter).await?;
+            use crate::rowchange::ChangeStatement;
+            use datafusion::sql::sqlparser::ast::Statement as Ast;
+            let change = match s.as_ref() {
+                Ast::AlterTable(alter) => {
+                    let rows = self.alter_table(alter).await?;
+                    return self.count(rows);
+                }
+                s if !crate::rowchange::reads_other_tables(s) => None,
+                Ast::Merge(m) => Some(ChangeStatement::Merge(m)),
+                Ast::Update(u) => Some(ChangeStatement::Update(u)),
+                Ast::Delete(d) => Some(ChangeStatement::Delete(d)),
+                _ => None,
+            };
+            if let Some(change) = change {
+                let rows = self.change_rows(change).await?;
                 return self.count(rows);
             }
         }
@@ -829,13 +881,12 @@ impl Session {
                 datafusion::physical_plan::collect(Arc::clone(&plan), self.planner.task_ctx())
                     .await?;
             let schema = plan.schema();
-            let name = format!("__driver_source_{}", self.next_temp());
             let table = if batches.iter().all(|b| b.num_rows() == 0) {
                 DTable::new(schema.clone(), vec![])
             } else {
                 self.put_batches(schema.clone(), batches)?
             };
-            self.register(&name, table.clone(), false)?;
+            let name = self.register_temp("driver_source", table.clone())?;
             made.push(name.clone());
             return Ok(Arc::new(DTableScanExec::new(
                 0,

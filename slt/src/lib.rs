@@ -118,6 +118,9 @@ pub enum Outcome {
 pub struct RecordResult {
     /// Line of the record in its file.
     pub line: u32,
+    /// Where the record is: its line, prefixed with the included file's name when it comes
+    /// from an `include` (an included file's lines overlap the including file's).
+    pub at: String,
     /// What happened.
     pub outcome: Outcome,
 }
@@ -143,7 +146,7 @@ pub async fn run_file(
                 let state = state.clone();
                 async move { Ok(DirkDb::new(state, workers, partitions, spark)) }
             });
-            run_records(runner, path, dialect).await
+            run_records(runner, path, dialect, "dirk").await
         }
         Engine::DataFusion => {
             let ctx = ctx.session_ctx().clone();
@@ -156,7 +159,7 @@ pub async fn run_file(
                 );
                 async move { Ok(db) }
             });
-            run_records(runner, path, dialect).await
+            run_records(runner, path, dialect, "datafusion").await
         }
     }
 }
@@ -165,6 +168,7 @@ async fn run_records<D, M>(
     mut runner: Runner<D, M>,
     path: &Path,
     dialect: Dialect,
+    engine_name: &str,
 ) -> Result<Vec<RecordResult>, String>
 where
     D: sqllogictest::AsyncDB<ColumnType = DFColumnType>,
@@ -174,14 +178,22 @@ where
     runner.with_column_validator(sqllogictest::strict_column_validator);
     runner.with_normalizer(datafusion_sqllogictest::value_normalizer);
     runner.with_validator(match dialect {
-        Dialect::DataFusion => datafusion_sqllogictest::df_value_validator,
-        Dialect::Sqlite => sqlite_value_validator,
+        Dialect::DataFusion => df_unordered,
+        Dialect::Sqlite => sqlite_unordered,
     });
     let records = sqllogictest::parse_file::<DFColumnType>(path).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     for record in records {
-        let line = match &record {
-            Record::Statement { loc, .. } | Record::Query { loc, .. } => loc.line(),
+        let (line, at) = match &record {
+            Record::Statement { loc, .. } | Record::Query { loc, .. } => {
+                let at = if Path::new(loc.file()) == path {
+                    loc.line().to_string()
+                } else {
+                    let name = Path::new(loc.file()).file_name().unwrap_or_default();
+                    format!("{}:{}", name.to_string_lossy(), loc.line())
+                };
+                (loc.line(), at)
+            }
             Record::Halt { .. } => break,
             _ => {
                 // Control records (`include`, `sleep`, `hash-threshold`, ...) configure the runner.
@@ -192,14 +204,18 @@ where
         if let Some(reason) = skip_reason(&record) {
             results.push(RecordResult {
                 line,
+                at,
                 outcome: Outcome::Skip(reason),
             });
             continue;
         }
-        let record = sort_when_unordered(record);
-        let outcome = match runner.run_async(record).await {
+        let free = order_free(&record);
+        let outcome = match ORDER_FREE.scope(free, runner.run_async(record)).await {
             Ok(_) => Outcome::Pass,
             Err(e) => {
+                if std::env::var_os("DIRK_SLT_VERBOSE").is_some() {
+                    eprintln!("[{engine_name}] {}:{at}: {e}", path.display());
+                }
                 let text = one_line(&e.to_string());
                 match e.kind() {
                     TestErrorKind::QueryResultMismatch { .. }
@@ -211,7 +227,7 @@ where
                 }
             }
         };
-        results.push(RecordResult { line, outcome });
+        results.push(RecordResult { line, at, outcome });
     }
     Ok(results)
 }
@@ -246,24 +262,57 @@ fn skip_reason(record: &Record<DFColumnType>) -> Option<String> {
     None
 }
 
-/// A query whose outermost `SELECT` has no `ORDER BY` may return its rows in any order; the
-/// file holds the order one DataFusion run produced. Such a query is compared sorted by rows.
-fn sort_when_unordered(mut record: Record<DFColumnType>) -> Record<DFColumnType> {
-    if let Record::Query {
-        sql,
-        expected:
-            QueryExpect::Results {
-                sort_mode: sort_mode @ (None | Some(SortMode::NoSort)),
-                ..
-            },
-        ..
-    } = &mut record
-    {
-        if !has_outer_order_by(sql) {
-            *sort_mode = Some(SortMode::RowSort);
-        }
+tokio::task_local! {
+    /// Set while a query whose rows may come in any order runs (see [`order_free`]).
+    static ORDER_FREE: bool;
+}
+
+/// A query whose outermost `SELECT` has no `ORDER BY` and whose record asks for no sorting may
+/// return its rows in any order; the file holds the order one DataFusion run produced. Such a
+/// query is compared as a multiset of rows: both sides sorted, never just the answer (the file's
+/// lines are in DataFusion's order, not sorted, so sorting one side would fail every engine and
+/// hide a wrong answer behind "fails on DataFusion too").
+fn order_free(record: &Record<DFColumnType>) -> bool {
+    match record {
+        Record::Query {
+            sql,
+            expected:
+                QueryExpect::Results {
+                    sort_mode: None | Some(SortMode::NoSort),
+                    ..
+                },
+            ..
+        } => !has_outer_order_by(sql),
+        _ => false,
     }
-    record
+}
+
+/// Compares with `exact`, and, for an order-free query, as multisets of rows.
+fn unordered_or(
+    exact: sqllogictest::Validator,
+    normalizer: sqllogictest::Normalizer,
+    actual: &[Vec<String>],
+    expected: &[String],
+) -> bool {
+    if exact(normalizer, actual, expected) {
+        return true;
+    }
+    if !ORDER_FREE.try_with(|free| *free).unwrap_or(false) {
+        return false;
+    }
+    let mut actual = actual.to_vec();
+    actual.sort_by_cached_key(|row| row.join(" ").trim_end().to_string());
+    let mut expected = expected.to_vec();
+    expected.sort_by_cached_key(normalizer);
+    exact(normalizer, &actual, &expected)
+}
+
+fn df_unordered(n: sqllogictest::Normalizer, a: &[Vec<String>], e: &[String]) -> bool {
+    unordered_or(datafusion_sqllogictest::df_value_validator, n, a, e)
+}
+
+fn sqlite_unordered(n: sqllogictest::Normalizer, a: &[Vec<String>], e: &[String]) -> bool {
+    unordered_or(sqlite_value_validator, n, a, e)
 }
 
 fn has_outer_order_by(sql: &str) -> bool {

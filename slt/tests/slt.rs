@@ -183,13 +183,13 @@ async fn run_one(corpus: &'static str, path: PathBuf, relative: PathBuf) -> File
     if !failed.is_empty() || corpus == "sqlite" {
         match run_isolated(&path, &relative, Engine::DataFusion, dialect).await {
             Ok(reference) => {
-                let by_line: BTreeMap<u32, Outcome> =
-                    reference.into_iter().map(|r| (r.line, r.outcome)).collect();
+                let by_line: BTreeMap<String, Outcome> =
+                    reference.into_iter().map(|r| (r.at, r.outcome)).collect();
                 for r in &mut run.records {
                     if !is_failure(&r.outcome) {
                         continue;
                     }
-                    if let Some(reference) = by_line.get(&r.line) {
+                    if let Some(reference) = by_line.get(&r.at) {
                         if is_failure(reference) {
                             r.outcome = Outcome::Skip(format!(
                                 "fails on DataFusion too here: {}",
@@ -215,7 +215,7 @@ async fn run_one(corpus: &'static str, path: PathBuf, relative: PathBuf) -> File
     run
 }
 
-static SQLITE_REFERENCE: std::sync::Mutex<BTreeMap<PathBuf, BTreeMap<u32, Outcome>>> =
+static SQLITE_REFERENCE: std::sync::Mutex<BTreeMap<PathBuf, BTreeMap<String, Outcome>>> =
     std::sync::Mutex::new(BTreeMap::new());
 
 /// Runs a file in its own task, with a fresh scratch directory and a time limit, so one file's
@@ -361,8 +361,8 @@ async fn check_sqlite(runs: &[FileRun], problems: &mut Vec<String>) {
         let Some(df) = reference.get(&r.relative) else {
             continue;
         };
-        let dirk: BTreeMap<u32, &Outcome> =
-            r.records.iter().map(|x| (x.line, &x.outcome)).collect();
+        let dirk: BTreeMap<&String, &Outcome> =
+            r.records.iter().map(|x| (&x.at, &x.outcome)).collect();
         for (line, outcome) in df {
             if *outcome != Outcome::Pass {
                 continue;
@@ -420,7 +420,7 @@ fn check_known_failures(
                 _ => continue,
             };
             found.insert(
-                format!("{file}:{}", rec.line),
+                format!("{file}:{}", rec.at),
                 (kind.to_string(), short(message(&rec.outcome))),
             );
         }
