@@ -94,8 +94,44 @@ pub(crate) fn decode_with_header<H: serde::de::DeserializeOwned>(
 pub(crate) fn decode_plan(bytes: &[u8]) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
     LOCAL.with(|(state, _)| {
         let ctx = TaskContext::from(state);
-        physical_plan_from_bytes_with_extension_codec(bytes, &ctx, &DirkCodec).map_err(df_err)
+        physical_plan_from_bytes_with_extension_codec(bytes, &ctx, &DirkCodec)
+            .and_then(restore_empty_grouping_set)
+            .map_err(df_err)
     })
+}
+
+/// datafusion-proto stores an aggregate's grouping sets as one flat list of flags, so
+/// `GROUPING SETS (())` (one set of zero expressions) comes back as no set at all, and the
+/// aggregate would output no rows. A decoded aggregate with grouping sets but none listed can
+/// only have been that; it gets its one empty set back.
+fn restore_empty_grouping_set(
+    plan: Arc<dyn ExecutionPlan>,
+) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::aggregates::{AggregateExec, PhysicalGroupBy};
+    plan.transform_up(|node| {
+        let Some(agg) = node.downcast_ref::<AggregateExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let g = agg.group_expr();
+        if !(g.expr().is_empty() && g.has_grouping_set() && g.groups().is_empty()) {
+            return Ok(Transformed::no(node));
+        }
+        let group_by = PhysicalGroupBy::new(vec![], vec![], vec![vec![]], true);
+        let restored = AggregateExec::try_new(
+            *agg.mode(),
+            group_by,
+            agg.aggr_expr().to_vec(),
+            agg.filter_expr().to_vec(),
+            Arc::clone(agg.input()),
+            agg.input_schema(),
+        )?
+        .with_limit_options(agg.limit_options());
+        Ok(Transformed::yes(
+            Arc::new(restored) as Arc<dyn ExecutionPlan>
+        ))
+    })
+    .map(|t| t.data)
 }
 
 thread_local! {
@@ -153,6 +189,7 @@ impl Kernel for FragmentKernel {
             }
             let ctx = Arc::new(ctx);
             let plan = physical_plan_from_bytes_with_extension_codec(plan_bytes, &ctx, &DirkCodec)
+                .and_then(restore_empty_grouping_set)
                 .map_err(df_err)?;
             let cancelled = || call.is_cancelled();
             runtime.block_on(run_fragment(plan, &header, ctx, &cancelled))

@@ -152,3 +152,34 @@ fn tables_change_in_place_from_the_shell() {
     assert!(stdout.contains("id,ex,y\n2,21,5\n3,31,5\n"), "{stdout}");
     assert!(stdout.ends_with("n\n0\n"), "{stdout}");
 }
+
+#[test]
+fn merge_and_update_from_in_the_shell() {
+    let script = "CREATE TABLE stock (item VARCHAR, qty BIGINT);\n\
+                  INSERT INTO stock VALUES ('apple', 5), ('pear', 2), ('plum', 9);\n\
+                  CREATE TABLE deliveries (item VARCHAR, qty BIGINT);\n\
+                  INSERT INTO deliveries VALUES ('apple', 3), ('pear', 0), ('fig', 4), ('kiwi', 1);\n\
+                  MERGE INTO stock AS t USING deliveries AS d ON t.item = d.item\n\
+                    WHEN MATCHED AND d.qty = 0 THEN DELETE\n\
+                    WHEN MATCHED THEN UPDATE SET qty = t.qty + d.qty\n\
+                    WHEN NOT MATCHED THEN INSERT VALUES (d.item, d.qty);\n\
+                  UPDATE stock SET qty = stock.qty * 10 FROM deliveries d \
+                    WHERE stock.item = d.item AND d.qty > 3;\n\
+                  SELECT item, qty FROM stock ORDER BY item;\n";
+    let out = dirk(&["--format", "csv"], Some(script));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let counts: Vec<&str> = lines
+        .windows(2)
+        .filter(|w| w[0] == "count")
+        .map(|w| w[1])
+        .collect();
+    // Inserts of 3 and 4 rows; MERGE: apple updated, pear deleted, fig and kiwi inserted;
+    // UPDATE ... FROM: fig.
+    assert_eq!(counts, ["3", "4", "4", "1"], "{stdout}");
+    assert!(
+        stdout.ends_with("item,qty\napple,8\nfig,40\nkiwi,1\nplum,9\n"),
+        "{stdout}"
+    );
+}
