@@ -676,6 +676,16 @@ pub(crate) enum ChangeStatement<'a> {
 }
 
 impl ChangeStatement<'_> {
+    /// True when DataFusion can plan the statement (though not run it on a DTable): all but
+    /// `UPDATE ... FROM` and `DELETE ... USING`, which its planner does not take.
+    pub(crate) fn datafusion_plans_it(&self) -> bool {
+        match self {
+            ChangeStatement::Merge(_) => true,
+            ChangeStatement::Update(u) => u.from.is_none(),
+            ChangeStatement::Delete(d) => d.using.is_none(),
+        }
+    }
+
     fn target(&self) -> Result<String> {
         let factor = match self {
             ChangeStatement::Merge(m) => &m.table,

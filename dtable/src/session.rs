@@ -441,6 +441,13 @@ impl Session {
                 _ => None,
             };
             if let Some(change) = change {
+                if change.datafusion_plans_it() {
+                    // DataFusion's planner and analyzer check the statement (columns, clause
+                    // structure, condition types), so a statement DataFusion rejects fails with
+                    // DataFusion's error; Dirk then runs it from the parsed statement.
+                    let plan = state.statement_to_plan(statement.clone()).await?;
+                    state.optimize(&plan)?;
+                }
                 let rows = self.change_rows(change).await?;
                 return self.count(rows);
             }

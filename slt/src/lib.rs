@@ -51,8 +51,16 @@ impl sqllogictest::AsyncDB for DirkDb {
 
     async fn run(&mut self, sql: &str) -> Result<DFOutput, Self::Error> {
         let df = self.session.sql(sql).await.map_err(to_slt_error)?;
-        let schema = df.schema();
-        let batches = df.collect().await.map_err(to_slt_error)?;
+        // DataFusion's runner types the columns by the executed plan's schema (after type
+        // coercion: `SELECT NULL UNION SELECT 1` is Int64, not Null); so does this one.
+        let table = df.persist().await.map_err(to_slt_error)?;
+        let schema = table.schema().clone();
+        let engine = self.session.engine();
+        let batches = table.collect(engine);
+        engine
+            .free(&table.chunks().cloned().collect::<Vec<_>>())
+            .map_err(|e| to_slt_error(e.into()))?;
+        let batches = batches.map_err(to_slt_error)?;
         let types = convert_schema_to_types(schema.fields());
         let rows = convert_batches(&schema, batches, self.spark)?;
         if rows.is_empty() && types.is_empty() {
