@@ -12,6 +12,7 @@ pub mod exec;
 pub mod fragment;
 pub mod mutate;
 pub mod prelude;
+mod prune;
 mod rowchange;
 pub mod session;
 pub mod stages;

@@ -68,6 +68,8 @@ pub(crate) enum Step {
         columns: Vec<usize>,
         updated: Vec<usize>,
     },
+    /// Min, max and null count of `columns` (`prune::column_stats`).
+    Stats { columns: Vec<usize> },
     /// Checks that pending updates (inputs) name no row twice (`rowchange::verify`).
     Verify { updates: usize },
     /// A chunk that loses rows, rewritten (`rowchange::rewrite`).
@@ -112,6 +114,9 @@ impl Kernel for MutateKernel {
                 return rowchange::route(call.input(0), *targets, target, columns, updated)
                     .map_err(kernel_err)
             }
+            Step::Stats { columns } => {
+                return crate::prune::column_stats(call.input(0), columns).map_err(kernel_err)
+            }
             Step::Verify { updates } => {
                 return rowchange::verify(call, 0, *updates, false).map_err(kernel_err)
             }
@@ -143,6 +148,7 @@ impl Kernel for MutateKernel {
             | Step::Tag { .. }
             | Step::Route { .. }
             | Step::Verify { .. }
+            | Step::Stats { .. }
             | Step::Rewrite { .. } => unreachable!("handled above"),
         };
         out.map_err(kernel_err)
@@ -558,6 +564,21 @@ impl Session {
         Ok(done)
     }
 
+    /// The chunks of `table` a statement with `predicate` must visit, as one partition: all of
+    /// them, less those their statistics rule out.
+    async fn candidates(
+        &self,
+        table: &DTable,
+        schema: &DFSchema,
+        predicate: Option<&Expr>,
+    ) -> Result<DTable> {
+        let chunks = match predicate {
+            Some(p) => self.chunks_maybe_matching(table, schema, p).await?,
+            None => table.chunks().cloned().collect(),
+        };
+        Ok(DTable::new(table.schema().clone(), vec![chunks]))
+    }
+
     /// `UPDATE name SET columns[k] = exprs[k] WHERE predicate`: the expressions are over
     /// `schema` (the table's columns, qualified as the statement names them). Returns the
     /// number of rows updated.
@@ -578,17 +599,21 @@ impl Session {
             .into_iter()
             .map(|(c, e)| (e, table.schema().field(c).name().clone()))
             .collect();
+        let candidates = self.candidates(&table, schema, predicate.as_ref()).await?;
         let plan = mutation_plan(self, schema, predicate, exprs)?;
         let step = Step::UpdatePrepare {
             columns: columns.clone(),
         };
-        let prepared = self.per_chunk(&table, &step, &plan).await?;
+        let prepared = self.per_chunk(&candidates, &step, &plan).await?;
         let pending: Vec<(ChunkRef, ChunkRef)> = prepared
             .into_iter()
             .filter_map(|(c, p)| Some((c, p?)))
             .collect();
         let rows = pending.iter().map(|(_, p)| p.rows).sum();
-        let params = encode_with_header(&Step::UpdateApply { columns }, &[]);
+        let apply = Step::UpdateApply {
+            columns: columns.clone(),
+        };
+        let params = encode_with_header(&apply, &[]);
         let handles: Vec<_> = self.with_catalog_locked(|| {
             pending
                 .iter()
@@ -609,6 +634,7 @@ impl Session {
                 failure.get_or_insert(e);
             }
         }
+        self.forget_stats(pending.iter().map(|(t, _)| t.id), &columns);
         let values: Vec<ChunkRef> = pending.into_iter().map(|(_, v)| v).collect();
         self.engine().free(&values)?;
         match failure {
@@ -632,8 +658,9 @@ impl Session {
         let Some(predicate) = predicate else {
             return self.truncate_locked(name, table);
         };
+        let candidates = self.candidates(&table, schema, Some(&predicate)).await?;
         let plan = mutation_plan(self, schema, Some(predicate), Vec::new())?;
-        let kept = self.per_chunk(&table, &Step::Delete, &plan).await?;
+        let kept = self.per_chunk(&candidates, &Step::Delete, &plan).await?;
         let mut deleted = 0;
         let mut empty = Vec::new();
         let replaced: HashMap<_, _> = kept
@@ -645,6 +672,7 @@ impl Session {
                     empty.push(new);
                     return Some((old.id, None));
                 }
+                self.inherit_stats(old.id, new.id, &[]);
                 Some((old.id, Some(new)))
             })
             .collect();

@@ -864,6 +864,7 @@ impl Session {
             match h.join().await {
                 Ok(out) => {
                     if let Some(c) = out.chunks.into_iter().next() {
+                        self.inherit_stats(targets[i].id, c.id, &update_columns);
                         rewritten.insert(targets[i].id, c);
                     }
                 }
@@ -888,7 +889,7 @@ impl Session {
         // 5. Commit: apply tasks and the new catalog entry under one catalog lock.
         let apply = crate::fragment::encode_with_header(
             &Step::UpdateApply {
-                columns: update_columns,
+                columns: update_columns.clone(),
             },
             &[],
         );
@@ -910,6 +911,14 @@ impl Session {
                 })
                 .collect()
         };
+        self.forget_stats(
+            targets
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !updates[*i].is_empty())
+                .map(|(_, t)| t.id),
+            &update_columns,
+        );
         let handles = if rewritten.is_empty() && inserted.is_empty() {
             self.with_catalog_locked(spawn_applies)
         } else {

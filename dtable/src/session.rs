@@ -181,6 +181,7 @@ impl SessionBuilder {
             temp_counter: std::sync::atomic::AtomicU64::new(0),
             catalog_version: std::sync::atomic::AtomicU64::new(0),
             mutation_lock: tokio::sync::Mutex::new(()),
+            chunk_stats: Default::default(),
         })
     }
 }
@@ -221,6 +222,8 @@ pub struct Session {
     /// Held by every statement that changes the catalog or a table's data, so they run one at
     /// a time (see `mutate.rs`).
     mutation_lock: tokio::sync::Mutex<()>,
+    /// Min/max statistics of table chunks, for pruning `UPDATE` and `DELETE` (see `prune.rs`).
+    chunk_stats: crate::prune::StatsCache,
 }
 
 impl Session {
@@ -245,6 +248,10 @@ impl Session {
 
     pub(crate) fn planner_state(&self) -> SessionState {
         self.planner.state()
+    }
+
+    pub(crate) fn chunk_stats(&self) -> &crate::prune::StatsCache {
+        &self.chunk_stats
     }
 
     pub(crate) fn mutation_lock(&self) -> &tokio::sync::Mutex<()> {
@@ -352,7 +359,18 @@ impl Session {
         self.catalog_version
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let kept: std::collections::HashSet<_> = table.chunks().map(|c| c.id).collect();
-        if let Some(old) = tables.insert(name.to_string(), table) {
+        let replaced = tables.insert(name.to_string(), table);
+        if replaced.is_some() {
+            // Statistics of chunks no table holds any more go with them.
+            let live: std::collections::HashSet<_> = tables
+                .values()
+                .flat_map(|t| t.chunks().map(|c| c.id))
+                .collect();
+            self.chunk_stats
+                .lock()
+                .retain(|(id, _), _| live.contains(id));
+        }
+        if let Some(old) = replaced {
             drop(tables);
             // A new version (an INSERT) shares its old chunks; free only what it dropped.
             let gone: Vec<_> = old

@@ -1,0 +1,250 @@
+//! Chunk pruning by min/max statistics, for `UPDATE` and `DELETE`.
+//!
+//! A statement's `WHERE` is checked against each chunk's min, max and null count of the
+//! columns it reads (DataFusion's `PruningPredicate`): a chunk it rules out gets no task at
+//! all. Statistics are computed where the chunk lives (one small task per chunk, reading only
+//! those columns) the first time a statement filters on a column, kept by the session per
+//! (chunk, column), and dropped when an in-place write changes that column of that chunk; other
+//! changes make new chunks, which start without statistics.
+
+use crate::error::Result;
+use crate::mutate::Step;
+use crate::session::Session;
+use crate::table::DTable;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+use datafusion::logical_expr::{Accumulator, Expr};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use dirk_engine::{Chunk, ChunkId, ChunkRef};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// One column's statistics in one chunk.
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnStats {
+    min: ScalarValue,
+    max: ScalarValue,
+    /// Unknown for a chunk that inherited its bounds (see [`Session::inherit_stats`]).
+    nulls: Option<u64>,
+}
+
+/// The session's statistics, per (chunk, column position).
+pub(crate) type StatsCache = parking_lot::Mutex<HashMap<(ChunkId, usize), ColumnStats>>;
+
+/// Kernel step: the min, max and null count of `columns` of a chunk, as one row (three
+/// columns per column).
+pub(crate) fn column_stats(
+    chunk: &Chunk,
+    columns: &[usize],
+) -> Result<Vec<Chunk>, DataFusionError> {
+    let mut fields = Vec::new();
+    let mut values: Vec<ArrayRef> = Vec::new();
+    for &c in columns {
+        let field = chunk.schema().field(c);
+        let dt = field.data_type();
+        let mut min = MinAccumulator::try_new(dt)?;
+        let mut max = MaxAccumulator::try_new(dt)?;
+        let mut nulls = 0u64;
+        for b in chunk.batches() {
+            let a = Arc::clone(b.column(c));
+            nulls += a.null_count() as u64;
+            min.update_batch(std::slice::from_ref(&a))?;
+            max.update_batch(&[a])?;
+        }
+        fields.push(Field::new(format!("min{c}"), dt.clone(), true));
+        fields.push(Field::new(format!("max{c}"), dt.clone(), true));
+        fields.push(Field::new(format!("nulls{c}"), DataType::UInt64, false));
+        values.push(min.evaluate()?.to_array()?);
+        values.push(max.evaluate()?.to_array()?);
+        values.push(Arc::new(UInt64Array::from(vec![nulls])));
+    }
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    Ok(vec![Chunk::new(
+        Arc::clone(&schema),
+        vec![RecordBatch::try_new(schema, values)?],
+    )])
+}
+
+/// The statistics of the chunks of one table, as DataFusion's pruning reads them.
+struct TableStats<'a> {
+    chunks: &'a [ChunkRef],
+    schema: &'a Schema,
+    cache: &'a HashMap<(ChunkId, usize), ColumnStats>,
+}
+
+impl TableStats<'_> {
+    fn column(
+        &self,
+        column: &Column,
+        pick: impl Fn(&ColumnStats) -> ScalarValue,
+    ) -> Option<ArrayRef> {
+        let c = self.schema.index_of(&column.name).ok()?;
+        let values: Option<Vec<ScalarValue>> = self
+            .chunks
+            .iter()
+            .map(|chunk| self.cache.get(&(chunk.id, c)).map(&pick))
+            .collect();
+        ScalarValue::iter_to_array(values?).ok()
+    }
+}
+
+impl PruningStatistics for TableStats<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column, |s| s.min.clone())
+    }
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column, |s| s.max.clone())
+    }
+    fn num_containers(&self) -> usize {
+        self.chunks.len()
+    }
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column, |s| ScalarValue::UInt64(s.nulls))
+    }
+    fn row_counts(&self) -> Option<ArrayRef> {
+        Some(Arc::new(UInt64Array::from_iter_values(
+            self.chunks.iter().map(|c| c.rows),
+        )))
+    }
+    fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
+    }
+}
+
+impl Session {
+    /// The chunks of `table` whose rows `predicate` (over `schema`) may pick: the others are
+    /// ruled out by their statistics. Any doubt (a column without statistics, a predicate
+    /// pruning cannot read) keeps the chunk.
+    pub(crate) async fn chunks_maybe_matching(
+        &self,
+        table: &DTable,
+        schema: &DFSchema,
+        predicate: &Expr,
+    ) -> Result<Vec<ChunkRef>> {
+        let chunks: Vec<ChunkRef> = table.chunks().cloned().collect();
+        let mut columns: Vec<usize> = Vec::new();
+        for c in predicate.column_refs() {
+            match schema.index_of_column(c) {
+                Ok(i) => columns.push(i),
+                Err(_) => return Ok(chunks),
+            }
+        }
+        columns.sort_unstable();
+        columns.dedup();
+        if columns.is_empty() || chunks.len() < 2 {
+            return Ok(chunks);
+        }
+        self.compute_stats(table, &chunks, &columns).await?;
+        let arrow_schema = Arc::new(schema.as_arrow().clone());
+        let state = self.planner_state();
+        let Ok(physical) = state.create_physical_expr(predicate.clone(), schema) else {
+            return Ok(chunks);
+        };
+        let Ok(pruning) = PruningPredicateBuilder::new()
+            .with_file_schema(Arc::clone(&arrow_schema))
+            .try_build(physical)
+        else {
+            return Ok(chunks);
+        };
+        let cache = self.chunk_stats().lock();
+        let stats = TableStats {
+            chunks: &chunks,
+            schema: &arrow_schema,
+            cache: &cache,
+        };
+        let Ok(keep) = pruning.prune(&stats) else {
+            return Ok(chunks);
+        };
+        drop(cache);
+        Ok(chunks
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(c, k)| k.then_some(c))
+            .collect())
+    }
+
+    /// Computes the statistics of `columns` that `chunks` lack, each on the chunk's worker.
+    async fn compute_stats(
+        &self,
+        table: &DTable,
+        chunks: &[ChunkRef],
+        columns: &[usize],
+    ) -> Result<()> {
+        let missing: Vec<ChunkRef> = {
+            let cache = self.chunk_stats().lock();
+            chunks
+                .iter()
+                .filter(|c| columns.iter().any(|&i| !cache.contains_key(&(c.id, i))))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let step = Step::Stats {
+            columns: columns.to_vec(),
+        };
+        let params = crate::fragment::encode_with_header(&step, &[]);
+        let of_missing = DTable::new(table.schema().clone(), vec![missing]);
+        let done = self
+            .each_chunk(&of_missing, "Stats", |_| params.clone())
+            .await?;
+        let outputs: Vec<ChunkRef> = done.iter().flat_map(|(_, o)| o.iter().cloned()).collect();
+        let mut found = Vec::new();
+        for (chunk, outs) in &done {
+            let Some(out) = outs.first() else { continue };
+            let row = self.engine().fetch(out)?;
+            let Some(b) = row.batches().first() else {
+                continue;
+            };
+            for (k, &c) in columns.iter().enumerate() {
+                let stats = ColumnStats {
+                    min: ScalarValue::try_from_array(b.column(3 * k), 0)?,
+                    max: ScalarValue::try_from_array(b.column(3 * k + 1), 0)?,
+                    nulls: Some(b.column(3 * k + 2).as_primitive::<UInt64Type>().value(0)),
+                };
+                found.push(((chunk.id, c), stats));
+            }
+        }
+        self.engine().free(&outputs)?;
+        self.chunk_stats().lock().extend(found);
+        Ok(())
+    }
+
+    /// Gives `to`, a chunk holding a subset of `from`'s rows (what a `DELETE` leaves), `from`'s
+    /// bounds for every column except `except`: still bounds, though perhaps loose. Null counts
+    /// are not inherited (a loose null count could rule out an `IS NOT NULL` wrongly).
+    pub(crate) fn inherit_stats(&self, from: ChunkId, to: ChunkId, except: &[usize]) {
+        let mut cache = self.chunk_stats().lock();
+        let inherited: Vec<_> = cache
+            .iter()
+            .filter(|((id, c), _)| *id == from && !except.contains(c))
+            .map(|((_, c), s)| {
+                let bounds = ColumnStats {
+                    nulls: None,
+                    ..s.clone()
+                };
+                ((to, *c), bounds)
+            })
+            .collect();
+        cache.extend(inherited);
+    }
+
+    /// Forgets the statistics of `columns` of `chunks` (their values were written in place).
+    pub(crate) fn forget_stats(
+        &self,
+        chunks: impl IntoIterator<Item = ChunkId>,
+        columns: &[usize],
+    ) {
+        let mut cache = self.chunk_stats().lock();
+        for id in chunks {
+            for &c in columns {
+                cache.remove(&(id, c));
+            }
+        }
+    }
+}
