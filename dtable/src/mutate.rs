@@ -28,7 +28,7 @@ use arrow::array::{
     PrimitiveArray, RecordBatch, RecordBatchOptions, UInt32Array,
 };
 use arrow::compute::kernels::boolean::not;
-use arrow::compute::{filter_record_batch, interleave, prep_null_mask_filter, take_record_batch};
+use arrow::compute::{filter_record_batch, interleave, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use arrow::util::bit_util;
 use datafusion::common::DFSchema;
@@ -277,6 +277,22 @@ fn prepare_update(
             .map(|f| f.as_ref().clone().with_nullable(true)),
     );
     let schema = Arc::new(Schema::new(fields));
+    // Only the columns the new values read are gathered for the picked rows; the others are
+    // stood in for by nulls (under a schema where every column may be null).
+    let read: std::collections::HashSet<usize> = parts
+        .exprs
+        .iter()
+        .flat_map(|(e, _)| datafusion::physical_expr::utils::collect_columns(e))
+        .map(|c| c.index())
+        .collect();
+    let relaxed = Arc::new(Schema::new(
+        parts
+            .input_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
     let mut out = Vec::new();
     for (bi, piece, offset) in pieces(batches) {
         let rows = parts.picked(&piece)?;
@@ -286,7 +302,20 @@ fn prepare_update(
         let picked = if rows.len() == piece.num_rows() {
             piece
         } else {
-            take_record_batch(&piece, &rows)?
+            let columns = piece
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if read.contains(&i) {
+                        Ok(arrow::compute::take(c, &rows, None)?)
+                    } else {
+                        Ok(arrow::array::new_null_array(c.data_type(), rows.len()))
+                    }
+                })
+                .collect::<KResult<Vec<_>>>()?;
+            let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+            RecordBatch::try_new_with_options(Arc::clone(&relaxed), columns, &options)?
         };
         let positions = rows.values().iter().map(|r| r + offset as u32);
         let mut out_columns: Vec<ArrayRef> = vec![
