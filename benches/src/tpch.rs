@@ -3,6 +3,7 @@
 //! `--workers local:N` also through Dirk on N local `dirk worker` processes (TPC-H generated on
 //! the workers, the same total threads). Runs alternate between the systems: 1 warm-up and
 //! `--runs` timed runs each; the median is reported, with ratios and their geometric means.
+//! `--explain` prints both systems' plans of each query first.
 
 use crate::report::{Report, Row};
 use datafusion::datasource::MemTable;
@@ -30,6 +31,33 @@ pub(crate) struct Args {
     /// Only these queries, e.g. `1,6,18`.
     #[arg(long, value_delimiter = ',')]
     queries: Vec<usize>,
+    /// Print each query's plans (DataFusion's physical plan and Dirk's stages) before timing it.
+    #[arg(long)]
+    explain: bool,
+}
+
+/// The plans of `sql` on both systems, for reading why one is slower.
+async fn print_plans(session: &Session, ctx: &SessionContext, q: usize, sql: &str) {
+    let explain = format!("EXPLAIN {sql}");
+    let datafusion = match ctx.sql(&explain).await {
+        Ok(df) => df.collect().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let dirk = match session.sql(&explain).await {
+        Ok(df) => df.collect().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    for (system, plans) in [("DataFusion", datafusion), ("Dirk", dirk)] {
+        let text = plans.and_then(|b| {
+            datafusion::arrow::util::pretty::pretty_format_batches(&b)
+                .map(|t| t.to_string())
+                .map_err(|e| e.to_string())
+        });
+        match text {
+            Ok(t) => eprintln!("q{q:02} on {system}:\n{t}"),
+            Err(e) => eprintln!("q{q:02} on {system}: cannot explain: {e}"),
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -162,6 +190,9 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
         let q = i + 1;
         if !args.queries.is_empty() && !args.queries.contains(&q) {
             continue;
+        }
+        if args.explain {
+            print_plans(&session, &ctx, q, sql).await;
         }
         let mut dirk = Vec::new();
         let mut on_cluster = Vec::new();
