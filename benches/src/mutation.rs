@@ -126,6 +126,7 @@ const CASES: &[Case] = &[
 ];
 
 pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
+    alloc::start_counting();
     crate::block_on(run_async(args, report))
 }
 
