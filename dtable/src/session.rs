@@ -974,14 +974,28 @@ impl Session {
         drop(finishing);
         // Intermediate outputs are not needed once the final stage has run.
         let mut intermediates = Vec::new();
-        for stage in &handles[..handles.len() - 1] {
-            for h in stage {
-                if let Ok(out) = h.join().await {
-                    intermediates.extend(out.chunks);
-                }
+        let mut still_running = Vec::new();
+        for h in handles[..handles.len() - 1].iter().flatten() {
+            match h.try_result() {
+                Some(Ok(out)) => intermediates.extend(out.chunks),
+                Some(Err(_)) => {}
+                None => still_running.push(h.clone()),
             }
         }
         self.engine.free(&intermediates)?;
+        // Only a failed query leaves tasks running: a cancelled task stops when its kernel next
+        // checks (an aggregate's does at its end). The error is returned now, and their outputs
+        // are freed when they end.
+        if !still_running.is_empty() {
+            let engine = Arc::clone(&self.engine);
+            std::thread::spawn(move || {
+                for h in still_running {
+                    if let Ok(out) = h.wait() {
+                        let _ = engine.free(&out.chunks);
+                    }
+                }
+            });
+        }
         if let Some(e) = failure {
             self.engine
                 .free(&partitions.into_iter().flatten().collect::<Vec<_>>())?;
