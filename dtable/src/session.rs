@@ -463,35 +463,46 @@ impl Session {
                     // DataFusion's planner and analyzer check the statement (columns, clause
                     // structure, condition types), so a statement DataFusion rejects fails with
                     // DataFusion's error; Dirk then runs it from the parsed statement.
-                    let plan = state.statement_to_plan(statement.clone()).await?;
+                    let plan = self.plan_statement(&state, &statement).await?;
                     state.optimize(&plan)?;
                 }
                 let rows = self.change_rows(change).await?;
                 return self.count(rows);
             }
         }
-        // A table being replaced is briefly absent from DataFusion's catalog (deregistered,
-        // then registered again); planning that raced with it is planned again.
-        let mut attempts = 0;
-        let plan = loop {
-            let version = self
-                .catalog_version
-                .load(std::sync::atomic::Ordering::Acquire);
-            match state.statement_to_plan(statement.clone()).await {
-                Ok(plan) => break plan,
-                Err(_)
-                    if attempts < 3
-                        && self
-                            .catalog_version
-                            .load(std::sync::atomic::Ordering::Acquire)
-                            != version =>
-                {
-                    attempts += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let plan = self.plan_statement(&state, &statement).await?;
         self.execute_logical(plan).await
+    }
+
+    /// Plans `statement`. A table being replaced is briefly absent from DataFusion's catalog
+    /// (deregistered, then registered again, with `catalog_version` odd in between): planning
+    /// that failed while a replacement was under way, or that raced with one, is planned again.
+    async fn plan_statement(
+        &self,
+        state: &datafusion::execution::SessionState,
+        statement: &datafusion::sql::parser::Statement,
+    ) -> Result<LogicalPlan> {
+        use std::sync::atomic::Ordering::Acquire;
+        let mut attempts = 0;
+        loop {
+            let before = self.catalog_version.load(Acquire);
+            match state.statement_to_plan(statement.clone()).await {
+                Ok(plan) => return Ok(plan),
+                Err(e) => {
+                    let raced = before % 2 == 1 || self.catalog_version.load(Acquire) != before;
+                    if !raced || attempts == 1100 {
+                        return Err(e.into());
+                    }
+                    attempts += 1;
+                    // The replacement takes microseconds, unless its thread was preempted.
+                    if attempts < 100 {
+                        tokio::task::yield_now().await;
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            }
+        }
     }
 
     async fn execute_logical(&self, plan: LogicalPlan) -> Result<DataFrame<'_>> {
