@@ -264,10 +264,7 @@ fn prepare_update(
     batches: &[RecordBatch],
 ) -> KResult<Vec<Chunk>> {
     let values = parts.output_schema()?;
-    let mut fields = vec![
-        Field::new("__dirk_batch", DataType::UInt32, false),
-        Field::new("__dirk_row", DataType::UInt32, false),
-    ];
+    let mut fields = position_fields();
     // Values may be null even where the column is not (the apply step keeps the table's
     // nullability; DataFusion checks NOT NULL at planning).
     fields.extend(
@@ -1253,4 +1250,12 @@ impl Session {
     pub async fn truncate(&self, table: &str) -> Result<u64> {
         self.truncate_rows(table).await
     }
+}
+
+/// The leading columns of the values an update writes into a chunk: each value's batch and row.
+pub(crate) fn position_fields() -> Vec<Field> {
+    vec![
+        Field::new("__dirk_batch", DataType::UInt32, false),
+        Field::new("__dirk_row", DataType::UInt32, false),
+    ]
 }

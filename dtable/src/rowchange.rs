@@ -457,10 +457,7 @@ pub(crate) fn tag(chunk: &Chunk, position: u32) -> KResult<Vec<Chunk>> {
 /// The schema of the values an update writes into one target chunk (the apply step's input):
 /// batch, row, then the new values.
 fn pending_schema(target: &Schema, columns: &[usize]) -> SchemaRef {
-    let mut fields = vec![
-        Field::new("__dirk_batch", DataType::UInt32, false),
-        Field::new("__dirk_row", DataType::UInt32, false),
-    ];
+    let mut fields = crate::mutate::position_fields();
     fields.extend(
         columns
             .iter()

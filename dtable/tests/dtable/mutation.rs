@@ -2,7 +2,7 @@
 //! methods, checked against DataFusion's own DML on a `MemTable`, and the five guarantees
 //! (in place, snapshots, all or nothing, serializable, same answers as a reference).
 
-use super::compare::{assert_same, run_dirk};
+use super::compare::{assert_same, run_dirk, try_dirk};
 use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::datasource::MemTable;
@@ -146,10 +146,7 @@ async fn truncate_and_alter_table() {
         "UPDATE renamed SET nope = 1",
         "UPDATE renamed SET x = 'text'",
     ] {
-        let err = match s.sql(bad).await {
-            Ok(df) => df.collect().await.err(),
-            Err(e) => Some(e),
-        };
+        let err = try_dirk(&s, bad).await.err();
         let err = err
             .unwrap_or_else(|| panic!("{bad} should fail"))
             .to_string();
@@ -865,10 +862,7 @@ async fn a_failing_merge_changes_nothing() {
             "not allowed",
         ),
     ] {
-        let err = match s.sql(bad).await {
-            Ok(df) => df.collect().await.err(),
-            Err(e) => Some(e),
-        };
+        let err = try_dirk(&s, bad).await.err();
         let err = err.unwrap_or_else(|| panic!("{bad} should fail")).to_string();
         assert!(err.contains(why), "{bad}: {err}");
         assert!(!err.contains('\n'), "{bad}: the error is one line: {err}");
