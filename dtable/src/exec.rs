@@ -362,6 +362,17 @@ impl PhysicalExtensionCodec for DirkCodec {
         serde_json::to_writer(buf, &leaf)
             .map_err(|e| datafusion::error::DataFusionError::Internal(e.to_string()))
     }
+
+    fn try_decode_expr(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn PhysicalExpr>],
+        _ctx: &datafusion::physical_expr_common::physical_expr::proto_decode::PhysicalExprDecodeCtx<
+            '_,
+        >,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        crate::proto::decode_expr(buf, inputs)
+    }
 }
 
 /// `batch` presented with `schema` (same column types; names and metadata may differ). The row

@@ -5,6 +5,7 @@
 //! own leaves). Nothing in a task refers to driver memory, so the same task runs on any worker.
 
 use crate::exec::{DirkCodec, LeafId, TaskInputs};
+use crate::proto::FieldPreservingConverter;
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -14,7 +15,7 @@ use datafusion::physical_plan::metrics::Time;
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 use datafusion_proto::bytes::{
-    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    physical_plan_from_bytes_with_proto_converter, physical_plan_to_bytes_with_proto_converter,
 };
 use dirk_engine::{Chunk, EngineError, Kernel, KernelCall};
 use futures::TryStreamExt;
@@ -56,7 +57,12 @@ pub struct FragmentHeader {
 
 /// Serializes a fragment once per stage.
 pub fn encode_plan(plan: &Arc<dyn ExecutionPlan>) -> datafusion::common::Result<Vec<u8>> {
-    Ok(physical_plan_to_bytes_with_extension_codec(Arc::clone(plan), &DirkCodec)?.to_vec())
+    let bytes = physical_plan_to_bytes_with_proto_converter(
+        Arc::clone(plan),
+        &DirkCodec,
+        &FieldPreservingConverter,
+    )?;
+    Ok(bytes.to_vec())
 }
 
 /// Parameters of one task: header length (4 bytes, little endian), JSON header, plan.
@@ -92,12 +98,16 @@ pub(crate) fn decode_with_header<H: serde::de::DeserializeOwned>(
 
 /// Decodes a plan serialized with [`encode_plan`], with this thread's function registry.
 pub(crate) fn decode_plan(bytes: &[u8]) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
-    LOCAL.with(|(state, _)| {
-        let ctx = TaskContext::from(state);
-        physical_plan_from_bytes_with_extension_codec(bytes, &ctx, &DirkCodec)
-            .and_then(restore_empty_grouping_set)
-            .map_err(df_err)
-    })
+    LOCAL.with(|(state, _)| decode_fragment(bytes, &TaskContext::from(state)).map_err(df_err))
+}
+
+/// Decodes fragment bytes, repairing what datafusion-proto does not carry over.
+pub(crate) fn decode_fragment(
+    bytes: &[u8],
+    ctx: &TaskContext,
+) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    physical_plan_from_bytes_with_proto_converter(bytes, ctx, &DirkCodec, &FieldPreservingConverter)
+        .and_then(restore_empty_grouping_set)
 }
 
 /// datafusion-proto stores an aggregate's grouping sets as one flat list of flags, so
@@ -188,9 +198,7 @@ impl Kernel for FragmentKernel {
                 ctx = ctx.with_runtime(env);
             }
             let ctx = Arc::new(ctx);
-            let plan = physical_plan_from_bytes_with_extension_codec(plan_bytes, &ctx, &DirkCodec)
-                .and_then(restore_empty_grouping_set)
-                .map_err(df_err)?;
+            let plan = decode_fragment(plan_bytes, &ctx).map_err(df_err)?;
             let cancelled = || call.is_cancelled();
             runtime.block_on(run_fragment(plan, &header, ctx, &cancelled))
         })

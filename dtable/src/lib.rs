@@ -12,6 +12,7 @@ pub mod exec;
 pub mod fragment;
 pub mod mutate;
 pub mod prelude;
+mod proto;
 mod prune;
 mod rowchange;
 pub mod session;

@@ -94,6 +94,9 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT count(*), sum(a) FROM t GROUP BY GROUPING SETS (())", true),
     ("SELECT count(*) FROM t WHERE a > 10000 GROUP BY GROUPING SETS (())", true),
     ("SELECT k, b, count(*) FROM t GROUP BY ROLLUP (k, b)", false),
+    // Field metadata that datafusion-proto does not carry: a function's return field must keep
+    // its metadata inside a fragment (casts to extension types: `proto.rs`'s unit test).
+    ("SELECT a, arrow_metadata(with_metadata(a, 'unit', 'ms'), 'unit') FROM t WHERE a > 600", false),
 ];
 
 pub(crate) async fn reference(sql: &str) -> Vec<RecordBatch> {
