@@ -13,6 +13,7 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::dataframe::DataFrame as DfDataFrame;
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{
     CreateExternalTable, DdlStatement, DmlStatement, LogicalPlan, Statement, WriteOp,
@@ -21,7 +22,7 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig};
 use dirk_engine::{Arg, Chunk, Context, TaskHandle, TaskId, TaskOptions, WorkerId};
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -162,15 +163,25 @@ impl SessionBuilder {
         for key in PINNED_OFF {
             config.options_mut().set(key, "false")?;
         }
+        // Files are listed only to ingest them, and an external table follows its files (see
+        // `refresh_external`): a cached listing would hide files added since.
+        let runtime = |mut env: RuntimeEnvBuilder| {
+            env.cache_manager.list_files_cache = None;
+            env.cache_manager.list_files_cache_limit = 0;
+            env.build_arc()
+        };
         let planner = match self.planner_state {
             // The state has its default catalog already; making a new one would replace it,
             // and the tables in it with it.
             Some(state) => SessionContext::new_with_state(
-                SessionStateBuilder::new_from_existing(state)
+                SessionStateBuilder::new_from_existing(state.clone())
                     .with_config(config.with_create_default_catalog_and_schema(false))
+                    .with_runtime_env(runtime(RuntimeEnvBuilder::from_runtime_env(
+                        state.runtime_env(),
+                    ))?)
                     .build(),
             ),
-            None => SessionContext::new_with_config(config),
+            None => SessionContext::new_with_config_rt(config, runtime(RuntimeEnvBuilder::new())?),
         };
         Ok(Session {
             engine: Arc::new(engine),
@@ -182,6 +193,7 @@ impl SessionBuilder {
             catalog_version: std::sync::atomic::AtomicU64::new(0),
             mutation_lock: tokio::sync::Mutex::new(()),
             chunk_stats: Default::default(),
+            external: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -224,7 +236,23 @@ pub struct Session {
     mutation_lock: tokio::sync::Mutex<()>,
     /// Min/max statistics of table chunks, for pruning `UPDATE` and `DELETE` (see `prune.rs`).
     chunk_stats: crate::prune::StatsCache,
+    /// The files of each external table that follows them (see `refresh_external`).
+    external: Mutex<HashMap<String, ExternalSource>>,
 }
+
+/// Where an external table's rows come from. The table is resident; before a statement reads
+/// it, its files are listed again, and if they changed (added, removed, rewritten) it is read
+/// again, as DataFusion would read the files afresh. A statement that changes the table through
+/// Dirk (`INSERT`, `UPDATE`, ...) ends this: the table then holds rows its files do not.
+struct ExternalSource {
+    /// The file listing made at `CREATE EXTERNAL TABLE`: its schema and options stay fixed.
+    files: Arc<dyn datafusion::catalog::TableProvider>,
+    /// What the last read found.
+    stamps: Vec<FileStamp>,
+}
+
+/// A file's location, size and version, as its object store reports them.
+type FileStamp = (String, u64, i64, Option<String>);
 
 impl Session {
     /// A builder with the defaults.
@@ -358,6 +386,7 @@ impl Session {
         self.planner.register_table(name, Arc::new(provider))?;
         self.catalog_version
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.external.lock().remove(name);
         let kept: std::collections::HashSet<_> = table.chunks().map(|c| c.id).collect();
         let replaced = tables.insert(name.to_string(), table);
         if replaced.is_some() {
@@ -418,6 +447,10 @@ impl Session {
             return Err(DirkError::TableExists { name: to.into() });
         }
         tables.remove(from);
+        let source = self.external.lock().remove(from);
+        if let Some(source) = source {
+            self.external.lock().insert(to.to_string(), source);
+        }
         self.planner.deregister_table(from)?;
         let provider = DTableProvider {
             name: to.to_string(),
@@ -432,6 +465,7 @@ impl Session {
         let Some(old) = self.tables.lock().remove(name) else {
             return Ok(false);
         };
+        self.external.lock().remove(name);
         self.planner.deregister_table(name)?;
         self.engine
             .free(&old.chunks().cloned().collect::<Vec<_>>())?;
@@ -444,6 +478,7 @@ impl Session {
         let state = self.planner.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
+        self.refresh_external(&state, &statement).await?;
         if let datafusion::sql::parser::Statement::Statement(s) = &statement {
             use crate::rowchange::ChangeStatement;
             use datafusion::sql::sqlparser::ast::Statement as Ast;
@@ -528,8 +563,15 @@ impl Session {
                         return Err(DirkError::TableExists { name });
                     }
                 }
-                let table = self.ingest_external(&c).await?;
+                let files = self.external_files(&c).await?;
+                let stamps = list_files(&self.planner.state(), files.as_ref()).await?;
+                let table = self.ingest_files(&c.name, Arc::clone(&files)).await?;
                 self.register(&name, table, c.or_replace)?;
+                if let Some(stamps) = stamps {
+                    self.external
+                        .lock()
+                        .insert(name, ExternalSource { files, stamps });
+                }
                 self.empty()
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
@@ -660,8 +702,11 @@ impl Session {
         }
     }
 
-    /// Reads a `CREATE EXTERNAL TABLE`'s files into a DTable.
-    async fn ingest_external(&self, cmd: &CreateExternalTable) -> Result<DTable> {
+    /// The file listing a `CREATE EXTERNAL TABLE` describes (schema inferred where not given).
+    async fn external_files(
+        &self,
+        cmd: &CreateExternalTable,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
         let state = self.planner.state();
         let file_type = cmd.file_type.to_uppercase();
         let factory = state
@@ -671,14 +716,78 @@ impl Session {
             .ok_or_else(|| DirkError::Unsupported {
                 what: format!("external tables stored as {}", cmd.file_type),
             })?;
-        let provider = factory.create(&state, cmd).await?;
+        Ok(factory.create(&state, cmd).await?)
+    }
+
+    /// Reads the files of `files` into a DTable.
+    async fn ingest_files(
+        &self,
+        name: &datafusion::common::TableReference,
+        files: Arc<dyn datafusion::catalog::TableProvider>,
+    ) -> Result<DTable> {
         let scan = datafusion::logical_expr::LogicalPlanBuilder::scan(
-            cmd.name.clone(),
-            datafusion::datasource::provider_as_source(provider),
+            name.clone(),
+            datafusion::datasource::provider_as_source(files),
             None,
         )?
         .build()?;
         self.ingest(scan).await
+    }
+
+    /// Reads again each external table `statement` names whose files changed since it was
+    /// last read (see [`ExternalSource`]).
+    async fn refresh_external(
+        &self,
+        state: &SessionState,
+        statement: &datafusion::sql::parser::Statement,
+    ) -> Result<()> {
+        if self.external.lock().is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<String> = state
+            .resolve_table_references(statement)?
+            .iter()
+            .map(|r| r.table().to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let Some(files) = self
+                .external
+                .lock()
+                .get(&name)
+                .map(|s| Arc::clone(&s.files))
+            else {
+                continue;
+            };
+            let stamps = list_files(state, files.as_ref()).await?;
+            let unchanged = |external: &HashMap<String, ExternalSource>| {
+                external.get(&name).is_none_or(|s| {
+                    !Arc::ptr_eq(&s.files, &files) || Some(&s.stamps) == stamps.as_ref()
+                })
+            };
+            if unchanged(&self.external.lock()) {
+                continue;
+            }
+            let _one_at_a_time = self.mutation_lock.lock().await;
+            // Another statement may have read it again, changed it or dropped it meanwhile.
+            if unchanged(&self.external.lock()) {
+                continue;
+            }
+            let table = self
+                .ingest_files(
+                    &datafusion::common::TableReference::bare(name.as_str()),
+                    Arc::clone(&files),
+                )
+                .await?;
+            self.register(&name, table, true)?;
+            if let Some(stamps) = stamps {
+                self.external
+                    .lock()
+                    .insert(name, ExternalSource { files, stamps });
+            }
+        }
+        Ok(())
     }
 
     /// Runs a plan that reads files into a DTable. DataFusion lists the files and splits them
@@ -1208,4 +1317,31 @@ fn scan_snapshots(
             Ok((leaf, t))
         })
         .collect()
+}
+
+/// The files a file listing reads now, sorted; `None` for a table that is not a file listing.
+async fn list_files(
+    state: &SessionState,
+    files: &dyn datafusion::catalog::TableProvider,
+) -> Result<Option<Vec<FileStamp>>> {
+    use datafusion::datasource::listing::ListingTable;
+    let Some(listing) = files.downcast_ref::<ListingTable>() else {
+        return Ok(None);
+    };
+    let extension = &listing.options().file_extension;
+    let mut stamps = Vec::new();
+    for url in listing.table_paths() {
+        let store = state.runtime_env().object_store(url)?;
+        let mut found = url.list_all_files(state, store.as_ref(), extension).await?;
+        while let Some(meta) = found.try_next().await? {
+            stamps.push((
+                meta.location.to_string(),
+                meta.size,
+                meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
+                meta.e_tag,
+            ));
+        }
+    }
+    stamps.sort();
+    Ok(Some(stamps))
 }

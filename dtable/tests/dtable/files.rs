@@ -235,3 +235,66 @@ async fn malformed_csv_and_truncated_parquet_are_clear_errors() {
     still_usable(&s).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `(count(*), sum(a))` of table `t`.
+async fn count_and_sum(s: &Session, t: &str) -> (i64, i64) {
+    use arrow::array::{Array, Int64Array};
+    let sql = format!("SELECT count(*), sum(a) FROM {t}");
+    let got = run_dirk(s, &sql, &sql).await;
+    let batch = arrow::compute::concat_batches(&got[0].schema(), &got).unwrap();
+    let n = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    let sum = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+    (n.value(0), if sum.is_null(0) { 0 } else { sum.value(0) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_table_follows_its_files_until_changed_through_dirk() {
+    let dir = temp_dir("follow");
+    let csv = |rows: std::ops::Range<i64>| {
+        let mut text = String::from("a,b\n");
+        for i in rows {
+            text.push_str(&format!("{i},r{i}\n"));
+        }
+        text
+    };
+    let sum = |rows: std::ops::Range<i64>| rows.sum::<i64>();
+    let s = super::harness::builder(2).partitions(3).build().unwrap();
+    // Created over an empty directory, as a table whose files are written afterwards is.
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE f (a BIGINT, b VARCHAR) STORED AS CSV LOCATION '{}/' \
+         OPTIONS ('format.has_header' 'true')",
+        dir.display()
+    );
+    run_dirk(&s, &ddl, "create").await;
+    assert_eq!(count_and_sum(&s, "f").await, (0, 0));
+
+    std::fs::write(dir.join("1.csv"), csv(0..100)).unwrap();
+    assert_eq!(count_and_sum(&s, "f").await, (100, sum(0..100)), "a file added");
+    // Unchanged files are not read again: the resident chunks stay.
+    let chunks: Vec<_> = s.table("f").unwrap().chunks().map(|c| c.id).collect();
+    assert_eq!(count_and_sum(&s, "f").await, (100, sum(0..100)));
+    let again: Vec<_> = s.table("f").unwrap().chunks().map(|c| c.id).collect();
+    assert_eq!(chunks, again, "files unchanged, table not read again");
+
+    std::fs::write(dir.join("2.csv"), csv(100..150)).unwrap();
+    assert_eq!(count_and_sum(&s, "f").await, (150, sum(0..150)), "a second file");
+    std::fs::write(dir.join("1.csv"), csv(0..10)).unwrap();
+    assert_eq!(
+        count_and_sum(&s, "f").await,
+        (60, sum(0..10) + sum(100..150)),
+        "a file rewritten"
+    );
+    std::fs::remove_file(dir.join("2.csv")).unwrap();
+    assert_eq!(count_and_sum(&s, "f").await, (10, sum(0..10)), "a file removed");
+
+    // Changed through Dirk, the table holds rows its files do not: it stops following them.
+    run_dirk(&s, "INSERT INTO f VALUES (1000, 'x')", "insert").await;
+    assert_eq!(count_and_sum(&s, "f").await, (11, sum(0..10) + 1000));
+    std::fs::write(dir.join("3.csv"), csv(200..210)).unwrap();
+    assert_eq!(
+        count_and_sum(&s, "f").await,
+        (11, sum(0..10) + 1000),
+        "no longer follows its files"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
