@@ -242,8 +242,16 @@ async fn count_and_sum(s: &Session, t: &str) -> (i64, i64) {
     let sql = format!("SELECT count(*), sum(a) FROM {t}");
     let got = run_dirk(s, &sql, &sql).await;
     let batch = arrow::compute::concat_batches(&got[0].schema(), &got).unwrap();
-    let n = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-    let sum = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+    let n = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    let sum = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
     (n.value(0), if sum.is_null(0) { 0 } else { sum.value(0) })
 }
 
@@ -269,7 +277,11 @@ async fn an_external_table_follows_its_files_until_changed_through_dirk() {
     assert_eq!(count_and_sum(&s, "f").await, (0, 0));
 
     std::fs::write(dir.join("1.csv"), csv(0..100)).unwrap();
-    assert_eq!(count_and_sum(&s, "f").await, (100, sum(0..100)), "a file added");
+    assert_eq!(
+        count_and_sum(&s, "f").await,
+        (100, sum(0..100)),
+        "a file added"
+    );
     // Unchanged files are not read again: the resident chunks stay.
     let chunks: Vec<_> = s.table("f").unwrap().chunks().map(|c| c.id).collect();
     assert_eq!(count_and_sum(&s, "f").await, (100, sum(0..100)));
@@ -277,7 +289,11 @@ async fn an_external_table_follows_its_files_until_changed_through_dirk() {
     assert_eq!(chunks, again, "files unchanged, table not read again");
 
     std::fs::write(dir.join("2.csv"), csv(100..150)).unwrap();
-    assert_eq!(count_and_sum(&s, "f").await, (150, sum(0..150)), "a second file");
+    assert_eq!(
+        count_and_sum(&s, "f").await,
+        (150, sum(0..150)),
+        "a second file"
+    );
     std::fs::write(dir.join("1.csv"), csv(0..10)).unwrap();
     assert_eq!(
         count_and_sum(&s, "f").await,
@@ -285,7 +301,11 @@ async fn an_external_table_follows_its_files_until_changed_through_dirk() {
         "a file rewritten"
     );
     std::fs::remove_file(dir.join("2.csv")).unwrap();
-    assert_eq!(count_and_sum(&s, "f").await, (10, sum(0..10)), "a file removed");
+    assert_eq!(
+        count_and_sum(&s, "f").await,
+        (10, sum(0..10)),
+        "a file removed"
+    );
 
     // Changed through Dirk, the table holds rows its files do not: it stops following them.
     run_dirk(&s, "INSERT INTO f VALUES (1000, 'x')", "insert").await;
