@@ -67,14 +67,21 @@ impl DataDeps {
     }
 
     /// The output `from` now has a chunk id: later accesses name it by `to`.
-    pub(crate) fn rename(&mut self, from: DataKey, to: DataKey) {
-        if let Some(st) = self.keys.remove(&from) {
-            let dst = self.keys.entry(to).or_default();
-            if dst.writer.is_none() {
-                dst.writer = st.writer;
-            }
-            dst.readers.extend(st.readers);
+    /// Returns the unfinished tasks that accessed `from`: they must [`forget`](Self::forget)
+    /// `to` when they finish, or `to` would stay in use (and unfreeable) for ever.
+    #[must_use]
+    pub(crate) fn rename(&mut self, from: DataKey, to: DataKey) -> Vec<TaskId> {
+        let Some(st) = self.keys.remove(&from) else {
+            return Vec::new();
+        };
+        let mut accessors = st.readers.clone();
+        accessors.extend(st.writer);
+        let dst = self.keys.entry(to).or_default();
+        if dst.writer.is_none() {
+            dst.writer = st.writer;
         }
+        dst.readers.extend(st.readers);
+        accessors
     }
 
     /// True while an unfinished task reads or writes `key`.
@@ -127,7 +134,22 @@ mod tests {
         let out = DataKey::Output(TaskId(1), 0);
         let mut deps = Vec::new();
         d.record(TaskId(2), out, Access::Read, &mut deps);
-        d.rename(out, DataKey::Chunk(ChunkId(9)));
+        assert_eq!(d.rename(out, DataKey::Chunk(ChunkId(9))), vec![TaskId(2)]);
         assert_eq!(rec(&mut d, 3, 9, Access::ReadWrite), vec![2]);
+    }
+
+    #[test]
+    fn a_reader_of_a_renamed_output_releases_the_chunk_when_it_finishes() {
+        let mut d = DataDeps::default();
+        let out = DataKey::Output(TaskId(1), 0);
+        let chunk = DataKey::Chunk(ChunkId(9));
+        let mut deps = Vec::new();
+        d.record(TaskId(2), out, Access::Read, &mut deps);
+        assert_eq!(d.rename(out, chunk), vec![TaskId(2)]);
+        assert!(d.in_use(chunk));
+        // The reader forgets the key it now has (the scheduler updates it on rename).
+        d.forget(TaskId(2), &[chunk]);
+        assert!(!d.in_use(chunk));
+        assert_eq!(d.tracked(), 0);
     }
 }

@@ -705,8 +705,16 @@ impl Scheduler {
                     self.log.task(record(TaskStatus::Ok, rows, bytes));
                 }
                 for (i, m) in outputs.iter().enumerate() {
-                    self.deps
-                        .rename(DataKey::Output(r.task, i as u32), DataKey::Chunk(m.id));
+                    let (from, to) = (DataKey::Output(r.task, i as u32), DataKey::Chunk(m.id));
+                    // Tasks waiting to read the output now read the chunk, and must release
+                    // that key when they finish: else the chunk could never be freed.
+                    for reader in self.deps.rename(from, to) {
+                        if let Some(rt) = self.tasks.get_mut(&reader) {
+                            for k in rt.keys.iter_mut().filter(|k| **k == from) {
+                                *k = to;
+                            }
+                        }
+                    }
                 }
                 self.complete(
                     &t.sub.slot,

@@ -51,3 +51,22 @@ pub(crate) fn dirk_binary() -> PathBuf {
     );
     dirk
 }
+
+/// Fails unless the session's workers come to hold exactly `expected` chunks: what is left once
+/// queries have freed their intermediate and result chunks. A remote worker gets its frees as
+/// messages nobody waits for, so they have a few seconds to arrive.
+pub(crate) async fn assert_workers_hold(s: &Session, expected: usize, what: &str) {
+    s.engine().wait_idle().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let held: usize = s.engine().worker_status().iter().map(|w| w.chunks).sum();
+        if held == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the workers hold {held} chunks, not {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -100,18 +100,7 @@ async fn tables_stay_resident_and_queries_run_as_tasks() {
         "queries ran as stage tasks"
     );
     // Intermediate and result chunks are freed: only the table's chunks remain.
-    // (A remote worker gets its frees as messages that do not wait for an answer: allow them
-    // a moment to arrive.)
-    s.engine().wait_idle().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let held: usize = s.engine().worker_status().iter().map(|w| w.chunks).sum();
-        if held == chunks_before.len() || std::time::Instant::now() > deadline {
-            assert_eq!(held, chunks_before.len());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    super::harness::assert_workers_hold(&s, chunks_before.len(), "after three queries").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,10 @@ async fn check(workers: usize, partitions: usize, reference: &SessionContext) {
         .build()
         .unwrap();
     s.load_tpch(SCALE).await.unwrap();
+    let table_chunks: usize = TABLES
+        .iter()
+        .map(|t| s.table(t).unwrap().chunks().count())
+        .sum();
     for (i, sql) in QUERIES.iter().enumerate() {
         let what = format!(
             "q{:02} on {workers} workers, {partitions} partitions",
@@ -42,6 +46,9 @@ async fn check(workers: usize, partitions: usize, reference: &SessionContext) {
         assert!(!want.is_empty(), "{what}: the reference returned nothing");
         assert_same(&got, &want, true, &what);
     }
+    // Each query freed what it made: the workers hold the tables and nothing else.
+    let what = format!("after TPC-H on {workers} workers, {partitions} partitions");
+    super::harness::assert_workers_hold(&s, table_chunks, &what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

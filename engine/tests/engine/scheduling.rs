@@ -347,6 +347,25 @@ fn a_free_waits_for_earlier_readers() {
     );
 }
 
+/// A task that reads another's output before that task has finished names the output, not
+/// its chunk; once both have finished, the chunk must still be freeable (it once stayed "in
+/// use" for ever, and every multi-stage query left its intermediate chunks behind).
+#[test]
+fn an_output_read_before_it_existed_can_be_freed_after_its_readers_finish() {
+    let (ctx, _) = context(2);
+    let c = ctx.put(value_chunk(7)).unwrap();
+    let slow = ctx.spawn("sleep", vec![], k(100));
+    let producer = ctx.spawn("copy", vec![Arg::read(&c)], TaskOptions::new().after(&slow));
+    let reader = ctx.spawn("copy", vec![Arg::output(&producer, 0)], TaskOptions::new());
+    assert_eq!(value_of(&reader.fetch().unwrap()[0]), 7);
+    let made = producer.wait().unwrap().chunks;
+    let read = reader.wait().unwrap().chunks;
+    ctx.free(&[made, read, vec![c]].concat()).unwrap();
+    ctx.wait_idle().unwrap();
+    let held: usize = ctx.worker_status().iter().map(|w| w.chunks).sum();
+    assert_eq!(held, 0, "every chunk was freed");
+}
+
 #[test]
 fn shutdown_fails_unfinished_tasks_instead_of_hanging() {
     let (ctx, _) = context(1);
