@@ -447,10 +447,11 @@ impl Session {
             return Err(DirkError::TableExists { name: to.into() });
         }
         tables.remove(from);
-        let source = self.external.lock().remove(from);
-        if let Some(source) = source {
-            self.external.lock().insert(to.to_string(), source);
+        let mut external = self.external.lock();
+        if let Some(source) = external.remove(from) {
+            external.insert(to.to_string(), source);
         }
+        drop(external);
         self.planner.deregister_table(from)?;
         let provider = DTableProvider {
             name: to.to_string(),

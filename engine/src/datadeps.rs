@@ -74,13 +74,13 @@ impl DataDeps {
         let Some(st) = self.keys.remove(&from) else {
             return Vec::new();
         };
-        let mut accessors = st.readers.clone();
-        accessors.extend(st.writer);
         let dst = self.keys.entry(to).or_default();
         if dst.writer.is_none() {
             dst.writer = st.writer;
         }
-        dst.readers.extend(st.readers);
+        dst.readers.extend_from_slice(&st.readers);
+        let mut accessors = st.readers;
+        accessors.extend(st.writer);
         accessors
     }
 

@@ -61,6 +61,11 @@ struct FileRun {
     broken: Option<String>,
 }
 
+/// A file's name in reports, the exclude list and `known-failures.txt`: `corpus/relative`.
+fn file_name(corpus: &str, relative: &Path) -> String {
+    format!("{corpus}/{}", relative.display())
+}
+
 /// The crate's directory. Cargo sets it at run time too; that value wins, because a
 /// binary reused from a build in another checkout would carry that checkout's path.
 fn manifest_dir() -> std::path::PathBuf {
@@ -116,7 +121,7 @@ async fn run() -> Result<(), String> {
         .map(str::to_string)
         .collect();
     jobs.retain(|(corpus, _, rel)| {
-        let name = format!("{corpus}/{}", rel.display());
+        let name = file_name(corpus, rel);
         !excluded.iter().any(|e| name.contains(e.as_str()))
     });
     let everything = filter.is_none() && excluded.is_empty();
@@ -425,7 +430,7 @@ fn check_known_failures(
     }
     let mut found: BTreeMap<String, (String, String)> = BTreeMap::new();
     for r in runs {
-        let file = format!("{}/{}", r.corpus, r.relative.display());
+        let file = file_name(r.corpus, &r.relative);
         if let Some(b) = &r.broken {
             found.insert(file.clone(), ("broken".into(), short(b)));
         }
@@ -444,7 +449,7 @@ fn check_known_failures(
     // Only the files that ran are checked against the list (a run may leave some out).
     let ran: BTreeSet<String> = runs
         .iter()
-        .map(|r| format!("{}/{}", r.corpus, r.relative.display()))
+        .map(|r| file_name(r.corpus, &r.relative))
         .collect();
     // A key is `corpus/file[:included-file...]:line`; the file that ran is the part before the
     // first colon (an included `.slt.part` adds a colon of its own).
