@@ -1023,15 +1023,25 @@ impl Session {
             if plan.is::<DTableScanExec>() || encode_plan(&plan).is_ok() {
                 return Ok(plan);
             }
-            let batches =
-                datafusion::physical_plan::collect(Arc::clone(&plan), self.planner.task_ctx())
-                    .await?;
+            // Partition `p` of the leaf becomes partition `p` of the table: the plan above was
+            // optimized for the leaf's partitioning (a partitioned join pairs partition `p` of
+            // both sides), so the rows must stay where the leaf put them.
+            let parts = datafusion::physical_plan::collect_partitioned(
+                Arc::clone(&plan),
+                self.planner.task_ctx(),
+            )
+            .await?;
             let schema = plan.schema();
-            let table = if batches.iter().all(|b| b.num_rows() == 0) {
-                DTable::new(schema.clone(), vec![])
-            } else {
-                self.put_batches(schema.clone(), batches)?
-            };
+            let mut partitions = Vec::with_capacity(parts.len());
+            for batches in parts {
+                let batches: Vec<_> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+                partitions.push(if batches.is_empty() {
+                    vec![]
+                } else {
+                    vec![self.engine.put(Chunk::new(schema.clone(), batches))?]
+                });
+            }
+            let table = DTable::new(schema.clone(), partitions);
             let name = self.register_temp("driver_source", table.clone())?;
             made.push(name.clone());
             return Ok(Arc::new(DTableScanExec::new(
