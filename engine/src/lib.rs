@@ -55,6 +55,6 @@ pub use scheduler::{ChunkEntry, Lineage};
 pub use scope::{ProcessorId, ProcessorKind, Scope};
 pub use task::{Access, Arg, TaskHandle, TaskJoin, TaskOptions, TaskOutput};
 pub use worker::{
-    InProcessWorker, InputSpec, PeerDirectory, ReportSink, TaskAssignment, TaskDone, TaskReport,
-    Worker, WorkerRef, WorkerStatus,
+    InProcessWorker, InputSpec, PeerDirectory, PendingChunk, ReportSink, TaskAssignment, TaskDone,
+    TaskReport, Worker, WorkerRef, WorkerStatus,
 };

@@ -161,6 +161,12 @@ pub trait Worker: Send + Sync {
     fn cancel_task(&self, task: TaskId);
     /// Serves a chunk it holds.
     fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Chunk>>;
+    /// Starts fetching a chunk it holds for a task that another worker has queued, so the
+    /// transfer overlaps the tasks running before it there. `None` (the default): fetching
+    /// costs nothing worth overlapping, and the task calls [`Worker::fetch_chunk`] when it runs.
+    fn start_fetch(&self, _id: ChunkId) -> Option<PendingChunk> {
+        None
+    }
     /// Receives a chunk: under `id` when given (a chunk moving here), else under a fresh id.
     fn store_chunk(&self, id: Option<ChunkId>, chunk: Arc<Chunk>) -> Result<ChunkMeta>;
     /// Drops chunks.
@@ -170,6 +176,21 @@ pub trait Worker: Send + Sync {
     /// Called once when the worker joins a context, with the sink through which it may declare
     /// itself lost (a remote worker's heartbeat does).
     fn attached(&self, _sink: ReportSink) {}
+}
+
+/// A chunk on its way from another worker (see [`Worker::start_fetch`]).
+pub struct PendingChunk(Box<dyn FnOnce() -> Result<Arc<Chunk>> + Send>);
+
+impl PendingChunk {
+    /// A fetch under way; `wait` blocks until it ends.
+    pub fn new(wait: impl FnOnce() -> Result<Arc<Chunk>> + Send + 'static) -> Self {
+        PendingChunk(Box::new(wait))
+    }
+
+    /// Blocks until the chunk is here, or the fetch failed.
+    pub fn wait(self) -> Result<Arc<Chunk>> {
+        (self.0)()
+    }
 }
 
 /// Shared worker handle.
@@ -343,9 +364,25 @@ impl Worker for InProcessWorker {
             return;
         };
         self.core.running.fetch_add(1, Ordering::Relaxed);
+        // Remote inputs start moving now, while the tasks queued before this one run.
+        let pending = assignment
+            .inputs
+            .iter()
+            .map(|spec| {
+                (spec.owner != self.core.id)
+                    .then(|| {
+                        self.core
+                            .peers
+                            .get(spec.owner)
+                            .ok()?
+                            .start_fetch(spec.chunk)
+                    })
+                    .flatten()
+            })
+            .collect();
         let core = self.core.clone();
         proc.run(Box::new(move || {
-            let report = core.execute(&assignment);
+            let report = core.execute(&assignment, pending);
             core.cancels.forget(assignment.task);
             core.running.fetch_sub(1, Ordering::Relaxed);
             core.finished.fetch_add(1, Ordering::Relaxed);
@@ -392,12 +429,13 @@ impl Worker for InProcessWorker {
 impl WorkerCore {
     /// Gathers inputs (fetching remote ones from their owners), runs the kernel, keeps outputs
     /// and written inputs in this worker's store.
-    fn execute(&self, a: &TaskAssignment) -> TaskReport {
+    /// `pending` holds, per input, the fetch [`Worker::start_fetch`] began when the task came.
+    fn execute(&self, a: &TaskAssignment, pending: Vec<Option<PendingChunk>>) -> TaskReport {
         let started_us = now_us();
         let mut transfers = Vec::new();
         let mut rows_in = 0;
         let mut bytes_in = 0;
-        let result = self.execute_inner(a, &mut transfers, &mut rows_in, &mut bytes_in);
+        let result = self.execute_inner(a, pending, &mut transfers, &mut rows_in, &mut bytes_in);
         TaskReport {
             task: a.task,
             worker: self.id,
@@ -414,13 +452,16 @@ impl WorkerCore {
     fn execute_inner(
         &self,
         a: &TaskAssignment,
+        pending: Vec<Option<PendingChunk>>,
         transfers: &mut Vec<Transfer>,
         rows_in: &mut u64,
         bytes_in: &mut u64,
     ) -> Result<TaskDone> {
         let kernel = self.registry.get(&a.kernel)?;
         let mut inputs = Vec::with_capacity(a.inputs.len());
+        let mut pending = pending.into_iter();
         for spec in &a.inputs {
+            let started = pending.next().flatten();
             let chunk = if spec.owner == self.id {
                 // A local chunk written in place leaves the store while the kernel runs, so the
                 // kernel may hold the only reference and mutate its buffers without copying.
@@ -434,14 +475,22 @@ impl WorkerCore {
                     worker: self.id,
                 })
             } else {
-                let c = self.peers.get(spec.owner)?.fetch_chunk(spec.chunk)?;
-                transfers.push(Transfer {
-                    chunk: spec.chunk,
-                    from: spec.owner,
-                    to: self.id,
-                    bytes: c.data_bytes(),
-                });
-                Ok(c)
+                let fetched = match started {
+                    Some(fetch) => fetch.wait(),
+                    None => self
+                        .peers
+                        .get(spec.owner)
+                        .and_then(|peer| peer.fetch_chunk(spec.chunk)),
+                };
+                if let Ok(c) = &fetched {
+                    transfers.push(Transfer {
+                        chunk: spec.chunk,
+                        from: spec.owner,
+                        to: self.id,
+                        bytes: c.data_bytes(),
+                    });
+                }
+                fetched
             };
             let chunk = match chunk {
                 Ok(c) => c,

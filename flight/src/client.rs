@@ -18,8 +18,8 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightDescriptor, Ticket};
 use bytes::Bytes;
 use dirk_engine::{
-    Chunk, ChunkId, ChunkMeta, EngineError, ProcessorKind, ReportSink, TaskAssignment, TaskId,
-    TaskReport, Worker, WorkerId, WorkerStatus,
+    Chunk, ChunkId, ChunkMeta, EngineError, PendingChunk, ProcessorKind, ReportSink,
+    TaskAssignment, TaskId, TaskReport, Worker, WorkerId, WorkerStatus,
 };
 use futures::{future, stream, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -80,11 +80,19 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn block<T: Send + 'static>(
     fut: impl Future<Output = Result<T, EngineError>> + Send + 'static,
 ) -> Result<T, EngineError> {
+    start(fut)()
+}
+
+/// Starts `fut` on the client runtime; the returned function waits for it from a thread outside
+/// that runtime.
+fn start<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, EngineError>> + Send + 'static,
+) -> impl FnOnce() -> Result<T, EngineError> + Send + 'static {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime().spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv().unwrap_or(Err(EngineError::Shutdown))
+    move || rx.recv().unwrap_or(Err(EngineError::Shutdown))
 }
 
 /// Adds the token and the attachment key to every call.
@@ -116,6 +124,13 @@ struct Link {
     client: Client,
 }
 
+/// HTTP/2 flow-control window of one call (one chunk moving), in bytes.
+pub(crate) const STREAM_WINDOW: u32 = 16 << 20;
+/// HTTP/2 flow-control window of one connection (all chunks moving between two processes).
+pub(crate) const CONNECTION_WINDOW: u32 = 64 << 20;
+/// The largest HTTP/2 frame a process accepts, in bytes.
+pub(crate) const MAX_FRAME: u32 = 1 << 20;
+
 fn endpoint(address: &str, o: &ClientOptions) -> Result<Endpoint, EngineError> {
     let scheme = if o.tls_ca.is_some() { "https" } else { "http" };
     let bad = |m: String| EngineError::Remote {
@@ -126,6 +141,11 @@ fn endpoint(address: &str, o: &ClientOptions) -> Result<Endpoint, EngineError> {
         .map_err(|e| bad(format!("not an address (HOST:PORT): {e}")))?
         .connect_timeout(o.connect_timeout)
         .tcp_nodelay(true)
+        // Chunks are large: windows that let a fetch run without waiting for window updates,
+        // and frames of up to 1 MiB instead of 16 KiB (the most the other side may send).
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         // A peer that vanishes without closing the connection (a machine that died, a network
         // cut) fails every call on it within the keepalive timeout, long calls included.
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -552,6 +572,13 @@ impl Worker for RemoteWorker {
     fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Chunk>, EngineError> {
         let link = self.link.clone();
         block(async move { link.fetch(id).await.map(Arc::new) })
+    }
+
+    fn start_fetch(&self, id: ChunkId) -> Option<PendingChunk> {
+        let link = self.link.clone();
+        Some(PendingChunk::new(start(async move {
+            link.fetch(id).await.map(Arc::new)
+        })))
     }
 
     fn store_chunk(

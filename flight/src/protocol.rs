@@ -149,13 +149,14 @@ pub(crate) fn batches_for_transfer(
     batches
         .iter()
         .map(|b| {
-            if !b.columns().iter().any(|c| compact(c).is_some()) {
+            let compacted: Vec<Option<ArrayRef>> = b.columns().iter().map(compact).collect();
+            if compacted.iter().all(Option::is_none) {
                 return b.clone();
             }
-            let columns: Vec<ArrayRef> = b
-                .columns()
-                .iter()
-                .map(|c| compact(c).unwrap_or_else(|| c.clone()))
+            let columns: Vec<ArrayRef> = compacted
+                .into_iter()
+                .zip(b.columns())
+                .map(|(new, old)| new.unwrap_or_else(|| old.clone()))
                 .collect();
             RecordBatch::try_new(b.schema(), columns).unwrap_or_else(|_| b.clone())
         })

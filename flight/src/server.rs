@@ -124,6 +124,9 @@ impl WorkerServer {
             next_attachment: AtomicU64::new(crate::local::random_u64(2) >> 1),
         });
         let mut builder = Server::builder()
+            .initial_stream_window_size(crate::client::STREAM_WINDOW)
+            .initial_connection_window_size(crate::client::CONNECTION_WINDOW)
+            .max_frame_size(crate::client::MAX_FRAME)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         if let Some((cert, key)) = &state.options.tls_identity {

@@ -3,3 +3,4 @@ mod datadeps;
 mod eventlog;
 mod placement;
 mod scheduling;
+mod worker;
