@@ -369,15 +369,14 @@ impl Worker for InProcessWorker {
             .inputs
             .iter()
             .map(|spec| {
-                (spec.owner != self.core.id)
-                    .then(|| {
-                        self.core
-                            .peers
-                            .get(spec.owner)
-                            .ok()?
-                            .start_fetch(spec.chunk)
-                    })
-                    .flatten()
+                if spec.owner == self.core.id {
+                    return None;
+                }
+                self.core
+                    .peers
+                    .get(spec.owner)
+                    .ok()?
+                    .start_fetch(spec.chunk)
             })
             .collect();
         let core = self.core.clone();

@@ -9,7 +9,6 @@ use crate::protocol::{
     self, action, Hello, HelloReply, Peer, PutHeader, StatusReply, ATTACHMENT_HEADER,
     PROTOCOL_VERSION, TOKEN_HEADER,
 };
-use crate::server::MAX_MESSAGE;
 use arrow::array::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -124,13 +123,6 @@ struct Link {
     client: Client,
 }
 
-/// HTTP/2 flow-control window of one call (one chunk moving), in bytes.
-pub(crate) const STREAM_WINDOW: u32 = 16 << 20;
-/// HTTP/2 flow-control window of one connection (all chunks moving between two processes).
-pub(crate) const CONNECTION_WINDOW: u32 = 64 << 20;
-/// The largest HTTP/2 frame a process accepts, in bytes.
-pub(crate) const MAX_FRAME: u32 = 1 << 20;
-
 fn endpoint(address: &str, o: &ClientOptions) -> Result<Endpoint, EngineError> {
     let scheme = if o.tls_ca.is_some() { "https" } else { "http" };
     let bad = |m: String| EngineError::Remote {
@@ -143,9 +135,9 @@ fn endpoint(address: &str, o: &ClientOptions) -> Result<Endpoint, EngineError> {
         .tcp_nodelay(true)
         // Chunks are large: windows that let a fetch run without waiting for window updates,
         // and frames of up to 1 MiB instead of 16 KiB (the most the other side may send).
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
+        .initial_stream_window_size(protocol::STREAM_WINDOW)
+        .initial_connection_window_size(protocol::CONNECTION_WINDOW)
+        .max_frame_size(protocol::MAX_FRAME)
         // A peer that vanishes without closing the connection (a machine that died, a network
         // cut) fails every call on it within the keepalive timeout, long calls included.
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -180,8 +172,8 @@ fn client(
         attachment: attachment.map(|a| header(&a.to_string())).transpose()?,
     };
     Ok(FlightServiceClient::with_interceptor(channel, headers)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
+        .max_decoding_message_size(protocol::MAX_MESSAGE)
+        .max_encoding_message_size(protocol::MAX_MESSAGE))
 }
 
 /// An error and its causes, on one line; a cause whose words are already there is left out.
@@ -344,6 +336,12 @@ pub struct RemoteWorker {
 }
 
 impl RemoteWorker {
+    /// Starts fetching chunk `id` on the client runtime; the caller waits when it needs it.
+    fn fetch_in_background(&self, id: ChunkId) -> PendingChunk {
+        let link = self.link.clone();
+        PendingChunk::new(start(async move { link.fetch(id).await.map(Arc::new) }))
+    }
+
     /// Attaches to the worker at `address` as worker `id` of this driver.
     pub async fn connect(
         address: &str,
@@ -570,15 +568,11 @@ impl Worker for RemoteWorker {
     }
 
     fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Chunk>, EngineError> {
-        let link = self.link.clone();
-        block(async move { link.fetch(id).await.map(Arc::new) })
+        self.fetch_in_background(id).wait()
     }
 
     fn start_fetch(&self, id: ChunkId) -> Option<PendingChunk> {
-        let link = self.link.clone();
-        Some(PendingChunk::new(start(async move {
-            link.fetch(id).await.map(Arc::new)
-        })))
+        Some(self.fetch_in_background(id))
     }
 
     fn store_chunk(

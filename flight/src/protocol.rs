@@ -116,6 +116,18 @@ pub(crate) struct PutHeader {
     pub(crate) rows: u64,
 }
 
+/// gRPC messages may be large: a chunk's batches are cut into 2 MiB Flight messages, but one
+/// wide row group or a big task fragment can exceed tonic's 4 MiB default.
+pub(crate) const MAX_MESSAGE: usize = 256 << 20;
+/// HTTP/2 flow-control window of one call (one chunk moving), in bytes: chunks are large, and a
+/// fetch should not stop to wait for window updates.
+pub(crate) const STREAM_WINDOW: u32 = 16 << 20;
+/// HTTP/2 flow-control window of one connection (all chunks moving between two processes).
+pub(crate) const CONNECTION_WINDOW: u32 = 64 << 20;
+/// The largest HTTP/2 frame a process accepts (the most its peer may send at once), in bytes;
+/// HTTP/2's default is 16 KiB.
+pub(crate) const MAX_FRAME: u32 = 1 << 20;
+
 /// The batches of a chunk as they go over the wire. A string or binary *view* column shares its
 /// data buffers with every array sliced or taken from it (a hash repartition's outputs all
 /// point into their input's buffers), and Arrow IPC sends each array's buffers whole: sent as

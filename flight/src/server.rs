@@ -124,9 +124,9 @@ impl WorkerServer {
             next_attachment: AtomicU64::new(crate::local::random_u64(2) >> 1),
         });
         let mut builder = Server::builder()
-            .initial_stream_window_size(crate::client::STREAM_WINDOW)
-            .initial_connection_window_size(crate::client::CONNECTION_WINDOW)
-            .max_frame_size(crate::client::MAX_FRAME)
+            .initial_stream_window_size(protocol::STREAM_WINDOW)
+            .initial_connection_window_size(protocol::CONNECTION_WINDOW)
+            .max_frame_size(protocol::MAX_FRAME)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         if let Some((cert, key)) = &state.options.tls_identity {
@@ -138,8 +138,8 @@ impl WorkerServer {
         let service = FlightServiceServer::new(WorkerService {
             state: state.clone(),
         })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(protocol::MAX_MESSAGE)
+        .max_encoding_message_size(protocol::MAX_MESSAGE);
         let service = tonic::service::interceptor::InterceptedService::new(
             service,
             move |req: Request<()>| check_token(token.as_deref(), req),
@@ -197,10 +197,6 @@ impl WorkerServer {
         let _ = self.done.await;
     }
 }
-
-/// gRPC messages may be large: a chunk's batches are cut into 2 MiB Flight messages, but one
-/// wide row group or a big task fragment can exceed tonic's 4 MiB default.
-pub(crate) const MAX_MESSAGE: usize = 256 << 20;
 
 #[allow(clippy::result_large_err)] // tonic's interceptor signature
 fn check_token(token: Option<&str>, req: Request<()>) -> Result<Request<()>, Status> {
