@@ -72,11 +72,7 @@ impl Chunk {
         self.batches
             .iter()
             .flat_map(|b| b.columns())
-            .map(|c| {
-                let data = c.to_data();
-                data.get_slice_memory_size()
-                    .unwrap_or_else(|_| c.get_array_memory_size()) as u64
-            })
+            .map(|c| column_data_bytes(c) as u64)
             .sum()
     }
 
@@ -86,6 +82,32 @@ impl Chunk {
             .iter()
             .map(|b| b.get_array_memory_size() as u64)
             .sum()
+    }
+}
+
+/// Bytes of the values `column` holds. A string or binary view column counts the views and only
+/// the data bytes they point at: the hash split of a batch keeps every data buffer of its input
+/// in each of its parts, and a transfer sends only what the views use (see the Flight
+/// protocol's compaction), so counting whole buffers would price each part as the whole input.
+fn column_data_bytes(column: &arrow::array::ArrayRef) -> usize {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::DataType;
+    let views = |len: usize, used: usize, nulls: Option<&arrow::buffer::NullBuffer>| {
+        len * 16 + used + nulls.map_or(0, |n| n.buffer().len())
+    };
+    match column.data_type() {
+        DataType::Utf8View => {
+            let a = column.as_string_view();
+            views(a.len(), a.total_buffer_bytes_used(), a.nulls())
+        }
+        DataType::BinaryView => {
+            let a = column.as_binary_view();
+            views(a.len(), a.total_buffer_bytes_used(), a.nulls())
+        }
+        _ => column
+            .to_data()
+            .get_slice_memory_size()
+            .unwrap_or_else(|_| column.get_array_memory_size()),
     }
 }
 
@@ -111,7 +133,7 @@ pub struct ChunkMeta {
     pub space: MemorySpace,
     /// Rows.
     pub rows: u64,
-    /// Bytes.
+    /// Bytes of values, what moving it carries ([`Chunk::data_bytes`]).
     pub bytes: u64,
     /// Schema.
     pub schema: SchemaRef,
@@ -125,7 +147,7 @@ impl ChunkMeta {
             owner,
             space: MemorySpace::Host,
             rows: chunk.rows(),
-            bytes: chunk.bytes(),
+            bytes: chunk.data_bytes(),
             schema: chunk.schema().clone(),
         }
     }

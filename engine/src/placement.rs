@@ -52,6 +52,11 @@ impl ProcessorLoad {
     }
 }
 
+/// Bytes of all `inputs` together.
+pub fn total_bytes(inputs: &[InputSite]) -> u64 {
+    inputs.iter().map(|i| i.bytes).sum()
+}
+
 /// Seconds to bring `inputs` to `worker`.
 pub fn move_cost(inputs: &[InputSite], worker: WorkerId, model: &CostModel) -> f64 {
     inputs

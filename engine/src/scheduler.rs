@@ -106,11 +106,14 @@ struct WorkerEntry {
     alive: bool,
 }
 
-/// Learned run time of one kernel: an exponentially weighted mean.
+/// Learned run time of one kernel: an exponentially weighted mean per task, and decayed sums of
+/// the seconds and input bytes of its tasks that read inputs, whose ratio prices a byte.
 #[derive(Default)]
 struct KernelStats {
     mean_s: f64,
     samples: u64,
+    input_s: f64,
+    input_bytes: f64,
 }
 
 pub(crate) struct Scheduler {
@@ -290,7 +293,7 @@ impl Scheduler {
         match self.admit(&sub) {
             Ok((keys, deps, scope_ok)) => {
                 debug_assert!(scope_ok);
-                let est_s = self.estimate(&sub.kernel);
+                let est_s = self.estimate(&sub.kernel, 0);
                 let mut waiting_on = 0;
                 for d in &deps {
                     if let Some(t) = self.tasks.get_mut(d) {
@@ -412,12 +415,18 @@ impl Scheduler {
         Ok((keys, deps, true))
     }
 
-    fn estimate(&self, kernel: &str) -> f64 {
-        self.kernels
-            .get(kernel)
-            .filter(|k| k.samples > 0)
-            .map(|k| k.mean_s)
-            .unwrap_or(self.model.default_task_s)
+    /// Expected run time of a task of `kernel` that reads `input_bytes`. One kernel can run
+    /// tasks over kilobytes and over hundreds of megabytes (every query fragment is the same
+    /// kernel): where its history has inputs, the estimate scales with them. Otherwise two big
+    /// tasks could both look cheaper to queue behind each other than to move a few bytes.
+    fn estimate(&self, kernel: &str, input_bytes: u64) -> f64 {
+        match self.kernels.get(kernel).filter(|k| k.samples > 0) {
+            Some(k) if input_bytes > 0 && k.input_bytes > 0.0 => {
+                input_bytes as f64 * (k.input_s / k.input_bytes)
+            }
+            Some(k) => k.mean_s,
+            None => self.model.default_task_s,
+        }
     }
 
     // ---- placement and dispatch -------------------------------------------------------------
@@ -432,9 +441,11 @@ impl Scheduler {
             Err(e) => return self.fail(id, e),
         };
         self.refresh_loads();
+        let est_s = self.estimate(&self.tasks[&id].sub.kernel, placement::total_bytes(&sites));
         let t = self.tasks.get_mut(&id).expect("checked above");
         t.inputs = inputs;
         t.sites = sites;
+        t.est_s = est_s;
         let scope = narrowed.as_ref().unwrap_or(&t.sub.scope);
         let Some(pid) = placement::place(scope, &t.sites, t.est_s, &self.loads, &self.model) else {
             let detail = format!("scope {scope} matches no live processor");
@@ -570,7 +581,9 @@ impl Scheduler {
             // itself slower (or faster). Re-estimate the backlog from what is learned now.
             let sample = v.queue.iter().rev().take(STEAL_LOOKAHEAD);
             let (n, sum) = sample.fold((0usize, 0.0), |(n, s), id| {
-                (n + 1, s + self.estimate(&self.tasks[id].sub.kernel))
+                let t = &self.tasks[id];
+                let est = self.estimate(&t.sub.kernel, placement::total_bytes(&t.sites));
+                (n + 1, s + est)
             });
             let backlog = (v.queue.len() + v.in_flight) as f64 * sum / n.max(1) as f64;
             let victim = ProcessorLoad {
@@ -639,6 +652,11 @@ impl Scheduler {
             0.8 * stats.mean_s + 0.2 * dur_s
         };
         stats.samples += 1;
+        let input_bytes = placement::total_bytes(&t.sites);
+        if input_bytes > 0 {
+            stats.input_s = 0.9 * stats.input_s + dur_s;
+            stats.input_bytes = 0.9 * stats.input_bytes + input_bytes as f64;
+        }
 
         let result = match r.result {
             Ok(done) => {

@@ -1,9 +1,12 @@
 //! Tasks through the scheduler: results, errors, cancellation, ordering, scopes, locality, loss.
 
-use super::common::{context, sized_chunk, value_chunk, value_of};
+use super::common::{context, register, sized_chunk, value_chunk, value_of};
+use arrow::array::ArrayRef;
 use dirk_engine::{
-    Arg, Context, EngineError, ProcessorId, ProcessorKind, Scope, TaskOptions, TaskStatus, WorkerId,
+    Arg, Chunk, Context, EngineError, FnKernel, ProcessorId, ProcessorKind, Scope, TaskOptions,
+    TaskStatus, WorkerId,
 };
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn k(v: i64) -> TaskOptions {
@@ -510,4 +513,69 @@ fn idle_workers_steal_queued_work_when_moving_its_inputs_is_cheap() {
     };
     let (stolen, moved) = steal_run(slow);
     assert_eq!((stolen, moved), (0, 0));
+}
+
+/// Every query fragment is one kernel, so its history mixes tasks over a few rows with tasks over
+/// hundreds of megabytes. The estimate must scale with a task's inputs: priced at the kernel's
+/// mean (here, that of many tiny tasks), two big tasks over inputs on one worker would both
+/// queue there rather than move a few megabytes, and run one after the other.
+#[test]
+fn a_task_is_estimated_by_the_bytes_it_reads_so_big_tasks_spread() {
+    let ctx = Context::builder()
+        .workers(2)
+        .threads_per_worker(1)
+        .build()
+        .unwrap();
+    register(&ctx);
+    // 20 ms per MB read: a big input takes long, a one-row input no time at all.
+    ctx.register_kernel(FnKernel::new("scan", |call| {
+        let bytes: u64 = call.inputs().iter().map(|i| i.chunk.data_bytes()).sum();
+        std::thread::sleep(Duration::from_micros(bytes / 50));
+        Ok(vec![value_chunk(1)])
+    }));
+    let on_1 = |chunk| ctx.put_on(WorkerId(1), chunk, false).unwrap();
+    // History: one big task, then many tiny ones that pull the mean run time down to nothing.
+    let warm = ctx.spawn(
+        "scan",
+        vec![Arg::read(&on_1(sized_chunk(500_000)))],
+        TaskOptions::new(),
+    );
+    warm.wait().unwrap();
+    for _ in 0..30 {
+        let tiny = on_1(value_chunk(0));
+        ctx.spawn("scan", vec![Arg::read(&tiny)], TaskOptions::new())
+            .wait()
+            .unwrap();
+    }
+    ctx.clear_event_log();
+    // Two 4 MB inputs on worker 1: 80 ms of work each, 4 ms to move one at the model's 1 GB/s.
+    let (a, b) = (on_1(sized_chunk(500_000)), on_1(sized_chunk(500_000)));
+    let ha = ctx.spawn("scan", vec![Arg::read(&a)], TaskOptions::new());
+    let hb = ctx.spawn("scan", vec![Arg::read(&b)], TaskOptions::new());
+    ha.wait().unwrap();
+    hb.wait().unwrap();
+    let log = ctx.event_log();
+    let mut workers: Vec<_> = log.records.iter().map(|r| r.worker).collect();
+    workers.sort();
+    assert_eq!(workers, vec![Some(WorkerId(0)), Some(WorkerId(1))]);
+}
+
+/// A hash split of a batch keeps every data buffer of a string-view column in each part. A part's
+/// size, which prices moving it, counts the views and the bytes they point at, not the shared
+/// buffers: else every part of a split would look as big as the whole input.
+#[test]
+fn a_split_of_a_string_view_column_counts_only_its_own_strings() {
+    use arrow::array::{RecordBatch, StringViewArray, UInt32Array};
+    let strings: StringViewArray = (0..10_000)
+        .map(|i| Some(format!("a string longer than twelve bytes, number {i:05}")))
+        .collect();
+    let whole = RecordBatch::try_from_iter([("s", Arc::new(strings) as ArrayRef)]).unwrap();
+    let part =
+        arrow::compute::take_record_batch(&whole, &UInt32Array::from(vec![1, 5, 9])).unwrap();
+    let (whole, part) = (Chunk::from_batch(whole), Chunk::from_batch(part));
+    assert!(whole.data_bytes() > 400_000, "{}", whole.data_bytes());
+    // Three views of 16 bytes and three strings of 47 bytes.
+    assert_eq!(part.data_bytes(), 3 * 16 + 3 * 47);
+    // The memory the part holds is still the shared buffers.
+    assert!(part.bytes() > 400_000);
 }
