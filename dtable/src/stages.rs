@@ -17,7 +17,9 @@ use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, Partiti
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::{
+    displayable, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -135,7 +137,7 @@ pub(crate) fn with_children(
 
 /// Cuts `plan` into stages. Scans get fresh leaf ids.
 pub fn cut(plan: Arc<dyn ExecutionPlan>) -> Result<StagedPlan> {
-    let plan = gather_probe_sides(plan)?;
+    let plan = drop_idle_repartitions(split_build_row_joins(plan)?)?;
     let mut cutter = Cutter {
         stages: Vec::new(),
         next_leaf: 0,
@@ -153,13 +155,19 @@ pub fn cut(plan: Arc<dyn ExecutionPlan>) -> Result<StagedPlan> {
 /// Joins that emit unmatched build rows at the end (LEFT, FULL, LEFT SEMI/ANTI/MARK) with a
 /// collected build side keep a bitmap of matched build rows that DataFusion shares between the
 /// probe partitions of one process, and only the last partition emits. Dirk runs probe
-/// partitions as separate tasks, each with its own join: each would emit the unmatched rows. So
-/// such a join gets its probe side gathered into one partition and runs as a single task.
-fn gather_probe_sides(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+/// partitions as separate tasks, each with its own join: each would emit the unmatched rows.
+///
+/// So such a hash join becomes a partitioned one: both sides hash-split on the join keys into as
+/// many partitions as the probe side had, so every build row meets all its probe rows in one
+/// task. That moves no more data than gathering the probe side into one task would (the build
+/// side was gathered anyway) and keeps every worker busy. A null-aware anti join (`NOT IN`)
+/// must see every probe row to know whether one is NULL, and a nested-loop join has no keys to
+/// split on: those get their probe side gathered into one partition and run as a single task.
+fn split_build_row_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let children = plan
         .children()
         .into_iter()
-        .map(|c| gather_probe_sides(Arc::clone(c)))
+        .map(|c| split_build_row_joins(Arc::clone(c)))
         .collect::<Result<Vec<_>>>()?;
     let plan = with_children(plan, children)?;
     let emits_build_rows = |t: &JoinType| {
@@ -172,21 +180,87 @@ fn gather_probe_sides(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionP
                 | JoinType::Full
         )
     };
-    let needs_gather = if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
-        *j.partition_mode() == PartitionMode::CollectLeft && emits_build_rows(j.join_type())
-    } else if let Some(j) = plan.downcast_ref::<NestedLoopJoinExec>() {
-        emits_build_rows(j.join_type())
-    } else {
-        false
+    let probe_partitions = match plan.children().get(1) {
+        Some(probe) => probe.output_partitioning().partition_count(),
+        None => return Ok(plan),
     };
-    let children = plan.children();
-    if !needs_gather || children[1].output_partitioning().partition_count() <= 1 {
+    if probe_partitions <= 1 {
         return Ok(plan);
     }
+    if let Some(j) = plan.downcast_ref::<HashJoinExec>() {
+        if *j.partition_mode() != PartitionMode::CollectLeft || !emits_build_rows(j.join_type()) {
+            return Ok(plan);
+        }
+        if !j.null_aware {
+            return partitioned(j, probe_partitions);
+        }
+    } else if let Some(j) = plan.downcast_ref::<NestedLoopJoinExec>() {
+        if !emits_build_rows(j.join_type()) {
+            return Ok(plan);
+        }
+    } else {
+        return Ok(plan);
+    }
+    let children = plan.children();
     let left = Arc::clone(children[0]);
     let right: Arc<dyn ExecutionPlan> =
         Arc::new(CoalescePartitionsExec::new(Arc::clone(children[1])));
     with_children(plan, vec![left, right])
+}
+
+/// `join` (collected build side) as a partitioned join over `n` hash partitions of each side.
+fn partitioned(join: &HashJoinExec, n: usize) -> Result<Arc<dyn ExecutionPlan>> {
+    // The collected side arrives through the coalesce that gathered it; split its input instead.
+    let build = match join.left().downcast_ref::<CoalescePartitionsExec>() {
+        Some(gather) if gather.fetch().is_none() => Arc::clone(gather.input()),
+        _ => Arc::clone(join.left()),
+    };
+    let (build_keys, probe_keys) = join
+        .on()
+        .iter()
+        .map(|(b, p)| (Arc::clone(b), Arc::clone(p)))
+        .unzip();
+    let build = hash_split(build, build_keys, n)?;
+    let probe = hash_split(Arc::clone(join.right()), probe_keys, n)?;
+    join.builder()
+        .with_partition_mode(PartitionMode::Partitioned)
+        .with_new_children(vec![build, probe])?
+        .reset_state()
+        .build_exec()
+}
+
+/// `plan` hash-split on `keys` into `n` partitions, or `plan` itself where it is split that way
+/// already (the output of a join below, split on the same keys).
+fn hash_split(
+    plan: Arc<dyn ExecutionPlan>,
+    keys: Vec<Arc<dyn datafusion::physical_plan::PhysicalExpr>>,
+    n: usize,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let wanted = Partitioning::Hash(keys, n);
+    if *plan.output_partitioning() == wanted {
+        return Ok(plan);
+    }
+    Ok(Arc::new(RepartitionExec::try_new(plan, wanted)?))
+}
+
+/// Removes hash exchanges whose input is already split that way. DataFusion planned the
+/// exchange above a join whose output partitioning it did not know; once that join is split by
+/// its keys (see [`split_build_row_joins`]), the exchange would move every row to where it is.
+fn drop_idle_repartitions(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let children = plan
+        .children()
+        .into_iter()
+        .map(|c| drop_idle_repartitions(Arc::clone(c)))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = with_children(plan, children)?;
+    if let Some(r) = plan.downcast_ref::<RepartitionExec>() {
+        if matches!(r.partitioning(), Partitioning::Hash(..))
+            && r.input().output_partitioning() == r.partitioning()
+        {
+            return Ok(Arc::clone(r.input()));
+        }
+    }
+    Ok(plan)
 }
 
 struct Cutter {

@@ -77,6 +77,11 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT t.k, u.k FROM t FULL JOIN u ON t.k = u.k AND t.a > 600", false),
     ("SELECT * FROM u WHERE k IN (SELECT k FROM t WHERE a > 650)", false),
     ("SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.k = u.k AND t.a > 0)", false),
+    // `NOT IN` is a null-aware anti join: one NULL among the probe rows empties the result, so
+    // its probe side must stay whole (a NULL in any partition).
+    ("SELECT * FROM u WHERE k NOT IN (SELECT a FROM t)", false),
+    ("SELECT * FROM u WHERE k NOT IN (SELECT k FROM t WHERE a > 600)", false),
+    ("SELECT * FROM u WHERE EXISTS (SELECT 1 FROM t WHERE t.k = u.k AND t.b <> 'red' AND t.a > 500)", false),
     ("SELECT a, b, c FROM t ORDER BY a DESC NULLS LAST, c, b LIMIT 50", true),
     ("SELECT DISTINCT b FROM t", false),
     ("SELECT b FROM t WHERE a > 600 UNION ALL SELECT name FROM u", false),
@@ -148,6 +153,36 @@ async fn queries_equal_datafusion_on_two_workers() {
 async fn queries_equal_datafusion_on_four_workers() {
     for p in [1, 3, 8] {
         check_all(4, p).await;
+    }
+}
+
+/// A join that emits the build rows nothing matched (LEFT, FULL, SEMI and ANTI with the small
+/// side built) is split by its keys, so it runs as one task per partition, not as one task over
+/// a gathered probe side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_that_emit_unmatched_build_rows_run_in_every_partition() {
+    let s = session(2, 3);
+    for sql in [
+        "SELECT u.k, t.a FROM u LEFT JOIN t ON t.k = u.k AND t.a > 300",
+        "SELECT t.k, u.k FROM t FULL JOIN u ON t.k = u.k AND t.a > 600",
+        "SELECT * FROM u WHERE k IN (SELECT k FROM t WHERE a > 650)",
+        "SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.k = u.k AND t.a > 0)",
+    ] {
+        let plan = s.sql(sql).await.unwrap().explain().await.unwrap();
+        let emits_build_rows = |stage: &&str| {
+            ["Left,", "LeftSemi,", "LeftAnti,", "Full,"]
+                .iter()
+                .any(|t| stage.contains(&format!("join_type={t}")))
+        };
+        let join_stages: Vec<&str> = plan.split("\nStage ").filter(emits_build_rows).collect();
+        assert!(!join_stages.is_empty(), "{sql}: no join in\n{plan}");
+        for stage in join_stages {
+            let heading = stage.lines().next().unwrap_or_default();
+            assert!(
+                heading.contains("(3 tasks") && stage.contains("mode=Partitioned"),
+                "{sql}: a join stage is not split over the partitions:\n{plan}"
+            );
+        }
     }
 }
 
