@@ -74,7 +74,10 @@ type HostEntry = unsafe extern "C" fn(*mut *mut std::ffi::c_void);
 pub struct HostDevice {
     memory: Arc<MemoryAccount>,
     dir: PathBuf,
-    libraries: Mutex<HashMap<String, Arc<libloading::Library>>>,
+    /// One slot per kernel key. A slot's lock is held while its module compiles, so threads
+    /// asking for the same kernel wait for one build instead of writing the same `.so` path
+    /// while another thread `dlopen`s it.
+    libraries: Mutex<HashMap<String, Arc<Mutex<Option<Arc<libloading::Library>>>>>>,
 }
 
 impl HostDevice {
@@ -101,7 +104,14 @@ impl HostDevice {
     }
 
     fn library(&self, source: &KernelSource) -> Result<Arc<libloading::Library>> {
-        if let Some(lib) = self.libraries.lock().get(&source.key) {
+        let slot = self
+            .libraries
+            .lock()
+            .entry(source.key.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock();
+        if let Some(lib) = slot.as_ref() {
             return Ok(lib.clone());
         }
         let src = self.dir.join(format!("{}.cpp", source.key));
@@ -129,9 +139,7 @@ impl HostDevice {
         let lib = unsafe { libloading::Library::new(&lib_path) }
             .map_err(|e| fail(format!("cannot load {}: {e}", lib_path.display())))?;
         let lib = Arc::new(lib);
-        self.libraries
-            .lock()
-            .insert(source.key.clone(), lib.clone());
+        *slot = Some(lib.clone());
         Ok(lib)
     }
 
@@ -149,8 +157,6 @@ impl HostDevice {
                 name: source.key.clone(),
                 log: format!("no entry {symbol}: {e}"),
             })?;
-        // One 8-byte slot per argument holding its value (a pointer or a scalar, little-endian),
-        // and the array of the slots' addresses: the layout `cuLaunchKernel` takes.
         // One 8-byte, 8-aligned slot per argument holding its value (a pointer, or a scalar in
         // its low bytes: little-endian), and the array of the slots' addresses: the layout
         // `cuLaunchKernel` takes.

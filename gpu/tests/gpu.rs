@@ -137,6 +137,39 @@ fn expressions_outside_the_subset_are_reported_unsupported() {
     }
 }
 
+/// Threads that ask one emulator for the same kernel at once share one build: before, each
+/// compiled into the same `.so` path while another `dlopen`ed it ("dlopen failed" in CI).
+#[test]
+fn threads_asking_for_the_same_kernel_at_once_share_one_build() {
+    let batch = batch_of(
+        &[(
+            Some(1),
+            Some(2),
+            Some(0.5),
+            None,
+            Some(3),
+            None,
+            Some(1),
+            None,
+        ); 50],
+    );
+    for round in 0..3 {
+        let device = emulator();
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    start.wait();
+                    assert!(
+                        check_filter(&device, &batch, "NOT (a > 0 OR x > 0) AND y < 2"),
+                        "round {round}: the emulator did not answer"
+                    );
+                });
+            }
+        });
+    }
+}
+
 #[test]
 fn device_memory_is_accounted_and_exhaustion_is_an_error() {
     let device = Device::host_emulator(4096).unwrap();
