@@ -69,6 +69,9 @@ impl Drop for HostMemory {
 
 type HostEntry = unsafe extern "C" fn(*mut *mut std::ffi::c_void);
 
+/// A kernel's compiled module, once built.
+type LibrarySlot = Arc<Mutex<Option<Arc<libloading::Library>>>>;
+
 /// Compiles kernel modules for the host and runs their `host_` entries.
 #[derive(Debug)]
 pub struct HostDevice {
@@ -77,7 +80,7 @@ pub struct HostDevice {
     /// One slot per kernel key. A slot's lock is held while its module compiles, so threads
     /// asking for the same kernel wait for one build instead of writing the same `.so` path
     /// while another thread `dlopen`s it.
-    libraries: Mutex<HashMap<String, Arc<Mutex<Option<Arc<libloading::Library>>>>>>,
+    libraries: Mutex<HashMap<String, LibrarySlot>>,
 }
 
 impl HostDevice {
