@@ -9,7 +9,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{internal_err, Result, Statistics};
+use datafusion::common::{internal_err, ColumnStatistics, Result, Statistics};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -124,6 +124,9 @@ pub struct DTableScanExec {
     projection: Option<Vec<usize>>,
     partitions: usize,
     rows: Option<u64>,
+    /// The table's column bounds, for the planner only: a fragment decoded on a worker has
+    /// none, and needs none.
+    columns: Option<Arc<Vec<ColumnStatistics>>>,
     props: Arc<PlanProperties>,
 }
 
@@ -145,7 +148,16 @@ impl DTableScanExec {
             projection,
             partitions,
             rows,
+            columns: None,
             props,
+        }
+    }
+
+    /// The scan with the whole table's column statistics, in the projected schema's order.
+    pub fn with_column_statistics(self, columns: Vec<ColumnStatistics>) -> Self {
+        DTableScanExec {
+            columns: Some(Arc::new(columns)),
+            ..self
         }
     }
 
@@ -199,8 +211,13 @@ impl ExecutionPlan for DTableScanExec {
     }
     fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
         let mut stats = Statistics::new_unknown(&self.schema);
-        if let (None, Some(rows)) = (partition, self.rows) {
-            stats.num_rows = Precision::Exact(rows as usize);
+        if partition.is_none() {
+            if let Some(rows) = self.rows {
+                stats.num_rows = Precision::Exact(rows as usize);
+            }
+            if let Some(columns) = &self.columns {
+                stats.column_statistics = columns.as_ref().clone();
+            }
         }
         Ok(Arc::new(stats))
     }

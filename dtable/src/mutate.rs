@@ -39,7 +39,7 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::sqlparser::ast;
-use dirk_engine::{Arg, Chunk, ChunkRef, EngineError, Kernel, KernelCall, TaskOptions};
+use dirk_engine::{Arg, Chunk, ChunkRef, Context, EngineError, Kernel, KernelCall, TaskOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -553,41 +553,14 @@ impl Session {
             .collect())
     }
 
-    /// One `dirk.mutate` task per chunk, in order, with the parameters `params` gives it;
-    /// returns each chunk with its task's outputs. On any failure every output is freed and
-    /// the first error returned.
+    /// [`each_chunk`] on this session's engine.
     pub(crate) async fn each_chunk(
         &self,
         table: &DTable,
         label: &str,
-        mut params: impl FnMut(&ChunkRef) -> Vec<u8>,
+        params: impl FnMut(&ChunkRef) -> Vec<u8>,
     ) -> Result<Vec<(ChunkRef, Vec<ChunkRef>)>> {
-        let handles: Vec<_> = table
-            .chunks()
-            .map(|c| {
-                let opts = TaskOptions::new().params(params(c)).label(label);
-                (
-                    c.clone(),
-                    self.engine().spawn(MUTATE_KERNEL, vec![Arg::read(c)], opts),
-                )
-            })
-            .collect();
-        let mut done = Vec::with_capacity(handles.len());
-        let mut failure = None;
-        for (chunk, h) in handles {
-            match h.join().await {
-                Ok(out) => done.push((chunk, out.chunks)),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = failure {
-            let made: Vec<ChunkRef> = done.into_iter().flat_map(|(_, o)| o).collect();
-            self.engine().free(&made)?;
-            return Err(e.into());
-        }
-        Ok(done)
+        each_chunk(self.engine(), table, label, params).await
     }
 
     /// The chunks of `table` a statement with `predicate` must visit, as one partition: all of
@@ -1258,4 +1231,41 @@ pub(crate) fn position_fields() -> Vec<Field> {
         Field::new("__dirk_batch", DataType::UInt32, false),
         Field::new("__dirk_row", DataType::UInt32, false),
     ]
+}
+
+/// One `dirk.mutate` task per chunk, in order, with the parameters `params` gives it;
+/// returns each chunk with its task's outputs. On any failure every output is freed and
+/// the first error returned.
+pub(crate) async fn each_chunk(
+    engine: &Context,
+    table: &DTable,
+    label: &str,
+    mut params: impl FnMut(&ChunkRef) -> Vec<u8>,
+) -> Result<Vec<(ChunkRef, Vec<ChunkRef>)>> {
+    let handles: Vec<_> = table
+        .chunks()
+        .map(|c| {
+            let opts = TaskOptions::new().params(params(c)).label(label);
+            (
+                c.clone(),
+                engine.spawn(MUTATE_KERNEL, vec![Arg::read(c)], opts),
+            )
+        })
+        .collect();
+    let mut done = Vec::with_capacity(handles.len());
+    let mut failure = None;
+    for (chunk, h) in handles {
+        match h.join().await {
+            Ok(out) => done.push((chunk, out.chunks)),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failure {
+        let made: Vec<ChunkRef> = done.into_iter().flat_map(|(_, o)| o).collect();
+        engine.free(&made)?;
+        return Err(e.into());
+    }
+    Ok(done)
 }

@@ -1,25 +1,33 @@
-//! Chunk pruning by min/max statistics, for `UPDATE` and `DELETE`.
+//! Per-chunk min/max statistics: for pruning `UPDATE` and `DELETE`, and for the planner.
 //!
 //! A statement's `WHERE` is checked against each chunk's min, max and null count of the
 //! columns it reads (DataFusion's `PruningPredicate`): a chunk it rules out gets no task at
 //! all. Statistics are computed where the chunk lives (one small task per chunk, reading only
-//! those columns) the first time a statement filters on a column, kept by the session per
-//! (chunk, column), and dropped when an in-place write changes that column of that chunk; other
-//! changes make new chunks, which start without statistics.
+//! those columns) the first time they are needed, kept by the session per (chunk, column), and
+//! dropped when an in-place write changes that column of that chunk; other changes make new
+//! chunks, which start without statistics.
+//!
+//! The planner gets a table's bounds of its range-typed columns (integers, dates, timestamps,
+//! decimals, floats) from [`ChunkStatistics::for_planning`]: DataFusion estimates filter
+//! selectivity and join sizes from them, so it neither broadcasts a join side it believes has
+//! 10,000 rows when it has millions, nor hashes both sides of a small one. They are reported
+//! as inexact: DataFusion answers `MIN`/`MAX`/`COUNT` from exact statistics alone, and bounds
+//! inherited by a `DELETE` are loose.
 
 use crate::error::Result;
-use crate::mutate::Step;
+use crate::mutate::{each_chunk, Step};
 use crate::session::Session;
 use crate::table::DTable;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::common::pruning::PruningStatistics;
-use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::common::stats::Precision;
+use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::{Accumulator, Expr};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
-use dirk_engine::{Chunk, ChunkId, ChunkRef};
+use dirk_engine::{Chunk, ChunkId, ChunkRef, Context};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -34,6 +42,21 @@ pub(crate) struct ColumnStats {
 
 /// The session's statistics, per (chunk, column position).
 pub(crate) type StatsCache = parking_lot::Mutex<HashMap<(ChunkId, usize), ColumnStats>>;
+
+/// The statistics cache and the engine that computes what it lacks; shared by the session and
+/// its table providers.
+pub(crate) struct ChunkStatistics {
+    engine: Arc<Context>,
+    cache: StatsCache,
+}
+
+impl std::fmt::Debug for ChunkStatistics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkStatistics")
+            .field("cached", &self.cache.lock().len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Kernel step: the min, max and null count of `columns` of a chunk, as one row (three
 /// columns per column).
@@ -115,6 +138,152 @@ impl PruningStatistics for TableStats<'_> {
     }
 }
 
+impl ChunkStatistics {
+    pub(crate) fn new(engine: Arc<Context>) -> Self {
+        ChunkStatistics {
+            engine,
+            cache: Default::default(),
+        }
+    }
+
+    pub(crate) fn cache(&self) -> &StatsCache {
+        &self.cache
+    }
+
+    /// Computes the statistics of `columns` that `chunks` lack, each on the chunk's worker.
+    async fn compute(&self, table: &DTable, chunks: &[ChunkRef], columns: &[usize]) -> Result<()> {
+        let missing: Vec<ChunkRef> = {
+            let cache = self.cache.lock();
+            chunks
+                .iter()
+                .filter(|c| columns.iter().any(|&i| !cache.contains_key(&(c.id, i))))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // A chunk's task computes the planner's columns too, so that pruning and planning
+        // together cost one pass per chunk.
+        let mut columns = columns.to_vec();
+        columns.extend(Self::planned_columns(table.schema()));
+        columns.sort_unstable();
+        columns.dedup();
+        let step = Step::Stats {
+            columns: columns.clone(),
+        };
+        let params = crate::fragment::encode_with_header(&step, &[]);
+        let of_missing = DTable::new(table.schema().clone(), vec![missing]);
+        let done = each_chunk(&self.engine, &of_missing, "Stats", |_| params.clone()).await?;
+
+        let outputs: Vec<ChunkRef> = done.iter().flat_map(|(_, o)| o.iter().cloned()).collect();
+        let mut found = Vec::new();
+        for (chunk, outs) in &done {
+            let Some(out) = outs.first() else { continue };
+            let row = self.engine.fetch(out)?;
+            let Some(b) = row.batches().first() else {
+                continue;
+            };
+            for (k, &c) in columns.iter().enumerate() {
+                let stats = ColumnStats {
+                    min: ScalarValue::try_from_array(b.column(3 * k), 0)?,
+                    max: ScalarValue::try_from_array(b.column(3 * k + 1), 0)?,
+                    nulls: Some(b.column(3 * k + 2).as_primitive::<UInt64Type>().value(0)),
+                };
+                found.push(((chunk.id, c), stats));
+            }
+        }
+        self.engine.free(&outputs)?;
+        self.cache.lock().extend(found);
+        Ok(())
+    }
+
+    /// The columns the planner gets bounds of: those of types DataFusion can count values
+    /// between (see `Interval::cardinality`) and estimate range filters over.
+    fn planned_columns(schema: &Schema) -> Vec<usize> {
+        (0..schema.fields().len())
+            .filter(|&c| Self::planned_type(schema.field(c).data_type()))
+            .collect()
+    }
+
+    fn planned_type(dt: &DataType) -> bool {
+        dt.is_integer()
+            || dt.is_floating()
+            || matches!(
+                dt,
+                DataType::Date32
+                    | DataType::Date64
+                    | DataType::Timestamp(_, _)
+                    | DataType::Decimal128(_, _)
+                    | DataType::Decimal256(_, _)
+            )
+    }
+
+    /// Column statistics of `table`'s columns `projection` (all when `None`), in that order:
+    /// inexact min, max and null count of the range-typed ones, computed first where missing.
+    /// Planning goes on without them if they cannot be computed: whatever failed (a lost
+    /// worker) fails the query's own tasks too, with its own error.
+    pub(crate) async fn for_planning(
+        &self,
+        table: &DTable,
+        projection: Option<&[usize]>,
+    ) -> Vec<ColumnStatistics> {
+        let schema = table.schema();
+        let projected: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..schema.fields().len()).collect(),
+        };
+        let mut unknown = vec![ColumnStatistics::new_unknown(); projected.len()];
+        let columns = Self::planned_columns(schema);
+        let chunks: Vec<ChunkRef> = table.chunks().cloned().collect();
+        if columns.is_empty() || chunks.is_empty() {
+            return unknown;
+        }
+        if self.compute(table, &chunks, &columns).await.is_err() {
+            return unknown;
+        }
+        let cache = self.cache.lock();
+        for (out, &c) in unknown.iter_mut().zip(&projected) {
+            if columns.binary_search(&c).is_ok() {
+                *out = Self::merged(&cache, &chunks, c);
+            }
+        }
+        unknown
+    }
+
+    /// One column's statistics over `chunks`, from each chunk's; unknown if one lacks them.
+    fn merged(
+        cache: &HashMap<(ChunkId, usize), ColumnStats>,
+        chunks: &[ChunkRef],
+        column: usize,
+    ) -> ColumnStatistics {
+        let mut out = ColumnStatistics::new_unknown();
+        let (mut min, mut max): (Option<ScalarValue>, Option<ScalarValue>) = (None, None);
+        let mut nulls = Some(0u64);
+        for chunk in chunks {
+            let Some(s) = cache.get(&(chunk.id, column)) else {
+                return out;
+            };
+            nulls = nulls.zip(s.nulls).map(|(a, b)| a + b);
+            // An empty or all-NULL chunk has NULL bounds: it widens nothing.
+            if !s.min.is_null() && min.as_ref().is_none_or(|m| s.min < *m) {
+                min = Some(s.min.clone());
+            }
+            if !s.max.is_null() && max.as_ref().is_none_or(|m| s.max > *m) {
+                max = Some(s.max.clone());
+            }
+        }
+        if let (Some(min), Some(max)) = (min, max) {
+            out.min_value = Precision::Inexact(min);
+            out.max_value = Precision::Inexact(max);
+        }
+        if let Some(n) = nulls {
+            out.null_count = Precision::Inexact(n as usize);
+        }
+        out
+    }
+}
+
 impl Session {
     /// The chunks of `table` whose rows `predicate` (over `schema`) may pick: the others are
     /// ruled out by their statistics. Any doubt (a column without statistics, a predicate
@@ -153,8 +322,8 @@ impl Session {
             // Statistics cannot decide this predicate (`id % 10 = 0`): none are computed.
             return Ok(chunks);
         }
-        self.compute_stats(table, &chunks, &columns).await?;
-        let cache = self.chunk_stats().lock();
+        self.chunk_stats().compute(table, &chunks, &columns).await?;
+        let cache = self.chunk_stats().cache.lock();
         let stats = TableStats {
             chunks: &chunks,
             schema: &arrow_schema,
@@ -171,59 +340,11 @@ impl Session {
             .collect())
     }
 
-    /// Computes the statistics of `columns` that `chunks` lack, each on the chunk's worker.
-    async fn compute_stats(
-        &self,
-        table: &DTable,
-        chunks: &[ChunkRef],
-        columns: &[usize],
-    ) -> Result<()> {
-        let missing: Vec<ChunkRef> = {
-            let cache = self.chunk_stats().lock();
-            chunks
-                .iter()
-                .filter(|c| columns.iter().any(|&i| !cache.contains_key(&(c.id, i))))
-                .cloned()
-                .collect()
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let step = Step::Stats {
-            columns: columns.to_vec(),
-        };
-        let params = crate::fragment::encode_with_header(&step, &[]);
-        let of_missing = DTable::new(table.schema().clone(), vec![missing]);
-        let done = self
-            .each_chunk(&of_missing, "Stats", |_| params.clone())
-            .await?;
-        let outputs: Vec<ChunkRef> = done.iter().flat_map(|(_, o)| o.iter().cloned()).collect();
-        let mut found = Vec::new();
-        for (chunk, outs) in &done {
-            let Some(out) = outs.first() else { continue };
-            let row = self.engine().fetch(out)?;
-            let Some(b) = row.batches().first() else {
-                continue;
-            };
-            for (k, &c) in columns.iter().enumerate() {
-                let stats = ColumnStats {
-                    min: ScalarValue::try_from_array(b.column(3 * k), 0)?,
-                    max: ScalarValue::try_from_array(b.column(3 * k + 1), 0)?,
-                    nulls: Some(b.column(3 * k + 2).as_primitive::<UInt64Type>().value(0)),
-                };
-                found.push(((chunk.id, c), stats));
-            }
-        }
-        self.engine().free(&outputs)?;
-        self.chunk_stats().lock().extend(found);
-        Ok(())
-    }
-
     /// Gives `to`, a chunk holding a subset of `from`'s rows (what a `DELETE` leaves), `from`'s
     /// bounds for every column except `except`: still bounds, though perhaps loose. Null counts
     /// are not inherited (a loose null count could rule out an `IS NOT NULL` wrongly).
     pub(crate) fn inherit_stats(&self, from: ChunkId, to: ChunkId, except: &[usize]) {
-        let mut cache = self.chunk_stats().lock();
+        let mut cache = self.chunk_stats().cache.lock();
         let inherited: Vec<_> = cache
             .iter()
             .filter(|((id, c), _)| *id == from && !except.contains(c))
@@ -244,7 +365,7 @@ impl Session {
         chunks: impl IntoIterator<Item = ChunkId>,
         columns: &[usize],
     ) {
-        let mut cache = self.chunk_stats().lock();
+        let mut cache = self.chunk_stats().cache.lock();
         for id in chunks {
             for &c in columns {
                 cache.remove(&(id, c));

@@ -183,8 +183,10 @@ impl SessionBuilder {
             ),
             None => SessionContext::new_with_config_rt(config, runtime(RuntimeEnvBuilder::new())?),
         };
+        let engine = Arc::new(engine);
         Ok(Session {
-            engine: Arc::new(engine),
+            chunk_stats: Arc::new(crate::prune::ChunkStatistics::new(Arc::clone(&engine))),
+            engine,
             planner,
             tables: Mutex::new(BTreeMap::new()),
             partitions,
@@ -192,7 +194,6 @@ impl SessionBuilder {
             temp_counter: std::sync::atomic::AtomicU64::new(0),
             catalog_version: std::sync::atomic::AtomicU64::new(0),
             mutation_lock: tokio::sync::Mutex::new(()),
-            chunk_stats: Default::default(),
             external: Mutex::new(HashMap::new()),
         })
     }
@@ -234,8 +235,9 @@ pub struct Session {
     /// Held by every statement that changes the catalog or a table's data, so they run one at
     /// a time (see `mutate.rs`).
     mutation_lock: tokio::sync::Mutex<()>,
-    /// Min/max statistics of table chunks, for pruning `UPDATE` and `DELETE` (see `prune.rs`).
-    chunk_stats: crate::prune::StatsCache,
+    /// Min/max statistics of table chunks, for pruning `UPDATE` and `DELETE` and for the
+    /// planner (see `prune.rs`).
+    chunk_stats: Arc<crate::prune::ChunkStatistics>,
     /// The files of each external table that follows them (see `refresh_external`).
     external: Mutex<HashMap<String, ExternalSource>>,
 }
@@ -278,7 +280,7 @@ impl Session {
         self.planner.state()
     }
 
-    pub(crate) fn chunk_stats(&self) -> &crate::prune::StatsCache {
+    pub(crate) fn chunk_stats(&self) -> &crate::prune::ChunkStatistics {
         &self.chunk_stats
     }
 
@@ -378,6 +380,7 @@ impl Session {
         let provider = DTableProvider {
             name: name.to_string(),
             table: table.clone(),
+            stats: Arc::clone(&self.chunk_stats),
         };
         let done = alongside();
         self.catalog_version
@@ -396,6 +399,7 @@ impl Session {
                 .flat_map(|t| t.chunks().map(|c| c.id))
                 .collect();
             self.chunk_stats
+                .cache()
                 .lock()
                 .retain(|(id, _), _| live.contains(id));
         }
@@ -456,6 +460,7 @@ impl Session {
         let provider = DTableProvider {
             name: to.to_string(),
             table: table.clone(),
+            stats: Arc::clone(&self.chunk_stats),
         };
         self.planner.register_table(to, Arc::new(provider))?;
         tables.insert(to.to_string(), table);

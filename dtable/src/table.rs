@@ -108,6 +108,8 @@ impl DTable {
 pub(crate) struct DTableProvider {
     pub(crate) name: String,
     pub(crate) table: DTable,
+    /// Where the scan's column bounds come from (see `prune.rs`).
+    pub(crate) stats: Arc<crate::prune::ChunkStatistics>,
 }
 
 #[async_trait]
@@ -131,13 +133,20 @@ impl TableProvider for DTableProvider {
             Some(p) => Arc::new(self.table.schema.project(p)?),
             None => self.table.schema.clone(),
         };
-        Ok(Arc::new(DTableScanExec::new(
-            0,
-            self.name.clone(),
-            schema,
-            projection.cloned(),
-            self.table.num_partitions(),
-            Some(self.table.num_rows()),
-        )))
+        let columns = self
+            .stats
+            .for_planning(&self.table, projection.map(|p| p.as_slice()))
+            .await;
+        Ok(Arc::new(
+            DTableScanExec::new(
+                0,
+                self.name.clone(),
+                schema,
+                projection.cloned(),
+                self.table.num_partitions(),
+                Some(self.table.num_rows()),
+            )
+            .with_column_statistics(columns),
+        ))
     }
 }

@@ -186,6 +186,113 @@ async fn joins_that_emit_unmatched_build_rows_run_in_every_partition() {
     }
 }
 
+/// The whole-plan statistics of `plan`, as DataFusion's optimizer computes them.
+fn statistics(
+    plan: &dyn datafusion::physical_plan::ExecutionPlan,
+) -> Arc<datafusion::common::Statistics> {
+    use datafusion::physical_plan::{StatisticsArgs, StatisticsContext};
+    StatisticsContext::new()
+        .compute(plan, &StatisticsArgs::new())
+        .unwrap()
+}
+
+/// The table-wide statistics the planner sees on the scan of `column` in `sql`'s plan.
+async fn scan_statistics(
+    s: &Session,
+    sql: &str,
+    column: &str,
+) -> datafusion::common::ColumnStatistics {
+    use datafusion::physical_plan::ExecutionPlan;
+    use dirk_dtable::exec::DTableScanExec;
+    fn find(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+        if plan.downcast_ref::<DTableScanExec>().is_some() {
+            return Some(Arc::clone(plan));
+        }
+        plan.children().into_iter().find_map(find)
+    }
+    let df = s.sql(sql).await.unwrap().inner().clone();
+    let plan = df.create_physical_plan().await.unwrap();
+    let scan = find(&plan).unwrap_or_else(|| panic!("no scan in {sql}"));
+    let i = scan.schema().index_of(column).unwrap();
+    statistics(scan.as_ref()).column_statistics[i].clone()
+}
+
+/// The planner sees each table's bounds of its range-typed columns, inexact (DataFusion must
+/// not answer `MIN`/`MAX` from them), and they follow writes: an in-place `UPDATE` and an
+/// `INSERT` move them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_give_the_planner_column_bounds_that_follow_writes() {
+    use datafusion::common::stats::Precision;
+    use datafusion::common::ScalarValue;
+    let s = session(2, 3);
+    let bounds = |c: datafusion::common::ColumnStatistics| (c.min_value, c.max_value, c.null_count);
+    let (_, t) = tables().remove(0);
+    let a = t.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    let (min, max) = (
+        arrow::compute::min(a).unwrap(),
+        arrow::compute::max(a).unwrap(),
+    );
+    assert_eq!(
+        bounds(scan_statistics(&s, "SELECT a FROM t", "a").await),
+        (
+            Precision::Inexact(ScalarValue::Int64(Some(min))),
+            Precision::Inexact(ScalarValue::Int64(Some(max))),
+            Precision::Inexact(arrow::array::Array::null_count(a)),
+        )
+    );
+    let strings = scan_statistics(&s, "SELECT b FROM t", "b").await;
+    assert_eq!(
+        strings.min_value,
+        Precision::Absent,
+        "strings get no bounds"
+    );
+    run_dirk(
+        &s,
+        &format!("UPDATE t SET a = a + 100000 WHERE a = {max}"),
+        "t",
+    )
+    .await;
+    run_dirk(&s, "INSERT INTO t VALUES (-5000, 'red', 1.0, 3)", "t").await;
+    let c = scan_statistics(&s, "SELECT a FROM t WHERE a > 0", "a").await;
+    assert_eq!(
+        c.min_value,
+        Precision::Inexact(ScalarValue::Int64(Some(-5000)))
+    );
+    assert_eq!(
+        c.max_value,
+        Precision::Inexact(ScalarValue::Int64(Some(max + 100_000)))
+    );
+}
+
+/// With bounds, DataFusion sizes a join by its keys' value ranges: `u` has 50 keys and `t`
+/// 2000 rows over 60 keys, so `u JOIN t` has about 2000 rows. Without them it took each side's
+/// row count as its count of distinct keys and estimated 50, small enough to broadcast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_estimates_use_the_key_ranges() {
+    use datafusion::physical_plan::joins::HashJoinExec;
+    use datafusion::physical_plan::ExecutionPlan;
+    fn join_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+        if plan.downcast_ref::<HashJoinExec>().is_some() {
+            let stats = statistics(plan.as_ref());
+            return stats.num_rows.get_value().copied();
+        }
+        plan.children().into_iter().find_map(join_rows)
+    }
+    let s = session(2, 3);
+    let df = s
+        .sql("SELECT t.a, u.name FROM u JOIN t ON t.k = u.k")
+        .await
+        .unwrap()
+        .inner()
+        .clone();
+    let plan = df.create_physical_plan().await.unwrap();
+    let rows = join_rows(&plan).expect("a hash join with an estimate");
+    assert!(
+        rows >= 1000,
+        "estimated {rows} rows for a join of about 2000"
+    );
+}
+
 #[tokio::test]
 #[ignore = "debugging aid: prints a staged plan"]
 async fn print_staged_plan() {
