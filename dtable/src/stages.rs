@@ -164,12 +164,11 @@ pub fn cut(plan: Arc<dyn ExecutionPlan>) -> Result<StagedPlan> {
 /// must see every probe row to know whether one is NULL, and a nested-loop join has no keys to
 /// split on: those get their probe side gathered into one partition and run as a single task.
 fn split_build_row_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    let children = plan
-        .children()
-        .into_iter()
-        .map(|c| split_build_row_joins(Arc::clone(c)))
-        .collect::<Result<Vec<_>>>()?;
-    let plan = with_children(plan, children)?;
+    rewrite_up(plan, &split_build_row_join)
+}
+
+/// [`split_build_row_joins`] for one node whose children are done.
+fn split_build_row_join(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let emits_build_rows = |t: &JoinType| {
         matches!(
             t,
@@ -247,20 +246,29 @@ fn hash_split(
 /// exchange above a join whose output partitioning it did not know; once that join is split by
 /// its keys (see [`split_build_row_joins`]), the exchange would move every row to where it is.
 fn drop_idle_repartitions(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    rewrite_up(plan, &|plan| {
+        if let Some(r) = plan.downcast_ref::<RepartitionExec>() {
+            if matches!(r.partitioning(), Partitioning::Hash(..))
+                && r.input().output_partitioning() == r.partitioning()
+            {
+                return Ok(Arc::clone(r.input()));
+            }
+        }
+        Ok(plan)
+    })
+}
+
+/// Rewrites `plan` bottom-up: `f` gets each node with its children already rewritten.
+fn rewrite_up(
+    plan: Arc<dyn ExecutionPlan>,
+    f: &dyn Fn(Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
     let children = plan
         .children()
         .into_iter()
-        .map(|c| drop_idle_repartitions(Arc::clone(c)))
+        .map(|c| rewrite_up(Arc::clone(c), f))
         .collect::<Result<Vec<_>>>()?;
-    let plan = with_children(plan, children)?;
-    if let Some(r) = plan.downcast_ref::<RepartitionExec>() {
-        if matches!(r.partitioning(), Partitioning::Hash(..))
-            && r.input().output_partitioning() == r.partitioning()
-        {
-            return Ok(Arc::clone(r.input()));
-        }
-    }
-    Ok(plan)
+    f(with_children(plan, children)?)
 }
 
 struct Cutter {
