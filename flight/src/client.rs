@@ -9,9 +9,7 @@ use crate::protocol::{
     self, action, Hello, HelloReply, Peer, PutHeader, StatusReply, ATTACHMENT_HEADER,
     PROTOCOL_VERSION, TOKEN_HEADER,
 };
-use arrow::array::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightDescriptor, Ticket};
@@ -20,7 +18,7 @@ use dirk_engine::{
     Chunk, ChunkId, ChunkMeta, EngineError, PendingChunk, ProcessorKind, ReportSink,
     TaskAssignment, TaskId, TaskReport, Worker, WorkerId, WorkerStatus,
 };
-use futures::{future, stream, StreamExt, TryStreamExt};
+use futures::{future, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -275,27 +273,22 @@ impl Link {
             chunk: id,
             rows: chunk.rows(),
         };
-        let batches: Vec<Result<RecordBatch, FlightError>> =
-            protocol::batches_for_transfer(chunk.batches())
-                .into_iter()
-                .map(Ok)
-                .collect();
         // An encoding failure ends the stream early; the worker then sees fewer rows than the
         // header announced and keeps nothing.
         let failed: Arc<Mutex<Option<FlightError>>> = Arc::default();
         let failed_in_stream = failed.clone();
-        let data = FlightDataEncoderBuilder::new()
-            .with_schema(chunk.schema().clone())
-            .with_flight_descriptor(Some(FlightDescriptor::new_cmd(protocol::encode(&header))))
-            .build(stream::iter(batches))
-            .take_while(move |r| {
-                if let Err(e) = r {
-                    *failed_in_stream.lock() =
-                        Some(FlightError::ExternalError(e.to_string().into()));
-                }
-                future::ready(r.is_ok())
-            })
-            .filter_map(|r| future::ready(r.ok()));
+        let data = protocol::encode_chunk(
+            chunk.schema().clone(),
+            chunk.batches(),
+            Some(FlightDescriptor::new_cmd(protocol::encode(&header))),
+        )
+        .take_while(move |r| {
+            if let Err(e) = r {
+                *failed_in_stream.lock() = Some(FlightError::ExternalError(e.to_string().into()));
+            }
+            future::ready(r.is_ok())
+        })
+        .filter_map(|r| future::ready(r.ok()));
         let mut client = self.client.clone();
         let response = client.do_put(Request::new(data)).await;
         if let Some(e) = failed.lock().take() {

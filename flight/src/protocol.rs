@@ -25,7 +25,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape. A driver and a worker of different versions refuse
 /// each other at `hello`, with a message that names both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The metadata key that carries the token.
 pub const TOKEN_HEADER: &str = "authorization";
@@ -127,6 +127,42 @@ pub(crate) const CONNECTION_WINDOW: u32 = 64 << 20;
 /// The largest HTTP/2 frame a process accepts (the most its peer may send at once), in bytes;
 /// HTTP/2's default is 16 KiB.
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
+
+/// The Flight messages that carry a chunk: its schema, then its batches (as
+/// [`batches_for_transfer`] prepares them), dictionaries sent as dictionaries so the chunk
+/// arrives with the schema the plan reading it expects. `descriptor` goes with the first message.
+///
+/// arrow-flight 59 writes a `LargeList` column into the schema message as a `List`
+/// (apache/arrow-rs#10291, fixed upstream after 59.3.2) and drops a union field's metadata; the
+/// receiver then reads 64-bit offsets as 32-bit ones. So the schema message is written here from
+/// the chunk's own schema. The dictionary ids agree with the encoder's: both number the
+/// dictionaries in the same depth-first order.
+pub(crate) fn encode_chunk(
+    schema: arrow::datatypes::SchemaRef,
+    batches: &[arrow::array::RecordBatch],
+    descriptor: Option<arrow_flight::FlightDescriptor>,
+) -> impl futures::Stream<Item = Result<arrow_flight::FlightData, arrow_flight::error::FlightError>>
+{
+    use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+    use futures::TryStreamExt as _;
+    let schema_message: arrow_flight::FlightData =
+        arrow_flight::SchemaAsIpc::new(&schema, &arrow::ipc::writer::IpcWriteOptions::default())
+            .into();
+    let batches = batches_for_transfer(batches).into_iter().map(Ok);
+    let mut first = true;
+    FlightDataEncoderBuilder::new()
+        .with_dictionary_handling(DictionaryHandling::Resend)
+        .with_schema(schema)
+        .with_flight_descriptor(descriptor)
+        .build(futures::stream::iter(batches))
+        .map_ok(move |mut message| {
+            // With the schema given up front, the encoder's first message is the schema's.
+            if std::mem::take(&mut first) {
+                message.data_header = schema_message.data_header.clone();
+            }
+            message
+        })
+}
 
 /// The batches of a chunk as they go over the wire. A string or binary *view* column shares its
 /// data buffers with every array sliced or taken from it (a hash repartition's outputs all

@@ -10,8 +10,6 @@ use crate::protocol::{
     self, action, Hello, HelloReply, Peer, StatusReply, ATTACHMENT_HEADER, PROTOCOL_VERSION,
     TOKEN_HEADER,
 };
-use arrow::array::RecordBatch;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
@@ -424,14 +422,7 @@ impl FlightService for WorkerService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = id.ok_or_else(|| Status::invalid_argument("a do_get ticket names a chunk"))?;
         let chunk = a.worker.fetch_chunk(id).map_err(to_status)?;
-        let batches: Vec<Result<RecordBatch, FlightError>> =
-            protocol::batches_for_transfer(chunk.batches())
-                .into_iter()
-                .map(Ok)
-                .collect();
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(chunk.schema().clone())
-            .build(stream::iter(batches))
+        let stream = protocol::encode_chunk(chunk.schema().clone(), chunk.batches(), None)
             .map_err(flight_status);
         Ok(Response::new(stream.boxed()))
     }

@@ -140,6 +140,10 @@ async fn chunks_go_and_come_back_whole() {
         Chunk::from_batch(ints((0..50).map(|i| (i % 3 != 0).then_some(i))).slice(7, 30)),
         // No rows at all: the schema still arrives.
         Chunk::new(strings.clone(), Vec::new()),
+        // Types the Flight encoder rewrites unless told not to: dictionaries (top-level and
+        // nested) and 64-bit list offsets, whole and sliced.
+        Chunk::from_batch(nested_types()),
+        Chunk::from_batch(nested_types().slice(1, 2)),
     ];
     let w = Arc::new(w);
     for chunk in chunks {
@@ -169,6 +173,66 @@ async fn chunks_go_and_come_back_whole() {
     assert!(missing.contains("not found"), "{missing}");
     drop(w);
     srv.stop().await;
+}
+
+/// Three rows of a dictionary column, a large list, a list of dictionaries, and a union whose
+/// field has metadata.
+fn nested_types() -> RecordBatch {
+    use arrow::array::{DictionaryArray, Int32Array, Int8Array, LargeListBuilder, ListArray};
+    use arrow::array::{Int64Builder, UnionArray};
+    use arrow::buffer::{OffsetBuffer, ScalarBuffer};
+    use arrow::datatypes::{Int8Type, UnionFields};
+    let dictionary = |n: usize| -> ArrayRef {
+        Arc::new(
+            (0..n)
+                .map(|i| ["red", "green"][i % 2])
+                .collect::<DictionaryArray<Int8Type>>(),
+        )
+    };
+    let mut large = LargeListBuilder::new(Int64Builder::new());
+    for row in [&[1, 2][..], &[], &[3, 4, 5]] {
+        large.values().append_slice(row);
+        large.append(true);
+    }
+    let large: ArrayRef = Arc::new(large.finish());
+    let listed: ArrayRef = Arc::new(ListArray::new(
+        Arc::new(Field::new_list_field(
+            dictionary(0).data_type().clone(),
+            true,
+        )),
+        OffsetBuffer::new(ScalarBuffer::from(vec![0, 2, 2, 5])),
+        dictionary(5),
+        None,
+    ));
+    let union_fields = UnionFields::try_new(
+        [3, 1],
+        [
+            Field::new("int", DataType::Int32, false),
+            Field::new("small", DataType::Int8, false),
+        ],
+    )
+    .unwrap();
+    let union: ArrayRef = Arc::new(
+        UnionArray::try_new(
+            union_fields.clone(),
+            ScalarBuffer::from(vec![3i8, 1, 3]),
+            None,
+            vec![
+                Arc::new(Int32Array::from(vec![10, 0, 30])),
+                Arc::new(Int8Array::from(vec![0, 2, 0])),
+            ],
+        )
+        .unwrap(),
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("dict", dictionary(0).data_type().clone(), true),
+        Field::new("large", large.data_type().clone(), true),
+        Field::new("listed", listed.data_type().clone(), true),
+        Field::new("union", union.data_type().clone(), false).with_metadata(
+            std::collections::HashMap::from([("unit".to_string(), "ms".to_string())]),
+        ),
+    ]));
+    RecordBatch::try_new(schema, vec![dictionary(3), large, listed, union]).unwrap()
 }
 
 /// Attaches `workers` to a fresh context, puts `input` on worker 0 and runs `double` on worker 1,

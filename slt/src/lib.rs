@@ -13,11 +13,12 @@ use datafusion_sqllogictest::{
     convert_batches, convert_schema_to_types, DFColumnType, DFOutput, DFSqlLogicTestError,
     DataFusion, TestContext,
 };
-use dirk_dtable::Session;
+use dirk_dtable::{Session, Workers};
 use sqllogictest::{
     Condition, DBOutput, MakeConnection, QueryExpect, Record, Runner, SortMode, TestErrorKind,
 };
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The label DataFusion's runner sets; `skipif`/`onlyif` conditions are judged against it.
@@ -30,17 +31,23 @@ pub struct DirkDb {
 }
 
 impl DirkDb {
-    /// A session with `workers` in-process workers and `partitions` partitions, whose catalog,
-    /// functions and settings start as `state`'s (the test context DataFusion's runner builds for
-    /// the file).
-    pub fn new(state: SessionState, workers: usize, partitions: usize, spark: bool) -> Self {
-        let session = Session::builder()
-            .workers(workers)
+    /// A session on `cluster` with `partitions` partitions, whose catalog, functions and
+    /// settings start as `state`'s (the test context DataFusion's runner builds for the file).
+    pub fn new(
+        state: SessionState,
+        cluster: &Cluster,
+        partitions: usize,
+        spark: bool,
+    ) -> Result<Self, DFSqlLogicTestError> {
+        let mut builder = Session::builder()
+            .workers(cluster.workers.clone())
             .partitions(partitions)
-            .planner_state(state)
-            .build()
-            .expect("a session starts");
-        DirkDb { session, spark }
+            .planner_state(state);
+        if let Some(token) = &cluster.token {
+            builder = builder.token(token.clone());
+        }
+        let session = builder.build().map_err(to_slt_error)?;
+        Ok(DirkDb { session, spark })
     }
 }
 
@@ -85,13 +92,22 @@ fn to_slt_error(e: dirk_dtable::DirkError) -> DFSqlLogicTestError {
     DFSqlLogicTestError::DataFusion(DataFusionError::from(e))
 }
 
+/// The workers a Dirk run's sessions use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// In-process workers, or the addresses of `dirk worker` processes.
+    pub workers: Workers,
+    /// The token the worker processes require.
+    pub token: Option<String>,
+}
+
 /// Which engine runs a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Engine {
-    /// Dirk with this many workers and partitions.
+    /// Dirk on these workers, with this many partitions.
     Dirk {
-        /// In-process workers.
-        workers: usize,
+        /// Where each file's session runs.
+        cluster: Arc<Cluster>,
         /// Partitions per table and exchange.
         partitions: usize,
     },
@@ -147,12 +163,13 @@ pub async fn run_file(
     let state = ctx.session_ctx().state();
     match engine {
         Engine::Dirk {
-            workers,
+            cluster,
             partitions,
         } => {
             let runner = Runner::new(move || {
                 let state = state.clone();
-                async move { Ok(DirkDb::new(state, workers, partitions, spark)) }
+                let cluster = Arc::clone(&cluster);
+                async move { DirkDb::new(state, &cluster, partitions, spark) }
             });
             run_records(runner, path, dialect, "dirk").await
         }

@@ -12,16 +12,25 @@
 //! `DIRK_SLT=1` runs it; `DIRK_SLT_FILTER=substring` runs only matching files and
 //! `DIRK_SLT_EXCLUDE=a,b` leaves out files whose `corpus/file` name contains one of these (the
 //! list check then covers the files that ran, and `DIRK_SLT_BLESS` does nothing).
+//!
+//! `DIRK_SLT_CLUSTER=N` runs the same files on `N` real `dirk worker` processes on loopback
+//! (started here, stopped at the end) instead of in-process workers; the same list of known
+//! failures applies, and `DIRK_SLT_BLESS` writes the report to `REPORT-cluster.md`.
 
-use dirk_slt::{run_file, Dialect, Engine, Outcome, RecordResult};
+use dirk_dtable::flight::LocalWorkers;
+use dirk_dtable::Workers;
+use dirk_slt::{run_file, Cluster, Dialect, Engine, Outcome, RecordResult};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// In-process workers, unless `DIRK_SLT_CLUSTER` asks for worker processes.
 const WORKERS: usize = 2;
 const PARTITIONS: usize = 3;
+/// CPU threads per worker process: the CI machines have two cores.
+const THREADS_PER_PROCESS: usize = 2;
 const FILE_TIMEOUT: Duration = Duration::from_secs(600);
 const PARALLEL_FILES: usize = 2;
 
@@ -86,6 +95,43 @@ async fn run() -> Result<(), String> {
     // The files name their data relative to the crate's directory, as DataFusion's runner does.
     std::env::set_current_dir(&work).map_err(|e| e.to_string())?;
     let filter = std::env::var("DIRK_SLT_FILTER").ok();
+    // Started after the change of directory: the workers read the files' data by the same
+    // relative paths as the driver.
+    let processes = match std::env::var("DIRK_SLT_CLUSTER") {
+        Ok(n) => {
+            let n: usize = n
+                .parse()
+                .map_err(|_| format!("DIRK_SLT_CLUSTER={n}: not a number of workers"))?;
+            Some(
+                LocalWorkers::start(&dirk_binary()?, n, THREADS_PER_PROCESS)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        Err(_) => None,
+    };
+    let (cluster, setup) = match &processes {
+        Some(p) => (
+            Cluster {
+                workers: Workers::Remote(p.addresses()),
+                token: Some(p.token().to_string()),
+            },
+            format!(
+                "{} worker processes, {PARTITIONS} partitions",
+                p.addresses().len()
+            ),
+        ),
+        None => (
+            Cluster {
+                workers: Workers::InProcess(WORKERS),
+                token: None,
+            },
+            format!("{WORKERS} in-process workers, {PARTITIONS} partitions"),
+        ),
+    };
+    let engine = Engine::Dirk {
+        cluster: Arc::new(cluster),
+        partitions: PARTITIONS,
+    };
 
     let mut jobs: Vec<(&'static str, PathBuf, PathBuf)> = Vec::new();
     let mut slt_files = Vec::new();
@@ -130,9 +176,10 @@ async fn run() -> Result<(), String> {
     let mut handles = Vec::new();
     for (corpus, path, relative) in jobs {
         let gate = gate.clone();
+        let engine = engine.clone();
         handles.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore");
-            run_one(corpus, path, relative).await
+            run_one(corpus, path, relative, engine).await
         }));
     }
     let mut runs = Vec::new();
@@ -140,11 +187,24 @@ async fn run() -> Result<(), String> {
         runs.push(h.await.map_err(|e| format!("a file's run panicked: {e}"))?);
     }
 
-    let report = report(&runs, started.elapsed());
+    let report = report(&runs, &setup, started.elapsed());
     println!("{report}");
     let mut problems = Vec::new();
     check_sqlite(&runs, &mut problems).await;
-    check_known_failures(&runs, &crate_dir, &report, everything, &mut problems)?;
+    let report_file = if processes.is_some() {
+        "REPORT-cluster.md"
+    } else {
+        "REPORT.md"
+    };
+    check_known_failures(
+        &runs,
+        &crate_dir,
+        (report_file, &report),
+        everything,
+        processes.is_none(),
+        &mut problems,
+    )?;
+    drop(processes);
     if problems.is_empty() {
         Ok(())
     } else {
@@ -156,7 +216,7 @@ async fn run() -> Result<(), String> {
     }
 }
 
-async fn run_one(corpus: &'static str, path: PathBuf, relative: PathBuf) -> FileRun {
+async fn run_one(corpus: &'static str, path: PathBuf, relative: PathBuf, dirk: Engine) -> FileRun {
     let mut run = FileRun {
         corpus,
         relative: relative.clone(),
@@ -178,10 +238,6 @@ async fn run_one(corpus: &'static str, path: PathBuf, relative: PathBuf) -> File
         Dialect::Sqlite
     } else {
         Dialect::DataFusion
-    };
-    let dirk = Engine::Dirk {
-        workers: WORKERS,
-        partitions: PARTITIONS,
     };
     let file_started = Instant::now();
     match run_isolated(&path, &relative, dirk, dialect).await {
@@ -301,7 +357,7 @@ fn missing_data_file(path: &Path) -> Option<String> {
     None
 }
 
-fn report(runs: &[FileRun], elapsed: Duration) -> String {
+fn report(runs: &[FileRun], setup: &str, elapsed: Duration) -> String {
     let mut out = String::new();
     for corpus in ["datafusion", "sqlite"] {
         let runs: Vec<_> = runs.iter().filter(|r| r.corpus == corpus).collect();
@@ -337,7 +393,7 @@ fn report(runs: &[FileRun], elapsed: Duration) -> String {
             }
         }
         out.push_str(&format!(
-            "## {corpus} corpus ({WORKERS} workers, {PARTITIONS} partitions)\n\n\
+            "## {corpus} corpus ({setup})\n\n\
              files: {} run, {f_pass} pass, {f_fail} with failures, {f_skip} skipped\n\
              records: {pass} pass, {} fail ({error} errors, {wrong} wrong answers), {skip} skipped\n\n\
              | skip reason | files | records |\n|---|---|---|\n",
@@ -407,11 +463,14 @@ async fn check_sqlite(runs: &[FileRun], problems: &mut Vec<String>) {
 
 const KNOWN: &str = "known-failures.txt";
 
+/// Checks the failures against the list. `report` is written to its file when blessing; the list
+/// itself is rewritten only from an in-process run (`write_list`), the one CI keeps complete.
 fn check_known_failures(
     runs: &[FileRun],
     crate_dir: &Path,
-    report: &str,
+    report: (&str, &str),
     everything: bool,
+    write_list: bool,
     problems: &mut Vec<String>,
 ) -> Result<(), String> {
     let list_path = crate_dir.join(KNOWN);
@@ -458,6 +517,16 @@ fn check_known_failures(
         listed.retain(|key, _| ran.contains(&file_of(key)));
     }
     if std::env::var("DIRK_SLT_BLESS").is_ok() && everything {
+        let (report_file, report) = report;
+        std::fs::write(
+            crate_dir.join(report_file),
+            format!("# sqllogictest report\n\n{report}"),
+        )
+        .map_err(|e| e.to_string())?;
+        if !write_list {
+            println!("wrote {report_file}; the list is rewritten only by an in-process run");
+            return Ok(());
+        }
         let mut out = String::from(
             "# Dirk's failures on DataFusion's sqllogictest corpus and SQLite's select1-5, one per\n\
              # line: file:line, kind (error: Dirk errs where DataFusion answers; wrong: Dirk\n\
@@ -473,11 +542,6 @@ fn check_known_failures(
             out.push_str(&format!("{key}\t{kind}\t{note}\n"));
         }
         std::fs::write(&list_path, out).map_err(|e| e.to_string())?;
-        std::fs::write(
-            crate_dir.join("REPORT.md"),
-            format!("# sqllogictest report\n\n{report}"),
-        )
-        .map_err(|e| e.to_string())?;
         println!("wrote {} ({} failures)", list_path.display(), found.len());
         return Ok(());
     }
@@ -532,6 +596,26 @@ fn corpus_source() -> Result<PathBuf, String> {
         .parent()
         .expect("manifest in a directory")
         .to_path_buf())
+}
+
+/// The `dirk` binary of this build, which the worker processes run (`cargo build -p dirk-sql`
+/// makes it; `cargo test --workspace` does too).
+fn dirk_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/deps/<test binary> -> target/<profile>/dirk
+    let dirk = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or("test binaries live in target/<profile>/deps")?
+        .join(format!("dirk{}", std::env::consts::EXE_SUFFIX));
+    if dirk.exists() {
+        Ok(dirk)
+    } else {
+        Err(format!(
+            "{} does not exist: build it first (cargo build -p dirk-sql)",
+            dirk.display()
+        ))
+    }
 }
 
 fn list_files(dir: &Path, out: &mut Vec<PathBuf>) {
