@@ -6,6 +6,7 @@
 //! plan at its exchanges into stages, and every stage runs one `dirk.fragment` task per partition
 //! through the engine's scheduler, its fragment serialized with datafusion-proto.
 
+mod broadcast;
 pub mod dataframe;
 pub mod error;
 pub mod exec;

@@ -1,5 +1,6 @@
 //! The session: the catalog of DTables, the planner, and the engine underneath.
 
+use crate::broadcast::BroadcastJoinSelection;
 use crate::dataframe::DataFrame;
 use crate::error::{DirkError, Result};
 use crate::exec::DTableScanExec;
@@ -170,19 +171,26 @@ impl SessionBuilder {
             env.cache_manager.list_files_cache_limit = 0;
             env.build_arc()
         };
-        let planner = match self.planner_state {
+        let mut state = match self.planner_state {
             // The state has its default catalog already; making a new one would replace it,
             // and the tables in it with it.
-            Some(state) => SessionContext::new_with_state(
-                SessionStateBuilder::new_from_existing(state.clone())
-                    .with_config(config.with_create_default_catalog_and_schema(false))
-                    .with_runtime_env(runtime(RuntimeEnvBuilder::from_runtime_env(
-                        state.runtime_env(),
-                    ))?)
-                    .build(),
-            ),
-            None => SessionContext::new_with_config_rt(config, runtime(RuntimeEnvBuilder::new())?),
+            Some(state) => SessionStateBuilder::new_from_existing(state.clone())
+                .with_config(config.with_create_default_catalog_and_schema(false))
+                .with_runtime_env(runtime(RuntimeEnvBuilder::from_runtime_env(
+                    state.runtime_env(),
+                ))?),
+            None => SessionStateBuilder::new()
+                .with_config(config)
+                .with_runtime_env(runtime(RuntimeEnvBuilder::new())?)
+                .with_default_features(),
         };
+        // DataFusion's rules (or the given state's), with Dirk's join selection among them.
+        let rules = state.physical_optimizers().take().unwrap_or_default().rules;
+        let planner = SessionContext::new_with_state(
+            state
+                .with_physical_optimizer_rules(BroadcastJoinSelection::insert_into(rules))
+                .build(),
+        );
         let engine = Arc::new(engine);
         Ok(Session {
             chunk_stats: Arc::new(crate::prune::ChunkStatistics::new(Arc::clone(&engine))),

@@ -167,18 +167,21 @@ fn split_build_row_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executi
     rewrite_up(plan, &split_build_row_join)
 }
 
+/// Whether a join of this type emits build rows no probe row matched (or, for semi and anti
+/// joins, build rows at all): with the build side broadcast, every probe task would emit them.
+pub(crate) fn emits_build_rows(t: &JoinType) -> bool {
+    matches!(
+        t,
+        JoinType::Left
+            | JoinType::LeftAnti
+            | JoinType::LeftSemi
+            | JoinType::LeftMark
+            | JoinType::Full
+    )
+}
+
 /// [`split_build_row_joins`] for one node whose children are done.
 fn split_build_row_join(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    let emits_build_rows = |t: &JoinType| {
-        matches!(
-            t,
-            JoinType::Left
-                | JoinType::LeftAnti
-                | JoinType::LeftSemi
-                | JoinType::LeftMark
-                | JoinType::Full
-        )
-    };
     let probe_partitions = match plan.children().get(1) {
         Some(probe) => probe.output_partitioning().partition_count(),
         None => return Ok(plan),

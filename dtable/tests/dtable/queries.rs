@@ -186,6 +186,41 @@ async fn joins_that_emit_unmatched_build_rows_run_in_every_partition() {
     }
 }
 
+/// DataFusion broadcasts a join's build side only under a fixed size; Dirk also broadcasts one
+/// whose copies, one per probe task, cost less than shuffling the probe side. With DataFusion's
+/// own thresholds at zero, `u` (50 rows) joined to `t` (2000 rows) over 3 partitions is
+/// broadcast (3 × 50 ≤ 2000), and `t` joined to itself is shuffled; both answer as DataFusion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_broadcasts_its_build_side_where_the_copies_cost_less_than_a_shuffle() {
+    let s = session(2, 3);
+    for setting in [
+        "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+        "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
+    ] {
+        run_dirk(&s, setting, setting).await;
+    }
+    for (sql, broadcast) in [
+        ("SELECT t.a, u.name FROM t JOIN u ON t.k = u.k", true),
+        (
+            "SELECT t1.a, t2.c FROM t t1 JOIN t t2 ON t1.k = t2.k AND t1.a < t2.a - 900",
+            false,
+        ),
+    ] {
+        let plan = s.sql(sql).await.unwrap().explain().await.unwrap();
+        let (want, not) = if broadcast {
+            ("mode=CollectLeft", "mode=Partitioned")
+        } else {
+            ("mode=Partitioned", "mode=CollectLeft")
+        };
+        assert!(
+            plan.contains(want) && !plan.contains(not),
+            "{sql}: expected {want}:\n{plan}"
+        );
+        let got = run_dirk(&s, sql, sql).await;
+        assert_same(&got, &reference(sql).await, false, sql);
+    }
+}
+
 /// The whole-plan statistics of `plan`, as DataFusion's optimizer computes them.
 fn statistics(
     plan: &dyn datafusion::physical_plan::ExecutionPlan,
