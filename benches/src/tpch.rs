@@ -126,17 +126,11 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
     let cluster = match local {
         Some(n) => {
             let dirk = match &args.dirk {
-                Some(p) => p.clone(),
-                None => std::env::current_exe()
-                    .map_err(|e| e.to_string())?
-                    .with_file_name("dirk"),
+                Some(p) if p.exists() => p.clone(),
+                Some(p) => return Err(format!("{} not found", p.display())),
+                None => dirk_dtable::flight::dirk_binary_of_this_build()
+                    .map_err(|e| format!("{e}, or pass --dirk"))?,
             };
-            if !dirk.exists() {
-                return Err(format!(
-                    "{} not found: build it first (cargo build --release --bin dirk) or pass --dirk",
-                    dirk.display()
-                ));
-            }
             let threads = (workers / n).max(1);
             let procs = dirk_dtable::flight::LocalWorkers::start(&dirk, n, threads)
                 .map_err(|e| e.to_string())?;

@@ -14,6 +14,6 @@ pub mod protocol;
 mod server;
 
 pub use client::{connect_cluster, connect_cluster_blocking, ClientOptions, RemoteWorker};
-pub use local::{listening_line, random_token, LocalWorkers};
+pub use local::{dirk_binary_of_this_build, listening_line, random_token, LocalWorkers};
 pub use protocol::{PROTOCOL_VERSION, TOKEN_ENV};
 pub use server::{WorkerOptions, WorkerServer};

@@ -4,7 +4,7 @@ use crate::protocol::TOKEN_ENV;
 use dirk_engine::EngineError;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,6 +19,31 @@ pub fn listening_line(addr: SocketAddr) -> String {
 fn parse_listening_line(line: &str) -> Option<String> {
     let rest = line.trim().strip_prefix("dirk worker listening on ")?;
     Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// The `dirk` binary of the build the running program belongs to: beside it in
+/// `target/<profile>/`, or one level up for a test binary in `target/<profile>/deps/`.
+pub fn dirk_binary_of_this_build() -> Result<PathBuf, EngineError> {
+    let not_found = |message: String| EngineError::Remote {
+        peer: "dirk binary".into(),
+        message,
+    };
+    let exe = std::env::current_exe().map_err(|e| not_found(e.to_string()))?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| not_found(format!("{} has no directory", exe.display())))?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().unwrap_or(dir);
+    }
+    let dirk = dir.join(format!("dirk{}", std::env::consts::EXE_SUFFIX));
+    if dirk.exists() {
+        Ok(dirk)
+    } else {
+        Err(not_found(format!(
+            "{} does not exist: build it first (cargo build --bin dirk)",
+            dirk.display()
+        )))
+    }
 }
 
 /// Worker processes started on loopback ports. Dropping it stops them; they also exit on their

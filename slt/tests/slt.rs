@@ -17,7 +17,7 @@
 //! (started here, stopped at the end) instead of in-process workers; the same list of known
 //! failures applies, and `DIRK_SLT_BLESS` writes the report to `REPORT-cluster.md`.
 
-use dirk_dtable::flight::LocalWorkers;
+use dirk_dtable::flight::{dirk_binary_of_this_build, LocalWorkers};
 use dirk_dtable::Workers;
 use dirk_slt::{run_file, Cluster, Dialect, Engine, Outcome, RecordResult};
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,8 +103,12 @@ async fn run() -> Result<(), String> {
                 .parse()
                 .map_err(|_| format!("DIRK_SLT_CLUSTER={n}: not a number of workers"))?;
             Some(
-                LocalWorkers::start(&dirk_binary()?, n, THREADS_PER_PROCESS)
-                    .map_err(|e| e.to_string())?,
+                LocalWorkers::start(
+                    &dirk_binary_of_this_build().map_err(|e| e.to_string())?,
+                    n,
+                    THREADS_PER_PROCESS,
+                )
+                .map_err(|e| e.to_string())?,
             )
         }
         Err(_) => None,
@@ -596,26 +600,6 @@ fn corpus_source() -> Result<PathBuf, String> {
         .parent()
         .expect("manifest in a directory")
         .to_path_buf())
-}
-
-/// The `dirk` binary of this build, which the worker processes run (`cargo build -p dirk-sql`
-/// makes it; `cargo test --workspace` does too).
-fn dirk_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    // target/<profile>/deps/<test binary> -> target/<profile>/dirk
-    let dirk = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or("test binaries live in target/<profile>/deps")?
-        .join(format!("dirk{}", std::env::consts::EXE_SUFFIX));
-    if dirk.exists() {
-        Ok(dirk)
-    } else {
-        Err(format!(
-            "{} does not exist: build it first (cargo build -p dirk-sql)",
-            dirk.display()
-        ))
-    }
 }
 
 fn list_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -37,19 +37,7 @@ pub(crate) fn start(n: usize) -> LocalWorkers {
 
 /// The `dirk` binary of this build (`cargo test --workspace` builds it before running tests).
 pub(crate) fn dirk_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    // target/<profile>/deps/<test binary> -> target/<profile>/dirk
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binaries live in target/<profile>/deps");
-    let dirk = dir.join(format!("dirk{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        dirk.exists(),
-        "{} does not exist: build it first (cargo build -p dirk-sql), or run cargo test --workspace",
-        dirk.display()
-    );
-    dirk
+    dirk_dtable::flight::dirk_binary_of_this_build().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Fails unless the session's workers come to hold exactly `expected` chunks: what is left once
