@@ -28,11 +28,12 @@ pub(crate) const MAX_BROADCAST_ROWS: usize = 2 << 20;
 
 /// What putting a row into a hash table costs, in rows through a hash split: set from TPC-H at
 /// SF 1 on two tasks, not derived. q03's `(customer ⋈ orders) ⋈ lineitem` is faster broadcast
-/// (0.085 → 0.06 s), which holds up to about 22. Broadcasting q18's 150 thousand customers
-/// against 1.5 million orders made q18 twice as slow (0.58 → 1.2 s; the time goes to the next
-/// join, which reads that join's output: not understood yet), so it must stay shuffled, which
-/// needs more than 11.
-pub(crate) const BUILD_COST: usize = 16;
+/// (0.085 → 0.06 s), which holds up to about 22. At 8, q18 broadcasts its 150 thousand customers
+/// against 1.5 million orders; that once made it twice as slow, because the join's string view
+/// columns kept pointing into the whole build side and the next join copied those buffers once
+/// per batch. Task outputs are now compacted ([`dirk_engine::compact_view_columns`]), and q18
+/// runs as fast broadcast as shuffled (A/B, `dirk-benches tpch --queries 18 --runs 5`).
+pub(crate) const BUILD_COST: usize = 8;
 
 /// Turns a partitioned hash join into a broadcast one when
 /// `(tasks - 1) × BUILD_COST × build ≤ build + probe` by the planner's row estimates; see the

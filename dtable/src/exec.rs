@@ -171,6 +171,11 @@ impl DTableScanExec {
         &self.table
     }
 
+    /// Whether it reads its table's chunks whole, every column (no projection).
+    pub fn reads_whole_chunks(&self) -> bool {
+        self.projection.is_none()
+    }
+
     /// Gives the leaf a new id (each scan in a query gets its own).
     pub fn with_leaf(&self, leaf: LeafId) -> Self {
         DTableScanExec {

@@ -17,7 +17,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitio
 use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_proto_converter, physical_plan_to_bytes_with_proto_converter,
 };
-use dirk_engine::{Chunk, EngineError, Kernel, KernelCall};
+use dirk_engine::{compact_view_columns, Chunk, EngineError, Kernel, KernelCall};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -226,7 +226,7 @@ async fn run_fragment(
             if cancelled() {
                 return Err(stop());
             }
-            batches.push(batch);
+            batches.push(compact_view_columns(batch));
         }
         return Ok(vec![Chunk::new(schema, batches)]);
     };
@@ -263,7 +263,7 @@ async fn run_fragment(
         }
         partitioner
             .partition(batch, |i, b| {
-                outs[i].push(b);
+                outs[i].push(compact_view_columns(b));
                 Ok(())
             })
             .map_err(df_err)?;

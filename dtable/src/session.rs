@@ -1194,12 +1194,15 @@ impl Session {
                 let rows_out: u64 = records.iter().map(|r| r.rows_out).sum();
                 let bytes_out: u64 = records.iter().map(|r| r.bytes_out).sum();
                 let moved: u64 = records.iter().map(|r| r.bytes_moved).sum();
+                let fetch_wait: u64 = records.iter().map(|r| r.fetch_wait_us).sum();
                 moved_total += moved;
                 format!(
                     "workers={workers:?}, wall={:.3} ms, task_time={:.3} ms, rows_in={rows_in}, \
-                     rows_out={rows_out}, bytes_out={bytes_out}, bytes_moved={moved}{}",
+                     rows_out={rows_out}, bytes_out={bytes_out}, bytes_moved={moved}, \
+                     fetch_wait={:.3} ms{}",
                     last.saturating_sub(first) as f64 / 1000.0,
                     busy as f64 / 1000.0,
+                    fetch_wait as f64 / 1000.0,
                     if records.len() < tasks.len() {
                         " (event log full: some tasks not counted)"
                     } else {

@@ -5,7 +5,8 @@
 //!   reads split `p` of every upstream task.
 //! - Under a `CoalescePartitionsExec` or `SortPreservingMergeExec`, the subtree becomes a stage
 //!   whose tasks keep their whole output; the exchange stays, over a [`StageInputExec`] whose
-//!   partition `p` reads upstream task `p`.
+//!   partition `p` reads upstream task `p`. A scan of whole chunks (every column) there is not
+//!   cut off: the task above reads every partition of the table.
 //! - What remains at the top is the final stage. Every stage runs one task per output partition
 //!   of its fragment.
 
@@ -323,6 +324,15 @@ impl Cutter {
         }
         if node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>() {
             let child = Arc::clone(node.children()[0]);
+            if child
+                .downcast_ref::<DTableScanExec>()
+                .is_some_and(DTableScanExec::reads_whole_chunks)
+            {
+                // A stage of whole-chunk scans would only hand its chunks on: the gathering task
+                // reads every partition of the table itself, a stage sooner. (A scan that drops
+                // columns stays a stage: it moves only the columns read.)
+                return Ok(node);
+            }
             let tasks = child.output_partitioning().partition_count();
             let schema = child.schema();
             let stage = self.push(child, StageOutput::Whole, tasks);

@@ -129,6 +129,9 @@ impl TableProvider for DTableProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        // Every column in table order is no projection: the scan then reads chunks whole.
+        let width = self.table.schema.fields().len();
+        let projection = projection.filter(|p| !p.iter().copied().eq(0..width));
         let schema = match projection {
             Some(p) => Arc::new(self.table.schema.project(p)?),
             None => self.table.schema.clone(),

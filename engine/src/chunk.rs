@@ -87,8 +87,8 @@ impl Chunk {
 
 /// Bytes of the values `column` holds. A string or binary view column counts the views and only
 /// the data bytes they point at: the hash split of a batch keeps every data buffer of its input
-/// in each of its parts, and a transfer sends only what the views use (see the Flight
-/// protocol's compaction), so counting whole buffers would price each part as the whole input.
+/// in each of its parts, and a transfer sends only what the views use (see
+/// [`compact_view_columns`]), so counting whole buffers would price each part as the whole input.
 fn column_data_bytes(column: &arrow::array::ArrayRef) -> usize {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::DataType;
@@ -109,6 +109,47 @@ fn column_data_bytes(column: &arrow::array::ArrayRef) -> usize {
             .get_slice_memory_size()
             .unwrap_or_else(|_| column.get_array_memory_size()),
     }
+}
+
+/// `batch` with its string and binary *view* columns compacted where their data buffers hold
+/// more than twice the bytes the views use. Rows sliced, taken or hash-split from a view column
+/// keep every data buffer of their input: kept as is, each piece of a split holds (and a transfer
+/// of it sends) the whole input's bytes, and a join that concatenates such pieces into its build
+/// side copies those buffers once per piece. Task outputs and Flight transfers both go through
+/// here. Other columns, and compact view columns, are shared, not copied.
+pub fn compact_view_columns(batch: RecordBatch) -> RecordBatch {
+    use arrow::array::{Array, ArrayRef, AsArray};
+    use arrow::datatypes::DataType;
+    fn wasteful(held: usize, used: impl FnOnce() -> usize) -> bool {
+        // `used` walks every view; most columns are ruled out by their buffers' total alone.
+        held > 4096 && held > 2 * used() + 4096
+    }
+    let compact = |column: &ArrayRef| -> Option<ArrayRef> {
+        match column.data_type() {
+            DataType::Utf8View => {
+                let a = column.as_string_view();
+                let held = a.data_buffers().iter().map(|b| b.len()).sum();
+                wasteful(held, || a.total_buffer_bytes_used()).then(|| Arc::new(a.gc()) as ArrayRef)
+            }
+            DataType::BinaryView => {
+                let a = column.as_binary_view();
+                let held = a.data_buffers().iter().map(|b| b.len()).sum();
+                wasteful(held, || a.total_buffer_bytes_used()).then(|| Arc::new(a.gc()) as ArrayRef)
+            }
+            _ => None,
+        }
+    };
+    let compacted: Vec<Option<ArrayRef>> = batch.columns().iter().map(compact).collect();
+    if compacted.iter().all(Option::is_none) {
+        return batch;
+    }
+    let columns: Vec<ArrayRef> = compacted
+        .into_iter()
+        .zip(batch.columns())
+        .map(|(new, old)| new.unwrap_or_else(|| Arc::clone(old)))
+        .collect();
+    // Same types, lengths and schema, so this cannot fail; keep the input if it somehow does.
+    RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
 }
 
 /// Where a chunk's bytes live.
@@ -227,5 +268,64 @@ impl ChunkStore {
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.chunks.read().values().map(|c| c.bytes()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact_view_columns;
+    use arrow::array::{ArrayRef, AsArray, RecordBatch, StringViewArray, UInt32Array};
+    use std::sync::Arc;
+
+    fn held(b: &RecordBatch) -> usize {
+        b.column(0)
+            .as_string_view()
+            .data_buffers()
+            .iter()
+            .map(|d| d.len())
+            .sum()
+    }
+
+    /// A few rows taken from a large view column keep pointing into all of its data; compacted,
+    /// they hold only the bytes those rows use, with the same values.
+    #[test]
+    fn view_columns_taken_from_a_large_one_are_compacted() {
+        let big = StringViewArray::from_iter_values(
+            (0..100_000).map(|i| format!("a long string, row number {i}")),
+        );
+        let few = arrow::compute::take(&big, &UInt32Array::from(vec![3, 99_999, 5]), None).unwrap();
+        let batch = RecordBatch::try_from_iter([("s", few.clone() as ArrayRef)]).unwrap();
+        assert!(held(&batch) > 1_000_000, "take shares the input's buffers");
+        let compacted = compact_view_columns(batch);
+        assert!(held(&compacted) < 1_000, "{} bytes held", held(&compacted));
+        assert_eq!(compacted.column(0).as_ref(), few.as_ref());
+    }
+
+    /// A column whose buffers are mostly used, such as one half of a two-way split, is shared.
+    #[test]
+    fn view_columns_that_use_their_buffers_are_shared() {
+        let big = StringViewArray::from_iter_values(
+            (0..10_000).map(|i| format!("a long string, row number {i}")),
+        );
+        let half = arrow::compute::take(
+            &big,
+            &UInt32Array::from((0..10_000).step_by(2).collect::<Vec<u32>>()),
+            None,
+        )
+        .unwrap();
+        let batch = RecordBatch::try_from_iter([("s", half as ArrayRef)]).unwrap();
+        let kept = compact_view_columns(batch.clone());
+        assert_eq!(kept, batch);
+        let (a, b) = (
+            batch.column(0).as_string_view(),
+            kept.column(0).as_string_view(),
+        );
+        assert_eq!(a.data_buffers()[0].as_ptr(), b.data_buffers()[0].as_ptr());
+        let small = RecordBatch::try_from_iter([(
+            "s",
+            Arc::new(StringViewArray::from(vec!["x"])) as ArrayRef,
+        )])
+        .unwrap();
+        assert_eq!(compact_view_columns(small.clone()), small);
     }
 }

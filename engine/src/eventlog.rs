@@ -56,6 +56,8 @@ pub struct TaskRecord {
     pub bytes_out: u64,
     /// Bytes moved from other workers to run it.
     pub bytes_moved: u64,
+    /// Microseconds it waited on its processor for those bytes to arrive.
+    pub fetch_wait_us: u64,
     /// Tasks it waited for.
     pub deps: Vec<TaskId>,
     /// How it ended.
@@ -228,7 +230,8 @@ impl EventLogSnapshot {
                 "ts": r.started_us, "dur": r.finished_us.saturating_sub(r.started_us).max(1),
                 "args": {"task": r.task.0, "queued_us": r.started_us.saturating_sub(r.queued_us),
                     "rows_in": r.rows_in, "bytes_in": r.bytes_in, "rows_out": r.rows_out,
-                    "bytes_out": r.bytes_out, "bytes_moved": r.bytes_moved, "status": status}
+                    "bytes_out": r.bytes_out, "bytes_moved": r.bytes_moved,
+                    "fetch_wait_us": r.fetch_wait_us, "status": status}
             }));
         }
         serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"}).to_string()

@@ -44,7 +44,7 @@ pub mod scope;
 pub mod task;
 pub mod worker;
 
-pub use chunk::{Chunk, ChunkMeta, ChunkRef, ChunkStore, MemorySpace};
+pub use chunk::{compact_view_columns, Chunk, ChunkMeta, ChunkRef, ChunkStore, MemorySpace};
 pub use context::{Context, ContextBuilder, SequentialQueue, TaskCounts};
 pub use error::{EngineError, Result};
 pub use eventlog::{EventLog, EventLogSnapshot, TaskRecord, TaskStatus, Transfer};

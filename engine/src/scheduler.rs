@@ -710,6 +710,7 @@ impl Scheduler {
             rows_out,
             bytes_out,
             bytes_moved: r.transfers.iter().map(|x| x.bytes).sum(),
+            fetch_wait_us: r.fetch_wait_us,
             deps: deps.clone(),
             status,
         };
@@ -839,6 +840,7 @@ impl Scheduler {
             rows_out: 0,
             bytes_out: 0,
             bytes_moved: 0,
+            fetch_wait_us: 0,
             deps: deps.to_vec(),
             status: match e {
                 EngineError::Cancelled { .. } => TaskStatus::Cancelled,

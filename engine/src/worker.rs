@@ -72,6 +72,9 @@ pub struct TaskReport {
     pub rows_in: u64,
     /// Bytes read.
     pub bytes_in: u64,
+    /// Microseconds the task waited, once on its processor, for inputs still moving from other
+    /// workers (fetches start when the task arrives, so a queued task may wait for none).
+    pub fetch_wait_us: u64,
     /// Chunks fetched from other workers.
     pub transfers: Vec<Transfer>,
     /// The outcome.
@@ -355,6 +358,7 @@ impl Worker for InProcessWorker {
                 finished_us: now,
                 rows_in: 0,
                 bytes_in: 0,
+                fetch_wait_us: 0,
                 transfers: Vec::new(),
                 result: Err(EngineError::kernel(format!(
                     "{} has no {} processor",
@@ -434,7 +438,15 @@ impl WorkerCore {
         let mut transfers = Vec::new();
         let mut rows_in = 0;
         let mut bytes_in = 0;
-        let result = self.execute_inner(a, pending, &mut transfers, &mut rows_in, &mut bytes_in);
+        let mut fetch_wait_us = 0;
+        let result = self.execute_inner(
+            a,
+            pending,
+            &mut transfers,
+            &mut rows_in,
+            &mut bytes_in,
+            &mut fetch_wait_us,
+        );
         TaskReport {
             task: a.task,
             worker: self.id,
@@ -443,6 +455,7 @@ impl WorkerCore {
             finished_us: now_us(),
             rows_in,
             bytes_in,
+            fetch_wait_us,
             transfers,
             result,
         }
@@ -455,6 +468,7 @@ impl WorkerCore {
         transfers: &mut Vec<Transfer>,
         rows_in: &mut u64,
         bytes_in: &mut u64,
+        fetch_wait_us: &mut u64,
     ) -> Result<TaskDone> {
         let kernel = self.registry.get(&a.kernel)?;
         let mut inputs = Vec::with_capacity(a.inputs.len());
@@ -474,6 +488,7 @@ impl WorkerCore {
                     worker: self.id,
                 })
             } else {
+                let waiting = now_us();
                 let fetched = match started {
                     Some(fetch) => fetch.wait(),
                     None => self
@@ -481,6 +496,7 @@ impl WorkerCore {
                         .get(spec.owner)
                         .and_then(|peer| peer.fetch_chunk(spec.chunk)),
                 };
+                *fetch_wait_us += now_us().saturating_sub(waiting);
                 if let Ok(c) = &fetched {
                     transfers.push(Transfer {
                         chunk: spec.chunk,

@@ -538,6 +538,7 @@ impl Worker for RemoteWorker {
                         finished_us: now,
                         rows_in: 0,
                         bytes_in: 0,
+                        fetch_wait_us: 0,
                         transfers: Vec::new(),
                         result: Err(EngineError::WorkerLost {
                             worker: link.id,

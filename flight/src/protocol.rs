@@ -25,7 +25,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape. A driver and a worker of different versions refuse
 /// each other at `hello`, with a message that names both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The metadata key that carries the token.
 pub const TOKEN_HEADER: &str = "authorization";
@@ -128,8 +128,8 @@ pub(crate) const CONNECTION_WINDOW: u32 = 64 << 20;
 /// HTTP/2's default is 16 KiB.
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
 
-/// The Flight messages that carry a chunk: its schema, then its batches (as
-/// [`batches_for_transfer`] prepares them), dictionaries sent as dictionaries so the chunk
+/// The Flight messages that carry a chunk: its schema, then its batches (view columns compacted
+/// by [`dirk_engine::compact_view_columns`], as IPC sends a column's buffers whole), dictionaries sent as dictionaries so the chunk
 /// arrives with the schema the plan reading it expects. `descriptor` goes with the first message.
 ///
 /// arrow-flight 59 writes a `LargeList` column into the schema message as a `List`
@@ -148,7 +148,10 @@ pub(crate) fn encode_chunk(
     let schema_message: arrow_flight::FlightData =
         arrow_flight::SchemaAsIpc::new(&schema, &arrow::ipc::writer::IpcWriteOptions::default())
             .into();
-    let batches = batches_for_transfer(batches).into_iter().map(Ok);
+    let batches: Vec<_> = batches
+        .iter()
+        .map(|b| Ok(dirk_engine::compact_view_columns(b.clone())))
+        .collect();
     let mut first = true;
     FlightDataEncoderBuilder::new()
         .with_dictionary_handling(DictionaryHandling::Resend)
@@ -162,89 +165,4 @@ pub(crate) fn encode_chunk(
             }
             message
         })
-}
-
-/// The batches of a chunk as they go over the wire. A string or binary *view* column shares its
-/// data buffers with every array sliced or taken from it (a hash repartition's outputs all
-/// point into their input's buffers), and Arrow IPC sends each array's buffers whole: sent as
-/// is, every piece of a repartitioned view column would carry all of the input's bytes. Such
-/// columns are compacted first when their buffers hold more than twice the bytes they use.
-pub(crate) fn batches_for_transfer(
-    batches: &[arrow::array::RecordBatch],
-) -> Vec<arrow::array::RecordBatch> {
-    use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-    use arrow::datatypes::DataType;
-    fn wasteful(held: usize, used: usize) -> bool {
-        held > 2 * used + 4096
-    }
-    let compact = |column: &ArrayRef| -> Option<ArrayRef> {
-        match column.data_type() {
-            DataType::Utf8View => {
-                let a = column.as_string_view();
-                let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
-                wasteful(held, a.total_buffer_bytes_used())
-                    .then(|| std::sync::Arc::new(a.gc()) as ArrayRef)
-            }
-            DataType::BinaryView => {
-                let a = column.as_binary_view();
-                let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
-                wasteful(held, a.total_buffer_bytes_used())
-                    .then(|| std::sync::Arc::new(a.gc()) as ArrayRef)
-            }
-            _ => None,
-        }
-    };
-    batches
-        .iter()
-        .map(|b| {
-            let compacted: Vec<Option<ArrayRef>> = b.columns().iter().map(compact).collect();
-            if compacted.iter().all(Option::is_none) {
-                return b.clone();
-            }
-            let columns: Vec<ArrayRef> = compacted
-                .into_iter()
-                .zip(b.columns())
-                .map(|(new, old)| new.unwrap_or_else(|| old.clone()))
-                .collect();
-            RecordBatch::try_new(b.schema(), columns).unwrap_or_else(|_| b.clone())
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::batches_for_transfer;
-    use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringViewArray, UInt32Array};
-    use std::sync::Arc;
-
-    /// A few rows taken from a large view column keep pointing into all of its data; what goes
-    /// over the wire carries only the bytes those rows use, and the same values.
-    #[test]
-    fn view_columns_are_compacted_before_transfer() {
-        let big = StringViewArray::from_iter_values(
-            (0..100_000).map(|i| format!("a long string, row number {i}")),
-        );
-        let few = arrow::compute::take(&big, &UInt32Array::from(vec![3, 99_999, 5]), None).unwrap();
-        let batch = RecordBatch::try_from_iter([("s", few.clone() as ArrayRef)]).unwrap();
-        let held = |b: &RecordBatch| -> usize {
-            b.column(0)
-                .as_string_view()
-                .data_buffers()
-                .iter()
-                .map(|d| d.len())
-                .sum()
-        };
-        assert!(held(&batch) > 1_000_000, "take shares the input's buffers");
-        let sent = batches_for_transfer(std::slice::from_ref(&batch));
-        assert!(held(&sent[0]) < 1_000, "{} bytes sent", held(&sent[0]));
-        assert_eq!(sent[0].column(0).as_ref(), few.as_ref());
-        // A compact column is sent as it is.
-        let small = RecordBatch::try_from_iter([(
-            "s",
-            Arc::new(StringViewArray::from(vec!["x"])) as ArrayRef,
-        )])
-        .unwrap();
-        assert_eq!(batches_for_transfer(std::slice::from_ref(&small))[0], small);
-        assert_eq!(few.len(), 3);
-    }
 }

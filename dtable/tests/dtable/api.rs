@@ -285,7 +285,10 @@ async fn explain_verbose_and_analyze() {
     let analyze = text_of(&run_dirk(&s, &format!("EXPLAIN ANALYZE {q}"), "analyze").await);
     let groups = run_dirk(&s, q, "query").await;
     let rows: usize = groups.iter().map(|b| b.num_rows()).sum();
-    assert!(analyze.contains("bytes_moved="), "{analyze}");
+    assert!(
+        analyze.contains("bytes_moved=") && analyze.contains("fetch_wait="),
+        "{analyze}"
+    );
     assert!(
         analyze.contains(&format!("{rows} rows out")),
         "total rows {rows} in {analyze}"
