@@ -1,8 +1,8 @@
 //! Chunks: Arrow data held by one worker's chunk store, and the references that name them.
 
 use crate::ids::{ChunkId, WorkerId};
-use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::array::{GenericByteViewArray, RecordBatch};
+use arrow::datatypes::{ByteViewType, Schema, SchemaRef};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -92,18 +92,12 @@ impl Chunk {
 fn column_data_bytes(column: &arrow::array::ArrayRef) -> usize {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::DataType;
-    let views = |len: usize, used: usize, nulls: Option<&arrow::buffer::NullBuffer>| {
-        len * 16 + used + nulls.map_or(0, |n| n.buffer().len())
-    };
+    fn views<T: ByteViewType + ?Sized>(a: &GenericByteViewArray<T>) -> usize {
+        a.len() * 16 + a.total_buffer_bytes_used() + a.nulls().map_or(0, |n| n.buffer().len())
+    }
     match column.data_type() {
-        DataType::Utf8View => {
-            let a = column.as_string_view();
-            views(a.len(), a.total_buffer_bytes_used(), a.nulls())
-        }
-        DataType::BinaryView => {
-            let a = column.as_binary_view();
-            views(a.len(), a.total_buffer_bytes_used(), a.nulls())
-        }
+        DataType::Utf8View => views(column.as_string_view()),
+        DataType::BinaryView => views(column.as_binary_view()),
         _ => column
             .to_data()
             .get_slice_memory_size()
@@ -118,26 +112,18 @@ fn column_data_bytes(column: &arrow::array::ArrayRef) -> usize {
 /// side copies those buffers once per piece. Task outputs and Flight transfers both go through
 /// here. Other columns, and compact view columns, are shared, not copied.
 pub fn compact_view_columns(batch: RecordBatch) -> RecordBatch {
-    use arrow::array::{Array, ArrayRef, AsArray};
+    use arrow::array::{ArrayRef, AsArray};
     use arrow::datatypes::DataType;
-    fn wasteful(held: usize, used: impl FnOnce() -> usize) -> bool {
-        // `used` walks every view; most columns are ruled out by their buffers' total alone.
-        held > 4096 && held > 2 * used() + 4096
+    fn compacted<T: ByteViewType + ?Sized>(a: &GenericByteViewArray<T>) -> Option<ArrayRef> {
+        let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
+        // `total_buffer_bytes_used` walks every view; most columns are ruled out by `held` alone.
+        let wasteful = held > 4096 && held > 2 * a.total_buffer_bytes_used() + 4096;
+        wasteful.then(|| Arc::new(a.gc()) as ArrayRef)
     }
-    let compact = |column: &ArrayRef| -> Option<ArrayRef> {
-        match column.data_type() {
-            DataType::Utf8View => {
-                let a = column.as_string_view();
-                let held = a.data_buffers().iter().map(|b| b.len()).sum();
-                wasteful(held, || a.total_buffer_bytes_used()).then(|| Arc::new(a.gc()) as ArrayRef)
-            }
-            DataType::BinaryView => {
-                let a = column.as_binary_view();
-                let held = a.data_buffers().iter().map(|b| b.len()).sum();
-                wasteful(held, || a.total_buffer_bytes_used()).then(|| Arc::new(a.gc()) as ArrayRef)
-            }
-            _ => None,
-        }
+    let compact = |column: &ArrayRef| match column.data_type() {
+        DataType::Utf8View => compacted(column.as_string_view()),
+        DataType::BinaryView => compacted(column.as_binary_view()),
+        _ => None,
     };
     let compacted: Vec<Option<ArrayRef>> = batch.columns().iter().map(compact).collect();
     if compacted.iter().all(Option::is_none) {

@@ -429,34 +429,34 @@ impl Worker for InProcessWorker {
     }
 }
 
+/// What a task's inputs came to, for its report: filled in while they are gathered, and kept
+/// when the task fails part way.
+#[derive(Default)]
+struct InputsRead {
+    rows: u64,
+    bytes: u64,
+    fetch_wait_us: u64,
+    transfers: Vec<Transfer>,
+}
+
 impl WorkerCore {
     /// Gathers inputs (fetching remote ones from their owners), runs the kernel, keeps outputs
     /// and written inputs in this worker's store.
     /// `pending` holds, per input, the fetch [`Worker::start_fetch`] began when the task came.
     fn execute(&self, a: &TaskAssignment, pending: Vec<Option<PendingChunk>>) -> TaskReport {
         let started_us = now_us();
-        let mut transfers = Vec::new();
-        let mut rows_in = 0;
-        let mut bytes_in = 0;
-        let mut fetch_wait_us = 0;
-        let result = self.execute_inner(
-            a,
-            pending,
-            &mut transfers,
-            &mut rows_in,
-            &mut bytes_in,
-            &mut fetch_wait_us,
-        );
+        let mut read = InputsRead::default();
+        let result = self.execute_inner(a, pending, &mut read);
         TaskReport {
             task: a.task,
             worker: self.id,
             processor: a.processor,
             started_us,
             finished_us: now_us(),
-            rows_in,
-            bytes_in,
-            fetch_wait_us,
-            transfers,
+            rows_in: read.rows,
+            bytes_in: read.bytes,
+            fetch_wait_us: read.fetch_wait_us,
+            transfers: read.transfers,
             result,
         }
     }
@@ -465,10 +465,7 @@ impl WorkerCore {
         &self,
         a: &TaskAssignment,
         pending: Vec<Option<PendingChunk>>,
-        transfers: &mut Vec<Transfer>,
-        rows_in: &mut u64,
-        bytes_in: &mut u64,
-        fetch_wait_us: &mut u64,
+        read: &mut InputsRead,
     ) -> Result<TaskDone> {
         let kernel = self.registry.get(&a.kernel)?;
         let mut inputs = Vec::with_capacity(a.inputs.len());
@@ -496,9 +493,9 @@ impl WorkerCore {
                         .get(spec.owner)
                         .and_then(|peer| peer.fetch_chunk(spec.chunk)),
                 };
-                *fetch_wait_us += now_us().saturating_sub(waiting);
+                read.fetch_wait_us += now_us().saturating_sub(waiting);
                 if let Ok(c) = &fetched {
-                    transfers.push(Transfer {
+                    read.transfers.push(Transfer {
                         chunk: spec.chunk,
                         from: spec.owner,
                         to: self.id,
@@ -514,8 +511,8 @@ impl WorkerCore {
                     return Err(e);
                 }
             };
-            *rows_in += chunk.rows();
-            *bytes_in += chunk.bytes();
+            read.rows += chunk.rows();
+            read.bytes += chunk.bytes();
             inputs.push(KernelInput {
                 access: spec.access,
                 chunk,

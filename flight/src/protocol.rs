@@ -129,8 +129,10 @@ pub(crate) const CONNECTION_WINDOW: u32 = 64 << 20;
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
 
 /// The Flight messages that carry a chunk: its schema, then its batches (view columns compacted
-/// by [`dirk_engine::compact_view_columns`], as IPC sends a column's buffers whole), dictionaries sent as dictionaries so the chunk
-/// arrives with the schema the plan reading it expects. `descriptor` goes with the first message.
+/// by [`dirk_engine::compact_view_columns`], as IPC sends a column's buffers whole; a task's
+/// outputs already are, a chunk put from elsewhere may not be), dictionaries sent as
+/// dictionaries so the chunk arrives with the schema the plan reading it expects. `descriptor`
+/// goes with the first message.
 ///
 /// arrow-flight 59 writes a `LargeList` column into the schema message as a `List`
 /// (apache/arrow-rs#10291, fixed upstream after 59.3.2) and drops a union field's metadata; the

@@ -189,7 +189,7 @@ async fn joins_that_emit_unmatched_build_rows_run_in_every_partition() {
 /// DataFusion broadcasts a join's build side only under a fixed size; Dirk also broadcasts one
 /// whose copies, one per probe task, cost less than shuffling both sides. With DataFusion's own
 /// thresholds at zero, `u` (50 rows) joined to `t` (2000 rows) over 3 partitions is broadcast
-/// (2 × 16 × 50 ≤ 2050), and `t` joined to itself is shuffled; both answer as DataFusion.
+/// (2 × 8 × 50 ≤ 2050), and `t` joined to itself is shuffled; both answer as DataFusion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_broadcasts_its_build_side_where_the_copies_cost_less_than_a_shuffle() {
     let s = session(2, 3);
