@@ -221,6 +221,66 @@ async fn a_join_broadcasts_its_build_side_where_the_copies_cost_less_than_a_shuf
     }
 }
 
+/// A join of 64 tables nests 63 hash joins in one plan, deeper than protobuf decoders allow by
+/// default (100 message levels, two per plan node): its fragments must still decode on the
+/// workers. SQLite's `select5.test` joins up to 64 tables this way.
+#[test]
+fn a_join_of_sixty_four_tables_runs_as_on_datafusion() {
+    // DataFusion's optimizer recurses once per join: in a debug build, planning the query
+    // needs more than a test thread's 2 MiB of stack (the shell plans on its main thread).
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(join_of_sixty_four_tables())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+async fn join_of_sixty_four_tables() {
+    const TABLES: usize = 64;
+    let table = |i: usize| {
+        let a: Int64Array = (1..=10).map(Some).collect();
+        let b: Int64Array = (1..=10)
+            .map(|v| Some((v * 3 + i as i64) % 10 + 1))
+            .collect();
+        let x: StringArray = (1..=10).map(|v| Some(format!("t{i}-{v}"))).collect();
+        RecordBatch::try_from_iter([
+            (format!("a{i}"), Arc::new(a) as ArrayRef),
+            (format!("b{i}"), Arc::new(b) as ArrayRef),
+            (format!("x{i}"), Arc::new(x) as ArrayRef),
+        ])
+        .unwrap()
+    };
+    let from: Vec<String> = (0..TABLES).map(|i| format!("t{i}")).collect();
+    let chain: Vec<String> = (1..TABLES).map(|i| format!("b{} = a{i}", i - 1)).collect();
+    let sql = format!(
+        "SELECT x0, x31, x63 FROM {} WHERE a0 <= 4 AND {}",
+        from.join(", "),
+        chain.join(" AND ")
+    );
+    let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let s = super::harness::builder(2).partitions(3).build().unwrap();
+    for i in 0..TABLES {
+        let batch = table(i);
+        let t = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]]).unwrap();
+        reference
+            .register_table(format!("t{i}"), Arc::new(t))
+            .unwrap();
+        s.create_table(&format!("t{i}"), vec![batch]).unwrap();
+    }
+    let want = reference.sql(&sql).await.unwrap().collect().await.unwrap();
+    assert_eq!(want.iter().map(|b| b.num_rows()).sum::<usize>(), 4, "{sql}");
+    let got = run_dirk(&s, &sql, "a join of 64 tables").await;
+    assert_same(&got, &want, false, "a join of 64 tables");
+}
+
 /// The whole-plan statistics of `plan`, as DataFusion's optimizer computes them.
 fn statistics(
     plan: &dyn datafusion::physical_plan::ExecutionPlan,
