@@ -146,6 +146,8 @@ pub struct RecordResult {
     /// Where the record is: its line, prefixed with the included file's name when it comes
     /// from an `include` (an included file's lines overlap the including file's).
     pub at: String,
+    /// A query (not a statement).
+    pub query: bool,
     /// What happened.
     pub outcome: Outcome,
 }
@@ -218,6 +220,7 @@ where
     let records = sqllogictest::parse_file::<DFColumnType>(path).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     for record in records {
+        let query = matches!(record, Record::Query { .. });
         let (line, at) = match &record {
             Record::Statement { loc, .. } | Record::Query { loc, .. } => {
                 let at = if Path::new(loc.file()) == path {
@@ -239,6 +242,7 @@ where
             results.push(RecordResult {
                 line,
                 at,
+                query,
                 outcome: Outcome::Skip(reason),
             });
             continue;
@@ -272,7 +276,12 @@ where
                 }
             }
         };
-        results.push(RecordResult { line, at, outcome });
+        results.push(RecordResult {
+            line,
+            at,
+            query,
+            outcome,
+        });
     }
     Ok(results)
 }
