@@ -3,7 +3,8 @@
 //! Runs sqllogictest files through a Dirk session: DataFusion's own corpus (shipped in the
 //! `datafusion-sqllogictest` crate) and SQLite's `select1`–`select5`. [`DirkDb`] is the
 //! [`AsyncDB`] over a Dirk [`Session`]; values are printed with DataFusion's own conversion, so
-//! a Dirk answer reads exactly as DataFusion's does. [`run_file`] runs one file record by record
+//! a Dirk answer reads exactly as DataFusion's does; in SQLite's files [`DeclaredTypes`] then
+//! converts both engines' values as SQLite's runner does. [`run_file`] runs one file record by record
 //! and says, for each record, whether it passed, failed (and how), or was skipped (and why).
 
 use async_trait::async_trait;
@@ -470,7 +471,7 @@ fn has_outer_order_by(sql: &str) -> bool {
     }
 }
 
-/// DataFusion's runner compares SQLite's files row by row, a row's values joined by spaces.
+/// Compares a SQLite record's values, one per line (the runner is value-wise for these files).
 fn sqlite_value_validator(
     normalizer: sqllogictest::Normalizer,
     actual: &[Vec<String>],
