@@ -22,6 +22,9 @@ pub(crate) struct Args {
     /// How many small chunks, of 1 MiB each.
     #[arg(long, default_value_t = 1000)]
     small: usize,
+    /// Timed runs of each case (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 fn ints(n: usize, start: i64) -> RecordBatch {
@@ -65,20 +68,36 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
     let workers = connect_cluster(&addresses, &client)
         .await
         .map_err(|e| e.to_string())?;
-    let (big_mib, small) = (args.big_mib, args.small);
-    let rows = tokio::task::spawn_blocking(move || measure(workers, big_mib, small))
+    let (big_mib, small, runs) = (args.big_mib, args.small, args.runs.max(1));
+    let rows = tokio::task::spawn_blocking(move || measure(workers, big_mib, small, runs))
         .await
         .map_err(|e| e.to_string())??;
     println!(
         "Flight between two workers on loopback (gRPC over TCP, Arrow IPC), against memcpy of the same bytes"
     );
     println!(
-        "{:<28} {:>10} {:>10} {:>12} {:>14}",
-        "case", "MiB", "seconds", "Flight GB/s", "memcpy GB/s"
+        "(median of {runs} timed runs after a warm-up; the slowest and fastest run in brackets)"
     );
-    for (case, mib, seconds, memcpy_gbs) in rows {
-        let gbs = mib as f64 * 1048576.0 / seconds / 1e9;
-        println!("{case:<28} {mib:>10} {seconds:>10.3} {gbs:>12.2} {memcpy_gbs:>14.2}");
+    println!(
+        "{:<28} {:>10} {:>10} {:>12} {:>16} {:>14}",
+        "case", "MiB", "seconds", "Flight GB/s", "(min - max)", "memcpy GB/s"
+    );
+    for Measured {
+        case,
+        mib,
+        seconds,
+        memcpy_gbs,
+    } in rows
+    {
+        let rate = |s: f64| mib as f64 * 1048576.0 / s / 1e9;
+        let gbs = rate(median(&seconds));
+        let slowest = rate(seconds.iter().cloned().fold(0.0, f64::max));
+        let fastest = rate(seconds.iter().cloned().fold(f64::INFINITY, f64::min));
+        let spread = format!("({slowest:.2} - {fastest:.2})");
+        println!(
+            "{case:<28} {mib:>10} {:>10.3} {gbs:>12.2} {spread:>16} {memcpy_gbs:>14.2}",
+            median(&seconds)
+        );
         for (system, metric, value, unit) in [
             ("dirk-flight", "gb_per_s", gbs, "GB/s"),
             ("memcpy", "gb_per_s", memcpy_gbs, "GB/s"),
@@ -99,13 +118,27 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
-type Measured = Vec<(String, usize, f64, f64)>;
+/// One case's timings.
+struct Measured {
+    case: String,
+    mib: usize,
+    /// Seconds of each timed run.
+    seconds: Vec<f64>,
+    memcpy_gbs: f64,
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 fn measure(
     workers: Vec<Arc<dirk_dtable::flight::RemoteWorker>>,
     big_mib: usize,
     small: usize,
-) -> Result<Measured, String> {
+    runs: usize,
+) -> Result<Vec<Measured>, String> {
     let ctx = Context::builder()
         .workers(0)
         .build()
@@ -121,25 +154,35 @@ fn measure(
     for (case, sizes) in cases {
         let batches: Vec<RecordBatch> = sizes.iter().map(|&n| ints(n, 0)).collect();
         let memcpy_gbs = memcpy_rate(&batches);
-        let mut chunks = Vec::new();
-        for b in &batches {
-            chunks.push(
-                ctx.put_on(WorkerId(0), Chunk::from_batch(b.clone()), false)
-                    .map_err(|e| e.to_string())?,
+        let mut seconds = Vec::new();
+        for run in 0..=runs {
+            // Put afresh each run, so that no run can find a chunk the one before moved.
+            let mut chunks = Vec::new();
+            for b in &batches {
+                chunks.push(
+                    ctx.put_on(WorkerId(0), Chunk::from_batch(b.clone()), false)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let started = Instant::now();
+            let task = ctx.spawn(
+                "touch",
+                chunks.iter().map(Arg::read).collect(),
+                TaskOptions::new().scope(Scope::worker(WorkerId(1))),
             );
+            task.wait().map_err(|e| e.to_string())?;
+            if run > 0 {
+                seconds.push(started.elapsed().as_secs_f64());
+            }
+            ctx.free(&chunks).map_err(|e| e.to_string())?;
         }
-        drop(batches);
-        let started = Instant::now();
-        let task = ctx.spawn(
-            "touch",
-            chunks.iter().map(Arg::read).collect(),
-            TaskOptions::new().scope(Scope::worker(WorkerId(1))),
-        );
-        task.wait().map_err(|e| e.to_string())?;
-        let seconds = started.elapsed().as_secs_f64();
-        ctx.free(&chunks).map_err(|e| e.to_string())?;
         let mib = sizes.iter().sum::<usize>() * 8 / 1048576;
-        out.push((case, mib, seconds, memcpy_gbs));
+        out.push(Measured {
+            case,
+            mib,
+            seconds,
+            memcpy_gbs,
+        });
     }
     Ok(out)
 }

@@ -16,6 +16,8 @@
 static GLOBAL: alloc::Counting = alloc::Counting;
 
 mod alloc;
+#[path = "../../sql/src/allocator.rs"]
+mod allocator;
 mod flight;
 mod gpu;
 mod mutation;
@@ -63,6 +65,7 @@ fn block_on(suite: impl std::future::Future<Output = Result<(), String>>) -> Res
 }
 
 fn main() {
+    allocator::configure();
     let cli = Cli::parse();
     let mut report = Report::new(cli.json.as_deref());
     let result = match cli.suite {

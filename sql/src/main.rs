@@ -11,6 +11,7 @@
 //! echo "SELECT 1;" | dirk              # non-interactive when stdin is not a terminal
 //! ```
 
+mod allocator;
 mod cluster;
 mod progress;
 mod shell;
@@ -158,6 +159,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() {
+    allocator::configure();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Worker(args)) => cluster::run_worker(args).map(|()| 0),
