@@ -1,5 +1,5 @@
-//! TPC-H: all 22 queries at SF 0.01 equal DataFusion's on one node over the same data, with 1, 2
-//! and 4 workers and 1, 3 and 8 partitions per table.
+//! TPC-H: all 22 queries at SF 0.01 equal DataFusion's on one node over the same data, with 1, 2,
+//! 3 and 4 workers and 1, 3 and 8 partitions per table.
 
 use super::compare::{assert_same, run_dirk};
 use arrow::array::RecordBatch;
@@ -54,8 +54,9 @@ async fn check(workers: usize, partitions: usize, reference: &SessionContext) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_equals_datafusion_at_every_worker_and_partition_count() {
     let reference = reference().await;
-    // Three workers: the cluster the issue names (on `cluster_integration`, three processes).
-    for workers in [1, 3, 4] {
+    // 1, 2 and 4 workers, and three: the cluster size the cluster tests use (on
+    // `cluster_integration`, three processes).
+    for workers in [1, 2, 3, 4] {
         for partitions in [1, 3, 8] {
             check(workers, partitions, &reference).await;
         }
