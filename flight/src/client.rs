@@ -119,7 +119,16 @@ struct Link {
     id: WorkerId,
     address: String,
     client: Client,
+    /// Bounds the chunk fetches in flight from this worker (see [`FETCHES_IN_FLIGHT`]).
+    fetches: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many chunks are fetched from one worker at a time. A task's fetches start together, and
+/// a thousand streams at once on one HTTP/2 connection had the sender encode and the receiver
+/// assemble a thousand messages side by side, each in fresh memory; a few at a time reuse it
+/// (1000 chunks of 1 MiB: 1.49-1.57 GB/s median at 8, 1.23-1.51 unbounded; 4 and 32 were
+/// slower than 8).
+const FETCHES_IN_FLIGHT: usize = 8;
 
 fn endpoint(address: &str, o: &ClientOptions) -> Result<Endpoint, EngineError> {
     let scheme = if o.tls_ca.is_some() { "https" } else { "http" };
@@ -202,6 +211,15 @@ fn describe(status: &Status) -> String {
 }
 
 impl Link {
+    fn new(id: WorkerId, address: String, client: Client) -> Link {
+        Link {
+            id,
+            address,
+            client,
+            fetches: Arc::new(tokio::sync::Semaphore::new(FETCHES_IN_FLIGHT)),
+        }
+    }
+
     fn error(&self, message: String) -> EngineError {
         EngineError::Remote {
             peer: format!("{} at {}", self.id, self.address),
@@ -241,6 +259,12 @@ impl Link {
     }
 
     async fn fetch(&self, id: ChunkId) -> Result<Chunk, EngineError> {
+        // Never closed, so acquiring only waits.
+        let _turn = self
+            .fetches
+            .acquire()
+            .await
+            .expect("the fetch semaphore is never closed");
         let mut client = self.client.clone();
         let ticket = Ticket {
             ticket: protocol::encode(&Some(id)).into(),
@@ -361,11 +385,11 @@ impl RemoteWorker {
             .connect()
             .await
             .map_err(|e| unreachable(format!("cannot connect: {}", chain(&e))))?;
-        let hello_link = Link {
+        let hello_link = Link::new(
             id,
-            address: address.to_string(),
-            client: client(channel.clone(), options.token.as_deref(), None)?,
-        };
+            address.to_string(),
+            client(channel.clone(), options.token.as_deref(), None)?,
+        );
         let sent_us = dirk_engine::eventlog::now_us();
         let answer = hello_link
             .control(
@@ -390,11 +414,11 @@ impl RemoteWorker {
             )));
         }
         let midpoint = (sent_us / 2 + received_us / 2) as i64;
-        let link = Link {
+        let link = Link::new(
             id,
-            address: address.to_string(),
-            client: client(channel, options.token.as_deref(), Some(reply.attachment))?,
-        };
+            address.to_string(),
+            client(channel, options.token.as_deref(), Some(reply.attachment))?,
+        );
         let mut worker = Self::from_link(link, options.clone(), reply.attachment, true);
         worker.processors = reply.processors;
         worker.clock_offset_us = midpoint - reply.clock_us as i64;
@@ -405,11 +429,11 @@ impl RemoteWorker {
     /// A worker's client for a peer of the same driver: connects on first use.
     pub(crate) fn peer(peer: Peer, options: ClientOptions) -> Result<RemoteWorker, EngineError> {
         let channel = endpoint(&peer.address, &options)?.connect_lazy();
-        let link = Link {
-            id: peer.worker,
-            client: client(channel, options.token.as_deref(), Some(peer.attachment))?,
-            address: peer.address,
-        };
+        let link = Link::new(
+            peer.worker,
+            peer.address,
+            client(channel, options.token.as_deref(), Some(peer.attachment))?,
+        );
         Ok(Self::from_link(link, options, peer.attachment, false))
     }
 

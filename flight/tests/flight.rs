@@ -15,9 +15,24 @@ use tonic::Code;
 
 const TOKEN: &str = "s3cret";
 
-/// A registry with `double`: doubles column 0 (Int64) of its one input.
+/// A registry with `double` (doubles column 0, Int64, of its one input) and `firsts` (the first
+/// value of column 0 of each input, in the order of its inputs).
 fn registry() -> Arc<KernelRegistry> {
     let r = KernelRegistry::with_builtins();
+    r.register(FnKernel::new("firsts", |call| {
+        let firsts: Int64Array = (0..call.num_inputs())
+            .map(|i| {
+                let b = &call.input(i).batches()[0];
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .value(0)
+            })
+            .collect();
+        let batch = ints(firsts.iter());
+        Ok(vec![Chunk::from_batch(batch)])
+    }));
     r.register(FnKernel::new("double", |call| {
         let input = call.input(0).clone();
         let mut out = Vec::new();
@@ -281,6 +296,45 @@ async fn tasks_run_remotely_and_fetch_inputs_from_each_other() {
         .transfers
         .iter()
         .any(|t| t.from == WorkerId(0) && t.to == WorkerId(1)));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A task that reads more chunks from one peer than a worker fetches from it at a time gets them
+/// all, each in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reading_a_hundred_chunks_of_one_peer_gets_them_all_in_order() {
+    let (a, b) = (server(Some(TOKEN)).await, server(Some(TOKEN)).await);
+    let addresses = vec![a.local_addr().to_string(), b.local_addr().to_string()];
+    let workers = connect_cluster(&addresses, &options()).await.unwrap();
+    let (out, log) = tokio::task::spawn_blocking(move || {
+        let ctx = Context::builder().workers(0).build().unwrap();
+        for w in workers {
+            ctx.add_worker(w).unwrap();
+        }
+        let chunks: Vec<_> = (0..100)
+            .map(|i| {
+                let batch = ints((i * 1000..i * 1000 + 1000).map(Some));
+                ctx.put_on(WorkerId(0), Chunk::from_batch(batch), false)
+                    .unwrap()
+            })
+            .collect();
+        let task = ctx.spawn(
+            "firsts",
+            chunks.iter().map(Arg::read).collect(),
+            TaskOptions::new().scope(Scope::worker(WorkerId(1))),
+        );
+        (task.fetch().unwrap(), ctx.event_log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(out[0].batches()[0], ints((0..100).map(|i| Some(i * 1000))));
+    let moved = log
+        .transfers
+        .iter()
+        .filter(|t| t.from == WorkerId(0) && t.to == WorkerId(1))
+        .count();
+    assert_eq!(moved, 100, "each chunk moved from worker 0 to 1");
     a.stop().await;
     b.stop().await;
 }
