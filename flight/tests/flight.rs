@@ -20,18 +20,14 @@ const TOKEN: &str = "s3cret";
 fn registry() -> Arc<KernelRegistry> {
     let r = KernelRegistry::with_builtins();
     r.register(FnKernel::new("firsts", |call| {
-        let firsts: Int64Array = (0..call.num_inputs())
-            .map(|i| {
-                let b = &call.input(i).batches()[0];
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .value(0)
-            })
-            .collect();
-        let batch = ints(firsts.iter());
-        Ok(vec![Chunk::from_batch(batch)])
+        let first = |i| {
+            let b = &call.input(i).batches()[0];
+            let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            Some(a.value(0))
+        };
+        Ok(vec![Chunk::from_batch(ints(
+            (0..call.num_inputs()).map(first),
+        ))])
     }));
     r.register(FnKernel::new("double", |call| {
         let input = call.input(0).clone();
@@ -302,12 +298,23 @@ async fn tasks_run_remotely_and_fetch_inputs_from_each_other() {
 
 /// A task that reads more chunks from one peer than a worker fetches from it at a time gets them
 /// all, each in its place.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_reading_a_hundred_chunks_of_one_peer_gets_them_all_in_order() {
-    let (a, b) = (server(Some(TOKEN)).await, server(Some(TOKEN)).await);
-    let addresses = vec![a.local_addr().to_string(), b.local_addr().to_string()];
-    let workers = connect_cluster(&addresses, &options()).await.unwrap();
-    let (out, log) = tokio::task::spawn_blocking(move || {
+#[test]
+fn a_task_reading_a_hundred_chunks_of_one_peer_gets_them_all_in_order() {
+    // Its own runtime, so that a hang fails the test instead of holding it: a runtime waits
+    // at shutdown for its blocking tasks, and a hung task keeps one on the worker's side.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (a, b, workers) = runtime.block_on(async {
+        let (a, b) = (server(Some(TOKEN)).await, server(Some(TOKEN)).await);
+        let addresses = vec![a.local_addr().to_string(), b.local_addr().to_string()];
+        let workers = connect_cluster(&addresses, &options()).await.unwrap();
+        (a, b, workers)
+    });
+    let (done, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let ctx = Context::builder().workers(0).build().unwrap();
         for w in workers {
             ctx.add_worker(w).unwrap();
@@ -324,10 +331,13 @@ async fn a_task_reading_a_hundred_chunks_of_one_peer_gets_them_all_in_order() {
             chunks.iter().map(Arg::read).collect(),
             TaskOptions::new().scope(Scope::worker(WorkerId(1))),
         );
-        (task.fetch().unwrap(), ctx.event_log())
-    })
-    .await
-    .unwrap();
+        let _ = done.send((task.fetch().unwrap(), ctx.event_log()));
+    });
+    // A fetch bound that lost a turn would hang the task: the deadline makes that a failure.
+    let Ok((out, log)) = answer.recv_timeout(std::time::Duration::from_secs(60)) else {
+        runtime.shutdown_background();
+        panic!("the task did not get its 100 inputs within 60 s");
+    };
     assert_eq!(out[0].batches()[0], ints((0..100).map(|i| Some(i * 1000))));
     let moved = log
         .transfers
@@ -335,8 +345,10 @@ async fn a_task_reading_a_hundred_chunks_of_one_peer_gets_them_all_in_order() {
         .filter(|t| t.from == WorkerId(0) && t.to == WorkerId(1))
         .count();
     assert_eq!(moved, 100, "each chunk moved from worker 0 to 1");
-    a.stop().await;
-    b.stop().await;
+    runtime.block_on(async {
+        a.stop().await;
+        b.stop().await;
+    });
 }
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`, and its key (PEM).
