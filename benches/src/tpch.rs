@@ -34,6 +34,29 @@ pub(crate) struct Args {
     /// Print each query's plans (DataFusion's physical plan and Dirk's stages) before timing it.
     #[arg(long)]
     explain: bool,
+    /// After timing each query, run it once more on Dirk (and on the cluster) and write the
+    /// engine's task records of that run to `DIR/qNN-dirk.json` (`-cluster.json`), and its
+    /// Chrome trace beside them (`.trace.json`): where a query's time went, task by task.
+    #[arg(long, value_name = "DIR")]
+    trace: Option<std::path::PathBuf>,
+}
+
+/// Runs `sql` once on `session` with an empty event log and writes what the log then holds.
+async fn write_trace(
+    session: &Session,
+    sql: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<(), String> {
+    session.engine().clear_event_log();
+    dirk_rows(session, sql).await?;
+    let log = session.engine().event_log();
+    let records = serde_json::to_string(&log.records).map_err(|e| e.to_string())?;
+    let write = |file: String, text: &str| {
+        std::fs::write(dir.join(&file), text).map_err(|e| format!("{file}: {e}"))
+    };
+    write(format!("{name}.json"), &records)?;
+    write(format!("{name}.trace.json"), &log.chrome_trace())
 }
 
 /// The plans of `sql` on both systems, for reading why one is slower.
@@ -226,6 +249,13 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
                 dirk.push(dirk_s);
                 on_cluster.push(cluster_s);
                 df.push(df_s);
+            }
+        }
+        if let Some(dir) = &args.trace {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            write_trace(&session, sql, dir, &format!("q{q:02}-dirk")).await?;
+            if let Some(c) = &cluster {
+                write_trace(c, sql, dir, &format!("q{q:02}-cluster")).await?;
             }
         }
         let (d, c, f) = (median(dirk), median(on_cluster), median(df));

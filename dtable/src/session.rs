@@ -1263,6 +1263,7 @@ impl Session {
         let mut handles: Vec<Vec<TaskHandle>> = Vec::with_capacity(staged.stages.len());
         for stage in &staged.stages {
             let plan = encode_plan(&stage.fragment)?;
+            let cost_class = cost_class_of(&plan);
             let modes: HashMap<_, _> = stage
                 .inputs
                 .iter()
@@ -1308,13 +1309,24 @@ impl Session {
                 };
                 let opts = TaskOptions::new()
                     .params(encode_params(&header, &plan))
-                    .label(format!("stage {} task {t}", stage.id));
+                    .label(format!("stage {} task {t}", stage.id))
+                    .cost_class(cost_class);
                 stage_handles.push(self.engine.spawn(FRAGMENT_KERNEL, args, opts));
             }
             handles.push(stage_handles);
         }
         Ok(handles)
     }
+}
+
+/// The scheduler learns the run time of a stage's tasks under the stage's fragment: the same
+/// fragment, in this query or when the query runs again, costs alike per input byte, where
+/// fragments at large do not (one reads two columns of a table's chunks, another all of them).
+fn cost_class_of(plan: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    plan.hash(&mut h);
+    h.finish()
 }
 
 /// The tables each scan leaf reads, as they are now (a consistent snapshot for the query).

@@ -259,6 +259,7 @@ impl Context {
             after: options.after,
             scope: options.scope,
             label: options.label.map(Arc::from),
+            cost_class: options.cost_class,
             slot: slot.clone(),
             submitted_us: now_us(),
         };

@@ -42,10 +42,15 @@ pub struct TaskRecord {
     pub processor: Option<ProcessorKind>,
     /// When it was submitted.
     pub queued_us: u64,
+    /// When the scheduler sent it to its worker (0 if it never was).
+    pub dispatched_us: u64,
     /// When it started (0 if it never ran).
     pub started_us: u64,
     /// When it finished.
     pub finished_us: u64,
+    /// When the scheduler learned that it finished (after `finished_us` by the time its report
+    /// took to arrive; 0 if it never ran).
+    pub reported_us: u64,
     /// Rows read.
     pub rows_in: u64,
     /// Bytes read.
@@ -58,6 +63,8 @@ pub struct TaskRecord {
     pub bytes_moved: u64,
     /// Microseconds it waited on its processor for those bytes to arrive.
     pub fetch_wait_us: u64,
+    /// CPU time its thread spent on it, in µs.
+    pub cpu_us: u64,
     /// Tasks it waited for.
     pub deps: Vec<TaskId>,
     /// How it ended.
@@ -229,9 +236,11 @@ impl EventLogSnapshot {
                 "ph": "X", "name": r.name, "cat": "task", "pid": pid, "tid": tid,
                 "ts": r.started_us, "dur": r.finished_us.saturating_sub(r.started_us).max(1),
                 "args": {"task": r.task.0, "queued_us": r.started_us.saturating_sub(r.queued_us),
+                    "dispatch_to_start_us": r.started_us.saturating_sub(r.dispatched_us),
+                    "finish_to_report_us": r.reported_us.saturating_sub(r.finished_us),
                     "rows_in": r.rows_in, "bytes_in": r.bytes_in, "rows_out": r.rows_out,
                     "bytes_out": r.bytes_out, "bytes_moved": r.bytes_moved,
-                    "fetch_wait_us": r.fetch_wait_us, "status": status}
+                    "fetch_wait_us": r.fetch_wait_us, "cpu_us": r.cpu_us, "status": status}
             }));
         }
         serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"}).to_string()

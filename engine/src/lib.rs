@@ -32,6 +32,7 @@
 
 pub mod chunk;
 pub mod context;
+mod cputime;
 mod datadeps;
 pub mod error;
 pub mod eventlog;

@@ -53,6 +53,7 @@ pub(crate) struct Submission {
     pub(crate) after: Vec<(TaskId, Arc<TaskSlot>)>,
     pub(crate) scope: Scope,
     pub(crate) label: Option<Arc<str>>,
+    pub(crate) cost_class: Option<u64>,
     pub(crate) slot: Arc<TaskSlot>,
     pub(crate) submitted_us: u64,
 }
@@ -90,6 +91,8 @@ struct TaskState {
     inputs: Vec<InputSpec>,
     sites: Vec<InputSite>,
     cancel_requested: bool,
+    /// When it was sent to its worker.
+    dispatched_us: u64,
 }
 
 struct ProcState {
@@ -116,6 +119,25 @@ struct KernelStats {
     input_bytes: f64,
 }
 
+impl KernelStats {
+    /// Adds a task that took `dur_s` over `input_bytes` of inputs.
+    fn learn(&mut self, dur_s: f64, input_bytes: u64) {
+        self.mean_s = if self.samples == 0 {
+            dur_s
+        } else {
+            0.8 * self.mean_s + 0.2 * dur_s
+        };
+        self.samples += 1;
+        if input_bytes > 0 {
+            self.input_s = 0.9 * self.input_s + dur_s;
+            self.input_bytes = 0.9 * self.input_bytes + input_bytes as f64;
+        }
+    }
+}
+
+/// How many cost classes the scheduler keeps history for.
+const MAX_COST_CLASSES: usize = 4096;
+
 pub(crate) struct Scheduler {
     events: Receiver<Event>,
     sink: ReportSink,
@@ -125,6 +147,8 @@ pub(crate) struct Scheduler {
     workers: HashMap<WorkerId, WorkerEntry>,
     procs: Vec<ProcState>,
     kernels: HashMap<Arc<str>, KernelStats>,
+    /// Learned run times per (kernel, cost class) (see [`crate::TaskOptions::cost_class`]).
+    classes: HashMap<(Arc<str>, u64), KernelStats>,
     /// Scratch space for placement, reused to avoid an allocation per task.
     loads: Vec<ProcessorLoad>,
     model: CostModel,
@@ -228,6 +252,7 @@ impl Scheduler {
             workers: HashMap::new(),
             procs: Vec::new(),
             kernels: HashMap::new(),
+            classes: HashMap::new(),
             loads: Vec::new(),
             model,
             log,
@@ -293,7 +318,7 @@ impl Scheduler {
         match self.admit(&sub) {
             Ok((keys, deps, scope_ok)) => {
                 debug_assert!(scope_ok);
-                let est_s = self.estimate(&sub.kernel, 0);
+                let est_s = self.estimate(&sub, 0);
                 let mut waiting_on = 0;
                 for d in &deps {
                     if let Some(t) = self.tasks.get_mut(d) {
@@ -314,6 +339,7 @@ impl Scheduler {
                         inputs: Vec::new(),
                         sites: Vec::new(),
                         cancel_requested: false,
+                        dispatched_us: 0,
                     },
                 );
                 if waiting_on == 0 {
@@ -415,12 +441,19 @@ impl Scheduler {
         Ok((keys, deps, true))
     }
 
-    /// Expected run time of a task of `kernel` that reads `input_bytes`. One kernel can run
-    /// tasks over kilobytes and over hundreds of megabytes (every query fragment is the same
-    /// kernel): where its history has inputs, the estimate scales with them. Otherwise two big
-    /// tasks could both look cheaper to queue behind each other than to move a few bytes.
-    fn estimate(&self, kernel: &str, input_bytes: u64) -> f64 {
-        match self.kernels.get(kernel).filter(|k| k.samples > 0) {
+    /// Expected run time of task `sub` when it reads `input_bytes`: from the history of its
+    /// cost class when that has run, else from its kernel's. One kernel can run tasks over
+    /// kilobytes and over hundreds of megabytes (every query fragment is the same kernel): where
+    /// the history has inputs, the estimate scales with them. Otherwise two big tasks could both
+    /// look cheaper to queue behind each other than to move a few bytes.
+    fn estimate(&self, sub: &Submission, input_bytes: u64) -> f64 {
+        let class = sub
+            .cost_class
+            .and_then(|c| self.classes.get(&(sub.kernel.clone(), c)));
+        let stats = class
+            .filter(|k| k.samples > 0)
+            .or_else(|| self.kernels.get(&sub.kernel).filter(|k| k.samples > 0));
+        match stats {
             Some(k) if input_bytes > 0 && k.input_bytes > 0.0 => {
                 input_bytes as f64 * (k.input_s / k.input_bytes)
             }
@@ -441,7 +474,7 @@ impl Scheduler {
             Err(e) => return self.fail(id, e),
         };
         self.refresh_loads();
-        let est_s = self.estimate(&self.tasks[&id].sub.kernel, placement::total_bytes(&sites));
+        let est_s = self.estimate(&self.tasks[&id].sub, placement::total_bytes(&sites));
         let t = self.tasks.get_mut(&id).expect("checked above");
         t.inputs = inputs;
         t.sites = sites;
@@ -550,6 +583,7 @@ impl Scheduler {
         let pid = p.id;
         let t = self.tasks.get_mut(&id).expect("queued task exists");
         t.phase = Phase::Running(pi);
+        t.dispatched_us = now_us();
         let assignment = TaskAssignment {
             task: id,
             kernel: t.sub.kernel.clone(),
@@ -582,7 +616,7 @@ impl Scheduler {
             let sample = v.queue.iter().rev().take(STEAL_LOOKAHEAD);
             let (n, sum) = sample.fold((0usize, 0.0), |(n, s), id| {
                 let t = &self.tasks[id];
-                let est = self.estimate(&t.sub.kernel, placement::total_bytes(&t.sites));
+                let est = self.estimate(&t.sub, placement::total_bytes(&t.sites));
                 (n + 1, s + est)
             });
             let backlog = (v.queue.len() + v.in_flight) as f64 * sum / n.max(1) as f64;
@@ -625,6 +659,7 @@ impl Scheduler {
     // ---- completion -------------------------------------------------------------------------
 
     fn finished(&mut self, r: TaskReport) {
+        let reported_us = now_us();
         for tr in &r.transfers {
             self.log.transfer(*tr);
         }
@@ -642,20 +677,22 @@ impl Scheduler {
             self.release_slot(pi, t.est_s);
         }
         let dur_s = r.finished_us.saturating_sub(r.started_us) as f64 / 1e6;
+        let input_bytes = placement::total_bytes(&t.sites);
         let stats = match self.kernels.get_mut(&t.sub.kernel) {
             Some(s) => s,
             None => self.kernels.entry(t.sub.kernel.clone()).or_default(),
         };
-        stats.mean_s = if stats.samples == 0 {
-            dur_s
-        } else {
-            0.8 * stats.mean_s + 0.2 * dur_s
-        };
-        stats.samples += 1;
-        let input_bytes = placement::total_bytes(&t.sites);
-        if input_bytes > 0 {
-            stats.input_s = 0.9 * stats.input_s + dur_s;
-            stats.input_bytes = 0.9 * stats.input_bytes + input_bytes as f64;
+        stats.learn(dur_s, input_bytes);
+        if let Some(class) = t.sub.cost_class {
+            if self.classes.len() >= MAX_COST_CLASSES {
+                // A bound on memory: the classes of a long session's past queries are dropped
+                // together, and relearned as they run again.
+                self.classes.clear();
+            }
+            self.classes
+                .entry((t.sub.kernel.clone(), class))
+                .or_default()
+                .learn(dur_s, input_bytes);
         }
 
         let result = match r.result {
@@ -703,14 +740,17 @@ impl Scheduler {
             worker: Some(r.worker),
             processor: Some(r.processor),
             queued_us: t.sub.submitted_us,
+            dispatched_us: t.dispatched_us,
             started_us: r.started_us,
             finished_us: r.finished_us,
+            reported_us,
             rows_in: r.rows_in,
             bytes_in: r.bytes_in,
             rows_out,
             bytes_out,
             bytes_moved: r.transfers.iter().map(|x| x.bytes).sum(),
             fetch_wait_us: r.fetch_wait_us,
+            cpu_us: r.cpu_us,
             deps: deps.clone(),
             status,
         };
@@ -833,14 +873,17 @@ impl Scheduler {
             worker: None,
             processor: None,
             queued_us: sub.submitted_us,
+            dispatched_us: 0,
             started_us: 0,
             finished_us: now,
+            reported_us: 0,
             rows_in: 0,
             bytes_in: 0,
             rows_out: 0,
             bytes_out: 0,
             bytes_moved: 0,
             fetch_wait_us: 0,
+            cpu_us: 0,
             deps: deps.to_vec(),
             status: match e {
                 EngineError::Cancelled { .. } => TaskStatus::Cancelled,

@@ -114,6 +114,7 @@ pub struct TaskOptions {
     pub(crate) scope: Scope,
     pub(crate) after: Vec<(TaskId, Arc<TaskSlot>)>,
     pub(crate) label: Option<String>,
+    pub(crate) cost_class: Option<u64>,
 }
 
 impl TaskOptions {
@@ -153,6 +154,16 @@ impl TaskOptions {
     /// A label shown in traces and graphs instead of the kernel name.
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = Some(label.into());
+        self
+    }
+
+    /// Tasks of one kernel given the same class are expected to take alike per input byte: the
+    /// scheduler learns their run time apart from the kernel's other tasks, and estimates a
+    /// task by its class once the class has run. For a kernel whose tasks differ widely (one
+    /// kernel runs every stage of every query), this is what lets placement tell a task that
+    /// reads a few columns of a big chunk from one that reads all of them.
+    pub fn cost_class(mut self, class: u64) -> Self {
+        self.cost_class = Some(class);
         self
     }
 }

@@ -75,6 +75,9 @@ pub struct TaskReport {
     /// Microseconds the task waited, once on its processor, for inputs still moving from other
     /// workers (fetches start when the task arrives, so a queued task may wait for none).
     pub fetch_wait_us: u64,
+    /// CPU time its thread spent on it, in µs (0 where the platform does not say): beside the
+    /// wall time, it tells a slow task from one that waited for a core.
+    pub cpu_us: u64,
     /// Chunks fetched from other workers.
     pub transfers: Vec<Transfer>,
     /// The outcome.
@@ -359,6 +362,7 @@ impl Worker for InProcessWorker {
                 rows_in: 0,
                 bytes_in: 0,
                 fetch_wait_us: 0,
+                cpu_us: 0,
                 transfers: Vec::new(),
                 result: Err(EngineError::kernel(format!(
                     "{} has no {} processor",
@@ -445,8 +449,10 @@ impl WorkerCore {
     /// `pending` holds, per input, the fetch [`Worker::start_fetch`] began when the task came.
     fn execute(&self, a: &TaskAssignment, pending: Vec<Option<PendingChunk>>) -> TaskReport {
         let started_us = now_us();
+        let cpu_started = crate::cputime::thread_cpu_us();
         let mut read = InputsRead::default();
         let result = self.execute_inner(a, pending, &mut read);
+        let cpu_us = crate::cputime::thread_cpu_us().saturating_sub(cpu_started);
         TaskReport {
             task: a.task,
             worker: self.id,
@@ -456,6 +462,7 @@ impl WorkerCore {
             rows_in: read.rows,
             bytes_in: read.bytes,
             fetch_wait_us: read.fetch_wait_us,
+            cpu_us,
             transfers: read.transfers,
             result,
         }

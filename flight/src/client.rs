@@ -337,13 +337,45 @@ fn flight(e: FlightError) -> String {
     }
 }
 
+/// The offset between a worker's clock and this process's, estimated as NTP does: a reading
+/// taken during a call is assumed to fall midway between sending and receiving, and the call
+/// with the shortest round trip so far bounds the error best (half its round trip). The `hello`
+/// call, which opens the connection, is slow; heartbeats refine it.
+#[derive(Default)]
+struct ClockOffset {
+    /// (round trip of the best sample in µs, offset in µs).
+    best: Mutex<Option<(u64, i64)>>,
+}
+
+impl ClockOffset {
+    /// A reading `remote_us` of the worker's clock, taken by a call sent at `sent_us` and
+    /// answered at `received_us` (this process's clock).
+    fn observe(&self, sent_us: u64, received_us: u64, remote_us: u64) {
+        let rtt = received_us.saturating_sub(sent_us);
+        let midpoint = (sent_us / 2 + received_us / 2) as i64;
+        let mut best = self.best.lock();
+        if best.is_none_or(|(b, _)| rtt <= b) {
+            *best = Some((rtt, midpoint - remote_us as i64));
+        }
+    }
+
+    /// The worker's clock reading `t`, on this process's timeline.
+    fn to_local(&self, t: u64) -> u64 {
+        let offset = self.best.lock().map_or(0, |(_, o)| o);
+        (t as i64).saturating_add(offset).max(0) as u64
+    }
+}
+
+/// Status calls made right after `hello` to read a worker's clock.
+const CLOCK_SAMPLES_AT_CONNECT: usize = 3;
+
 /// A worker in another process, reached over Arrow Flight.
 pub struct RemoteWorker {
     link: Link,
     options: ClientOptions,
     processors: Vec<(ProcessorKind, usize)>,
-    /// Added to the worker's clock readings to put them on this process's timeline.
-    clock_offset_us: i64,
+    /// Puts the worker's clock readings on this process's timeline.
+    clock: Arc<ClockOffset>,
     memory_limit: Option<u64>,
     attachment: u64,
     last_status: Arc<Mutex<WorkerStatus>>,
@@ -413,7 +445,6 @@ impl RemoteWorker {
                 reply.protocol
             )));
         }
-        let midpoint = (sent_us / 2 + received_us / 2) as i64;
         let link = Link::new(
             id,
             address.to_string(),
@@ -421,7 +452,15 @@ impl RemoteWorker {
         );
         let mut worker = Self::from_link(link, options.clone(), reply.attachment, true);
         worker.processors = reply.processors;
-        worker.clock_offset_us = midpoint - reply.clock_us as i64;
+        worker.clock.observe(sent_us, received_us, reply.clock_us);
+        // The hello opened the connection; calls on the open connection read the clock closer.
+        for _ in 0..CLOCK_SAMPLES_AT_CONNECT {
+            let sent_us = dirk_engine::eventlog::now_us();
+            let status = worker.link.status(options.connect_timeout).await?;
+            worker
+                .clock
+                .observe(sent_us, dirk_engine::eventlog::now_us(), status.clock_us);
+        }
         worker.memory_limit = reply.memory_limit;
         Ok(worker)
     }
@@ -455,7 +494,7 @@ impl RemoteWorker {
             link,
             options,
             processors: Vec::new(),
-            clock_offset_us: 0,
+            clock: Arc::default(),
             memory_limit: None,
             attachment,
             last_status: Arc::new(Mutex::new(status)),
@@ -530,8 +569,7 @@ impl Worker for RemoteWorker {
 
     fn run_task(&self, assignment: TaskAssignment, sink: ReportSink) {
         let link = self.link.clone();
-        let offset = self.clock_offset_us;
-        let adjust = move |t: u64| (t as i64).saturating_add(offset).max(0) as u64;
+        let clock = self.clock.clone();
         runtime().spawn(async move {
             let task = assignment.task;
             let processor = assignment.processor;
@@ -545,8 +583,8 @@ impl Worker for RemoteWorker {
                 });
             let report = match outcome {
                 Ok(mut r) => {
-                    r.started_us = adjust(r.started_us);
-                    r.finished_us = adjust(r.finished_us);
+                    r.started_us = clock.to_local(r.started_us);
+                    r.finished_us = clock.to_local(r.finished_us);
                     r
                 }
                 Err(message) => {
@@ -563,6 +601,7 @@ impl Worker for RemoteWorker {
                         rows_in: 0,
                         bytes_in: 0,
                         fetch_wait_us: 0,
+                        cpu_us: 0,
                         transfers: Vec::new(),
                         result: Err(EngineError::WorkerLost {
                             worker: link.id,
@@ -626,6 +665,7 @@ impl Worker for RemoteWorker {
         let link = self.link.clone();
         let options = self.options.clone();
         let last_status = self.last_status.clone();
+        let clock = self.clock.clone();
         let beat = runtime().spawn(async move {
             let mut last_answer = Instant::now();
             let mut ticks = tokio::time::interval(options.heartbeat);
@@ -633,8 +673,10 @@ impl Worker for RemoteWorker {
             loop {
                 ticks.tick().await;
                 let limit = options.lost_after.min(options.connect_timeout);
+                let sent_us = dirk_engine::eventlog::now_us();
                 let problem = match link.status(limit).await {
                     Ok(reply) => {
+                        clock.observe(sent_us, dirk_engine::eventlog::now_us(), reply.clock_us);
                         *last_status.lock() = reply.status;
                         last_answer = Instant::now();
                         continue;

@@ -25,7 +25,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape. A driver and a worker of different versions refuse
 /// each other at `hello`, with a message that names both versions.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The metadata key that carries the token.
 pub const TOKEN_HEADER: &str = "authorization";
@@ -92,6 +92,9 @@ pub struct StatusReply {
     pub memory_limit: Option<u64>,
     /// Attachments (drivers or sessions) it serves now.
     pub attachments: usize,
+    /// Its wall clock (µs since the Unix epoch) when it answered: each heartbeat refines the
+    /// driver's estimate of the offset between the two clocks.
+    pub clock_us: u64,
 }
 
 /// Encodes a message body.

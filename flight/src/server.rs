@@ -513,6 +513,7 @@ impl FlightService for WorkerService {
                     status: a.worker.status(),
                     memory_limit: self.state.options.memory_limit,
                     attachments: self.state.attachments.lock().len(),
+                    clock_us: dirk_engine::eventlog::now_us(),
                 };
                 one(body(protocol::encode(&reply)))
             }
