@@ -135,8 +135,60 @@ impl KernelStats {
     }
 }
 
+impl KernelStats {
+    /// Expected seconds of a task over `input_bytes`; `None` before the first sample.
+    fn estimate(&self, input_bytes: u64) -> Option<f64> {
+        match self.samples {
+            0 => None,
+            _ if input_bytes > 0 && self.input_bytes > 0.0 => {
+                Some(input_bytes as f64 * (self.input_s / self.input_bytes))
+            }
+            _ => Some(self.mean_s),
+        }
+    }
+}
+
 /// How many cost classes the scheduler keeps history for.
 const MAX_COST_CLASSES: usize = 4096;
+
+/// What the scheduler has learned of run times: per kernel, and per (kernel, cost class) (see
+/// [`crate::TaskOptions::cost_class`]).
+#[derive(Default)]
+struct RunTimes {
+    kernels: HashMap<Arc<str>, KernelStats>,
+    classes: HashMap<(Arc<str>, u64), KernelStats>,
+}
+
+impl RunTimes {
+    /// A task of `kernel` (and `class`) took `dur_s` over `input_bytes` of inputs.
+    fn learn(&mut self, kernel: &Arc<str>, class: Option<u64>, dur_s: f64, input_bytes: u64) {
+        let stats = match self.kernels.get_mut(kernel) {
+            Some(s) => s,
+            None => self.kernels.entry(kernel.clone()).or_default(),
+        };
+        stats.learn(dur_s, input_bytes);
+        if let Some(class) = class {
+            if self.classes.len() >= MAX_COST_CLASSES {
+                // A bound on memory: the classes of a long session's past queries are dropped
+                // together, and relearned as they run again.
+                self.classes.clear();
+            }
+            self.classes
+                .entry((kernel.clone(), class))
+                .or_default()
+                .learn(dur_s, input_bytes);
+        }
+    }
+
+    /// Expected seconds of a task of `kernel` (and `class`) over `input_bytes`: from its class's
+    /// history when the class has run, else from its kernel's; `None` when neither has.
+    fn estimate(&self, kernel: &Arc<str>, class: Option<u64>, input_bytes: u64) -> Option<f64> {
+        class
+            .and_then(|c| self.classes.get(&(kernel.clone(), c)))
+            .and_then(|s| s.estimate(input_bytes))
+            .or_else(|| self.kernels.get(kernel)?.estimate(input_bytes))
+    }
+}
 
 pub(crate) struct Scheduler {
     events: Receiver<Event>,
@@ -146,9 +198,7 @@ pub(crate) struct Scheduler {
     chunks: IdMap<ChunkId, ChunkEntry>,
     workers: HashMap<WorkerId, WorkerEntry>,
     procs: Vec<ProcState>,
-    kernels: HashMap<Arc<str>, KernelStats>,
-    /// Learned run times per (kernel, cost class) (see [`crate::TaskOptions::cost_class`]).
-    classes: HashMap<(Arc<str>, u64), KernelStats>,
+    run_times: RunTimes,
     /// Scratch space for placement, reused to avoid an allocation per task.
     loads: Vec<ProcessorLoad>,
     model: CostModel,
@@ -251,8 +301,7 @@ impl Scheduler {
             chunks: IdMap::default(),
             workers: HashMap::new(),
             procs: Vec::new(),
-            kernels: HashMap::new(),
-            classes: HashMap::new(),
+            run_times: RunTimes::default(),
             loads: Vec::new(),
             model,
             log,
@@ -447,19 +496,9 @@ impl Scheduler {
     /// the history has inputs, the estimate scales with them. Otherwise two big tasks could both
     /// look cheaper to queue behind each other than to move a few bytes.
     fn estimate(&self, sub: &Submission, input_bytes: u64) -> f64 {
-        let class = sub
-            .cost_class
-            .and_then(|c| self.classes.get(&(sub.kernel.clone(), c)));
-        let stats = class
-            .filter(|k| k.samples > 0)
-            .or_else(|| self.kernels.get(&sub.kernel).filter(|k| k.samples > 0));
-        match stats {
-            Some(k) if input_bytes > 0 && k.input_bytes > 0.0 => {
-                input_bytes as f64 * (k.input_s / k.input_bytes)
-            }
-            Some(k) => k.mean_s,
-            None => self.model.default_task_s,
-        }
+        self.run_times
+            .estimate(&sub.kernel, sub.cost_class, input_bytes)
+            .unwrap_or(self.model.default_task_s)
     }
 
     // ---- placement and dispatch -------------------------------------------------------------
@@ -678,22 +717,8 @@ impl Scheduler {
         }
         let dur_s = r.finished_us.saturating_sub(r.started_us) as f64 / 1e6;
         let input_bytes = placement::total_bytes(&t.sites);
-        let stats = match self.kernels.get_mut(&t.sub.kernel) {
-            Some(s) => s,
-            None => self.kernels.entry(t.sub.kernel.clone()).or_default(),
-        };
-        stats.learn(dur_s, input_bytes);
-        if let Some(class) = t.sub.cost_class {
-            if self.classes.len() >= MAX_COST_CLASSES {
-                // A bound on memory: the classes of a long session's past queries are dropped
-                // together, and relearned as they run again.
-                self.classes.clear();
-            }
-            self.classes
-                .entry((t.sub.kernel.clone(), class))
-                .or_default()
-                .learn(dur_s, input_bytes);
-        }
+        self.run_times
+            .learn(&t.sub.kernel, t.sub.cost_class, dur_s, input_bytes);
 
         let result = match r.result {
             Ok(done) => {
@@ -1080,5 +1105,47 @@ fn name_failure(e: EngineError, task: TaskId, kernel: &str) -> EngineError {
             kernel: kernel.to_string(),
             message: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunTimes;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_cost_class_is_estimated_from_its_own_history() {
+        let kernel: Arc<str> = Arc::from("dirk.fragment");
+        let mut times = RunTimes::default();
+        assert_eq!(times.estimate(&kernel, Some(1), 1000), None);
+        // Class 1 reads a few columns of big chunks: cheap per byte. Class 2 is dear per byte.
+        for _ in 0..5 {
+            times.learn(&kernel, Some(1), 0.001, 1_000_000);
+            times.learn(&kernel, Some(2), 0.100, 1_000_000);
+        }
+        let cheap = times.estimate(&kernel, Some(1), 1_000_000).unwrap();
+        let dear = times.estimate(&kernel, Some(2), 1_000_000).unwrap();
+        assert!((cheap - 0.001).abs() < 1e-9, "{cheap}");
+        assert!((dear - 0.100).abs() < 1e-9, "{dear}");
+        // Scaled by the bytes read.
+        let half = times.estimate(&kernel, Some(2), 500_000).unwrap();
+        assert!((half - 0.050).abs() < 1e-9, "{half}");
+        // A class never seen, or no class, falls back to the kernel's mix of both.
+        let unknown = times.estimate(&kernel, Some(3), 1_000_000).unwrap();
+        assert!(cheap < unknown && unknown < dear, "{unknown}");
+        assert_eq!(times.estimate(&kernel, None, 1_000_000), Some(unknown));
+        // Another kernel knows nothing.
+        assert_eq!(times.estimate(&Arc::from("other"), Some(1), 1), None);
+    }
+
+    #[test]
+    fn cost_classes_are_bounded() {
+        let kernel: Arc<str> = Arc::from("k");
+        let mut times = RunTimes::default();
+        for class in 0..(super::MAX_COST_CLASSES as u64 + 10) {
+            times.learn(&kernel, Some(class), 0.01, 100);
+        }
+        assert!(times.classes.len() <= super::MAX_COST_CLASSES);
+        assert!(times.classes.len() >= 10);
     }
 }

@@ -718,3 +718,24 @@ impl Drop for RemoteWorker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ClockOffset;
+
+    #[test]
+    fn the_clock_offset_comes_from_the_quickest_round_trip() {
+        let clock = ClockOffset::default();
+        assert_eq!(clock.to_local(1_000), 1_000, "no reading: no offset");
+        // The worker's clock runs 500 µs behind. A slow call (opening the connection) reads it
+        // 4 ms after sending and 6 ms before answering; the midpoint is 1 ms off.
+        clock.observe(10_000, 20_000, 13_500);
+        assert_eq!(clock.to_local(13_500), 15_000);
+        // A quick call reads it within 100 µs and replaces the estimate.
+        clock.observe(30_000, 30_100, 29_550);
+        assert_eq!(clock.to_local(29_550), 30_050);
+        // A slower call afterwards does not.
+        clock.observe(40_000, 45_000, 44_000);
+        assert_eq!(clock.to_local(29_550), 30_050);
+    }
+}

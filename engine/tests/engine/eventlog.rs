@@ -73,3 +73,40 @@ fn the_log_keeps_a_bounded_number_of_records() {
     assert_eq!(log.records.len(), 10);
     assert_eq!(log.dropped_records, 40);
 }
+
+#[test]
+fn a_record_tells_cpu_time_from_waiting_and_orders_its_times() {
+    let (ctx, _) = context(1);
+    ctx.register_kernel(dirk_engine::FnKernel::new("spin", |_call| {
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        Ok(vec![])
+    }));
+    let spin = ctx.spawn("spin", vec![], TaskOptions::new());
+    let sleep = ctx.spawn(
+        "sleep",
+        vec![],
+        TaskOptions::new().params_json(&[30u64]).unwrap(),
+    );
+    spin.wait().unwrap();
+    sleep.wait().unwrap();
+    ctx.wait_idle().unwrap();
+    let log = ctx.event_log();
+    let record = |id| log.records.iter().find(|r| r.task == id).unwrap();
+    let (spun, slept) = (record(spin.id()), record(sleep.id()));
+    for r in [spun, slept] {
+        assert!(r.queued_us <= r.dispatched_us, "{r:?}");
+        assert!(r.dispatched_us <= r.started_us, "{r:?}");
+        assert!(r.started_us <= r.finished_us, "{r:?}");
+        assert!(r.finished_us <= r.reported_us, "{r:?}");
+    }
+    if cfg!(unix) {
+        // Spinning for 30 ms uses about 30 ms of CPU; sleeping for 30 ms uses next to none.
+        assert!(spun.cpu_us >= 15_000, "{spun:?}");
+        assert!(slept.cpu_us < 10_000, "{slept:?}");
+        assert!(slept.finished_us - slept.started_us >= 30_000, "{slept:?}");
+    }
+}
