@@ -1195,13 +1195,15 @@ impl Session {
                 let bytes_out: u64 = records.iter().map(|r| r.bytes_out).sum();
                 let moved: u64 = records.iter().map(|r| r.bytes_moved).sum();
                 let fetch_wait: u64 = records.iter().map(|r| r.fetch_wait_us).sum();
+                let cpu: u64 = records.iter().map(|r| r.cpu_us).sum();
                 moved_total += moved;
                 format!(
-                    "workers={workers:?}, wall={:.3} ms, task_time={:.3} ms, rows_in={rows_in}, \
-                     rows_out={rows_out}, bytes_out={bytes_out}, bytes_moved={moved}, \
-                     fetch_wait={:.3} ms{}",
+                    "workers={workers:?}, wall={:.3} ms, task_time={:.3} ms, task_cpu={:.3} ms, \
+                     rows_in={rows_in}, rows_out={rows_out}, bytes_out={bytes_out}, \
+                     bytes_moved={moved}, fetch_wait={:.3} ms{}",
                     last.saturating_sub(first) as f64 / 1000.0,
                     busy as f64 / 1000.0,
+                    cpu as f64 / 1000.0,
                     fetch_wait as f64 / 1000.0,
                     if records.len() < tasks.len() {
                         " (event log full: some tasks not counted)"

@@ -286,7 +286,9 @@ async fn explain_verbose_and_analyze() {
     let groups = run_dirk(&s, q, "query").await;
     let rows: usize = groups.iter().map(|b| b.num_rows()).sum();
     assert!(
-        analyze.contains("bytes_moved=") && analyze.contains("fetch_wait="),
+        analyze.contains("bytes_moved=")
+            && analyze.contains("fetch_wait=")
+            && analyze.contains("task_cpu="),
         "{analyze}"
     );
     assert!(
