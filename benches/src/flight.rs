@@ -6,7 +6,7 @@
 //! reads chunks that worker 0 holds, so worker 1 fetches them from worker 0 with `do_get`.
 
 use crate::report::{Report, Row};
-use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayData, Int64Array, RecordBatch, StringViewArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use dirk_dtable::flight::{connect_cluster, ClientOptions, WorkerOptions, WorkerServer};
 use dirk_engine::{Arg, Chunk, Context, FnKernel, KernelRegistry, Scope, TaskOptions, WorkerId};
@@ -31,6 +31,22 @@ fn ints(n: usize, start: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
     let values = Int64Array::from_iter_values(start..start + n as i64);
     RecordBatch::try_new(schema, vec![Arc::new(values)]).expect("one Int64 column")
+}
+
+/// About 1 MiB of string values (`Utf8View`, 24 to 31 bytes each, so none is inlined in its
+/// view), like the names and comments a TPC-H shuffle moves: every string arriving is a string
+/// the receiver may have to validate.
+fn strings(start: usize) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "s",
+        DataType::Utf8View,
+        false,
+    )]));
+    let values: StringViewArray = (start..start + 26_000)
+        .map(|i| format!("Customer#{i:015}{}", "x".repeat(i % 8)))
+        .map(Some)
+        .collect();
+    RecordBatch::try_new(schema, vec![Arc::new(values)]).expect("one Utf8View column")
 }
 
 pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
@@ -147,12 +163,21 @@ fn measure(
         ctx.add_worker(w).map_err(|e| e.to_string())?;
     }
     let mut out = Vec::new();
-    let cases: [(String, Vec<usize>); 2] = [
-        (format!("one {big_mib} MiB chunk"), vec![big_mib << 17]),
-        (format!("{small} chunks of 1 MiB"), vec![1 << 17; small]),
+    let cases: [(String, Vec<RecordBatch>); 3] = [
+        (
+            format!("one {big_mib} MiB chunk"),
+            vec![ints(big_mib << 17, 0)],
+        ),
+        (
+            format!("{small} chunks of 1 MiB"),
+            (0..small).map(|_| ints(1 << 17, 0)).collect(),
+        ),
+        (
+            format!("{small} chunks of 1 MiB strings"),
+            (0..small).map(|i| strings(i * 26_000)).collect(),
+        ),
     ];
-    for (case, sizes) in cases {
-        let batches: Vec<RecordBatch> = sizes.iter().map(|&n| ints(n, 0)).collect();
+    for (case, batches) in cases {
         let memcpy_gbs = memcpy_rate(&batches);
         let mut seconds = Vec::new();
         for run in 0..=runs {
@@ -176,7 +201,8 @@ fn measure(
             }
             ctx.free(&chunks).map_err(|e| e.to_string())?;
         }
-        let mib = sizes.iter().sum::<usize>() * 8 / 1048576;
+        let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let mib = bytes / 1048576;
         out.push(Measured {
             case,
             mib,
@@ -187,19 +213,22 @@ fn measure(
     Ok(out)
 }
 
-/// GB/s of copying the batches' values into a fresh buffer, on this machine.
+/// GB/s of copying the batches' buffers into fresh ones, on this machine.
 fn memcpy_rate(batches: &[RecordBatch]) -> f64 {
-    let started = Instant::now();
-    let mut bytes = 0usize;
-    for b in batches {
-        let a = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("Int64");
-        let copy: Vec<i64> = a.values().to_vec();
-        bytes += copy.len() * 8;
-        std::hint::black_box(copy);
+    fn copy(data: &ArrayData) -> usize {
+        let mut bytes = 0;
+        for b in data.buffers() {
+            let copied = b.as_slice().to_vec();
+            bytes += copied.len();
+            std::hint::black_box(copied);
+        }
+        bytes + data.child_data().iter().map(copy).sum::<usize>()
     }
+    let started = Instant::now();
+    let bytes: usize = batches
+        .iter()
+        .flat_map(|b| b.columns())
+        .map(|c| copy(&c.to_data()))
+        .sum();
     bytes as f64 / started.elapsed().as_secs_f64() / 1e9
 }
