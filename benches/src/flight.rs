@@ -37,12 +37,17 @@ fn ints(n: usize, start: i64) -> RecordBatch {
 /// view), like the names and comments a TPC-H shuffle moves: every string arriving is a string
 /// the receiver may have to validate.
 fn strings(start: usize) -> RecordBatch {
+    strings_batch(start, 26_000)
+}
+
+/// `rows` strings as in [`strings`].
+fn strings_batch(start: usize, rows: usize) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new(
         "s",
         DataType::Utf8View,
         false,
     )]));
-    let values: StringViewArray = (start..start + 26_000)
+    let values: StringViewArray = (start..start + rows)
         .map(|i| format!("Customer#{i:015}{}", "x".repeat(i % 8)))
         .map(Some)
         .collect();
@@ -163,7 +168,7 @@ fn measure(
         ctx.add_worker(w).map_err(|e| e.to_string())?;
     }
     let mut out = Vec::new();
-    let cases: [(String, Vec<RecordBatch>); 3] = [
+    let cases: [(String, Vec<RecordBatch>); 4] = [
         (
             format!("one {big_mib} MiB chunk"),
             vec![ints(big_mib << 17, 0)],
@@ -175,6 +180,11 @@ fn measure(
         (
             format!("{small} chunks of 1 MiB strings"),
             (0..small).map(|i| strings(i * 26_000)).collect(),
+        ),
+        (
+            // As a table partition is: one batch, which goes in 2 MiB pieces.
+            format!("one {} MiB batch of strings", big_mib / 8),
+            vec![strings_batch(0, 26_000 * (big_mib / 8).max(1))],
         ),
     ];
     for (case, batches) in cases {
@@ -201,8 +211,12 @@ fn measure(
             }
             ctx.free(&chunks).map_err(|e| e.to_string())?;
         }
-        let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-        let mib = bytes / 1048576;
+        // The values moved, as a transfer counts them (views and the string bytes they use).
+        let bytes: u64 = batches
+            .iter()
+            .map(|b| Chunk::from_batch(b.clone()).data_bytes())
+            .sum();
+        let mib = (bytes / 1048576) as usize;
         out.push(Measured {
             case,
             mib,

@@ -112,14 +112,43 @@ fn column_data_bytes(column: &arrow::array::ArrayRef) -> usize {
 /// side copies those buffers once per piece. Task outputs and Flight transfers both go through
 /// here. Other columns, and compact view columns, are shared, not copied.
 pub fn compact_view_columns(batch: RecordBatch) -> RecordBatch {
+    compact_views_holding_over(batch, 2)
+}
+
+/// `batch` cut into row ranges of about `max_bytes` of values each ([`Chunk::data_bytes`]), for
+/// a transfer that sends each piece as one message. Arrow IPC writes a view column's data buffers
+/// whole, also for a slice: each piece's view columns are compacted, or every piece would carry
+/// the strings of the whole batch (a table partition is one batch: cut into 64 messages, it sent
+/// its strings 64 times). A batch within `max_bytes` comes back as [`compact_view_columns`] leaves
+/// it.
+pub fn split_for_transfer(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+    let bytes: usize = batch.columns().iter().map(column_data_bytes).sum();
+    let pieces = bytes.div_ceil(max_bytes.max(1)).max(1);
+    let rows = batch.num_rows();
+    if pieces == 1 || rows < 2 {
+        return vec![compact_view_columns(batch.clone())];
+    }
+    let per_piece = rows.div_ceil(pieces);
+    (0..rows)
+        .step_by(per_piece)
+        .map(|start| {
+            let piece = batch.slice(start, per_piece.min(rows - start));
+            compact_views_holding_over(piece, 1)
+        })
+        .collect()
+}
+
+/// Compacts the view columns whose data buffers hold more than `times` the bytes their views
+/// use (and over 4 KiB more).
+fn compact_views_holding_over(batch: RecordBatch, times: usize) -> RecordBatch {
     use arrow::array::{ArrayRef, AsArray};
     use arrow::datatypes::DataType;
-    fn compacted<T: ByteViewType + ?Sized>(a: &GenericByteViewArray<T>) -> Option<ArrayRef> {
-        let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
-        // `total_buffer_bytes_used` walks every view; most columns are ruled out by `held` alone.
-        let wasteful = held > 4096 && held > 2 * a.total_buffer_bytes_used() + 4096;
-        wasteful.then(|| Arc::new(a.gc()) as ArrayRef)
-    }
+    let compacted = |a: &dyn ViewColumn| -> Option<ArrayRef> {
+        let held = a.held();
+        // `used` walks every view; most columns are ruled out by `held` alone.
+        let wasteful = held > 4096 && held > times * a.used() + 4096;
+        wasteful.then(|| a.compacted())
+    };
     let compact = |column: &ArrayRef| match column.data_type() {
         DataType::Utf8View => compacted(column.as_string_view()),
         DataType::BinaryView => compacted(column.as_binary_view()),
@@ -136,6 +165,28 @@ pub fn compact_view_columns(batch: RecordBatch) -> RecordBatch {
         .collect();
     // Same types, lengths and schema, so this cannot fail; keep the input if it somehow does.
     RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
+}
+
+/// A string or binary view column, for [`compact_views_holding_over`].
+trait ViewColumn {
+    /// Bytes its data buffers hold.
+    fn held(&self) -> usize;
+    /// Bytes of those its views point at.
+    fn used(&self) -> usize;
+    /// A copy holding only those bytes.
+    fn compacted(&self) -> arrow::array::ArrayRef;
+}
+
+impl<T: ByteViewType + ?Sized> ViewColumn for GenericByteViewArray<T> {
+    fn held(&self) -> usize {
+        self.data_buffers().iter().map(|b| b.len()).sum()
+    }
+    fn used(&self) -> usize {
+        self.total_buffer_bytes_used()
+    }
+    fn compacted(&self) -> arrow::array::ArrayRef {
+        Arc::new(self.gc())
+    }
 }
 
 /// Where a chunk's bytes live.

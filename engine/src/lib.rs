@@ -45,7 +45,9 @@ pub mod scope;
 pub mod task;
 pub mod worker;
 
-pub use chunk::{compact_view_columns, Chunk, ChunkMeta, ChunkRef, ChunkStore, MemorySpace};
+pub use chunk::{
+    compact_view_columns, split_for_transfer, Chunk, ChunkMeta, ChunkRef, ChunkStore, MemorySpace,
+};
 pub use context::{Context, ContextBuilder, SequentialQueue, TaskCounts};
 pub use error::{EngineError, Result};
 pub use eventlog::{EventLog, EventLogSnapshot, TaskRecord, TaskStatus, Transfer};
