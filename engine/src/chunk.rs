@@ -71,8 +71,7 @@ impl Chunk {
     pub fn data_bytes(&self) -> u64 {
         self.batches
             .iter()
-            .flat_map(|b| b.columns())
-            .map(|c| column_data_bytes(c) as u64)
+            .map(|b| batch_data_bytes(b) as u64)
             .sum()
     }
 
@@ -83,6 +82,11 @@ impl Chunk {
             .map(|b| b.get_array_memory_size() as u64)
             .sum()
     }
+}
+
+/// Bytes of the values `batch` holds ([`column_data_bytes`] of each column).
+fn batch_data_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().map(column_data_bytes).sum()
 }
 
 /// Bytes of the values `column` holds. A string or binary view column counts the views and only
@@ -122,8 +126,7 @@ pub fn compact_view_columns(batch: RecordBatch) -> RecordBatch {
 /// its strings 64 times). A batch within `max_bytes` comes back as [`compact_view_columns`] leaves
 /// it.
 pub fn split_for_transfer(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
-    let bytes: usize = batch.columns().iter().map(column_data_bytes).sum();
-    let pieces = bytes.div_ceil(max_bytes.max(1)).max(1);
+    let pieces = batch_data_bytes(batch).div_ceil(max_bytes.max(1)).max(1);
     let rows = batch.num_rows();
     if pieces == 1 || rows < 2 {
         return vec![compact_view_columns(batch.clone())];
@@ -143,15 +146,18 @@ pub fn split_for_transfer(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBa
 fn compact_views_holding_over(batch: RecordBatch, times: usize) -> RecordBatch {
     use arrow::array::{ArrayRef, AsArray};
     use arrow::datatypes::DataType;
-    let compacted = |a: &dyn ViewColumn| -> Option<ArrayRef> {
-        let held = a.held();
-        // `used` walks every view; most columns are ruled out by `held` alone.
-        let wasteful = held > 4096 && held > times * a.used() + 4096;
-        wasteful.then(|| a.compacted())
-    };
+    fn compacted<T: ByteViewType + ?Sized>(
+        a: &GenericByteViewArray<T>,
+        times: usize,
+    ) -> Option<ArrayRef> {
+        let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
+        // `total_buffer_bytes_used` walks every view; most columns are ruled out by `held` alone.
+        let wasteful = held > 4096 && held > times * a.total_buffer_bytes_used() + 4096;
+        wasteful.then(|| Arc::new(a.gc()) as ArrayRef)
+    }
     let compact = |column: &ArrayRef| match column.data_type() {
-        DataType::Utf8View => compacted(column.as_string_view()),
-        DataType::BinaryView => compacted(column.as_binary_view()),
+        DataType::Utf8View => compacted(column.as_string_view(), times),
+        DataType::BinaryView => compacted(column.as_binary_view(), times),
         _ => None,
     };
     let compacted: Vec<Option<ArrayRef>> = batch.columns().iter().map(compact).collect();
@@ -165,28 +171,6 @@ fn compact_views_holding_over(batch: RecordBatch, times: usize) -> RecordBatch {
         .collect();
     // Same types, lengths and schema, so this cannot fail; keep the input if it somehow does.
     RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
-}
-
-/// A string or binary view column, for [`compact_views_holding_over`].
-trait ViewColumn {
-    /// Bytes its data buffers hold.
-    fn held(&self) -> usize;
-    /// Bytes of those its views point at.
-    fn used(&self) -> usize;
-    /// A copy holding only those bytes.
-    fn compacted(&self) -> arrow::array::ArrayRef;
-}
-
-impl<T: ByteViewType + ?Sized> ViewColumn for GenericByteViewArray<T> {
-    fn held(&self) -> usize {
-        self.data_buffers().iter().map(|b| b.len()).sum()
-    }
-    fn used(&self) -> usize {
-        self.total_buffer_bytes_used()
-    }
-    fn compacted(&self) -> arrow::array::ArrayRef {
-        Arc::new(self.gc())
-    }
 }
 
 /// Where a chunk's bytes live.

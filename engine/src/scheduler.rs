@@ -133,9 +133,7 @@ impl KernelStats {
             self.input_bytes = 0.9 * self.input_bytes + input_bytes as f64;
         }
     }
-}
 
-impl KernelStats {
     /// Expected seconds of a task over `input_bytes`; `None` before the first sample.
     fn estimate(&self, input_bytes: u64) -> Option<f64> {
         match self.samples {

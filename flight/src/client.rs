@@ -258,6 +258,18 @@ impl Link {
         protocol::decode(&bytes, "status")
     }
 
+    /// [`Link::status`], reading the worker's clock into `clock` on the way.
+    async fn status_reading_clock(
+        &self,
+        limit: Duration,
+        clock: &ClockOffset,
+    ) -> Result<StatusReply, EngineError> {
+        let sent_us = dirk_engine::eventlog::now_us();
+        let reply = self.status(limit).await?;
+        clock.observe(sent_us, dirk_engine::eventlog::now_us(), reply.clock_us);
+        Ok(reply)
+    }
+
     async fn fetch(&self, id: ChunkId) -> Result<Chunk, EngineError> {
         // Never closed, so acquiring only waits.
         let _turn = self
@@ -463,11 +475,10 @@ impl RemoteWorker {
         worker.clock.observe(sent_us, received_us, reply.clock_us);
         // The hello opened the connection; calls on the open connection read the clock closer.
         for _ in 0..CLOCK_SAMPLES_AT_CONNECT {
-            let sent_us = dirk_engine::eventlog::now_us();
-            let status = worker.link.status(options.connect_timeout).await?;
             worker
-                .clock
-                .observe(sent_us, dirk_engine::eventlog::now_us(), status.clock_us);
+                .link
+                .status_reading_clock(options.connect_timeout, &worker.clock)
+                .await?;
         }
         worker.memory_limit = reply.memory_limit;
         Ok(worker)
@@ -681,10 +692,8 @@ impl Worker for RemoteWorker {
             loop {
                 ticks.tick().await;
                 let limit = options.lost_after.min(options.connect_timeout);
-                let sent_us = dirk_engine::eventlog::now_us();
-                let problem = match link.status(limit).await {
+                let problem = match link.status_reading_clock(limit, &clock).await {
                     Ok(reply) => {
-                        clock.observe(sent_us, dirk_engine::eventlog::now_us(), reply.clock_us);
                         *last_status.lock() = reply.status;
                         last_answer = Instant::now();
                         continue;
