@@ -20,10 +20,11 @@ pub use server::{WorkerOptions, WorkerServer};
 
 /// Threads for a process's Flight runtime (its server's, or its client's towards workers) next to
 /// `cpu_threads` threads of compute: one per four, at least one. Flight threads mostly wait, and
-/// every hand-off between two of them wakes a sleeping thread that then waits for a core the
-/// tasks hold; with two per runtime on a 2-core machine the 2-process TPC-H run was about 3 %
-/// slower (cluster / DataFusion 1.22 and 1.25 against 1.18-1.20, `dirk-benches tpch --scale 1
-/// --workers local:2`), and Flight throughput did not change.
+/// each hand-off between two of them wakes a sleeping thread that then waits for a core the
+/// tasks hold. Measured on a 2-core machine (`dirk-benches tpch --scale 1 --workers local:2`,
+/// five full runs each): one thread per runtime gave cluster / DataFusion 1.16-1.27 against
+/// 1.21-1.27 with two, within the runs' noise; Flight throughput did not change. Kept for the
+/// fewer threads.
 pub fn io_threads(cpu_threads: usize) -> usize {
     cpu_threads.div_ceil(4).max(1)
 }
