@@ -73,6 +73,25 @@ fn ints(values: impl IntoIterator<Item = Option<i64>>) -> RecordBatch {
     RecordBatch::try_new(schema, vec![Arc::new(a)]).unwrap()
 }
 
+/// A worker listens on the address it is given and nothing else: bound to 127.0.0.1, it is not
+/// reachable at another address of the same machine (127.0.0.2, also loopback on Linux).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_binds_only_the_address_it_is_given() {
+    let s = server(Some(TOKEN)).await;
+    let addr = s.local_addr();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    let other = std::net::SocketAddr::from(([127, 0, 0, 2], addr.port()));
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(other),
+    )
+    .await
+    .expect("a connection attempt on loopback ends at once");
+    assert!(refused.is_err(), "reachable at {other}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_without_the_token_is_refused() {
     let srv = server(Some(TOKEN)).await;
