@@ -49,6 +49,17 @@ pub struct WorkerOptions {
     pub attachment_idle_timeout: Option<Duration>,
 }
 
+impl WorkerOptions {
+    /// CPU threads for tasks: [`WorkerOptions::threads`], else one per core.
+    pub fn cpu_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
 struct Attachment {
     worker: Arc<InProcessWorker>,
     peers: PeerDirectory,
@@ -102,12 +113,7 @@ impl WorkerServer {
         let local_addr = listener
             .local_addr()
             .map_err(|e| bind_error(e.to_string()))?;
-        let threads = options.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-        let cpu: ProcessorRef = Arc::new(CpuProcessor::new(threads, "dirk-worker"));
+        let cpu: ProcessorRef = Arc::new(CpuProcessor::new(options.cpu_threads(), "dirk-worker"));
         let state = Arc::new(WorkerState {
             peer_client: ClientOptions {
                 token: options.token.clone(),

@@ -32,11 +32,8 @@ pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let registry = Arc::new(dirk_engine::KernelRegistry::with_builtins());
     dirk_dtable::register_kernels(&registry);
-    let cpu_threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(flight::io_threads(cpu_threads))
+        .worker_threads(flight::io_threads(options.cpu_threads()))
         .thread_name("dirk-worker-io")
         .enable_all()
         .build()?;
