@@ -64,9 +64,8 @@ impl Default for ClientOptions {
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(crate::io_threads(cores))
+            .worker_threads(2)
             .thread_name("dirk-flight")
             .enable_all()
             .build()

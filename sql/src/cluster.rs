@@ -33,7 +33,7 @@ pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let registry = Arc::new(dirk_engine::KernelRegistry::with_builtins());
     dirk_dtable::register_kernels(&registry);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(flight::io_threads(options.cpu_threads()))
+        .worker_threads(2)
         .thread_name("dirk-worker-io")
         .enable_all()
         .build()?;
