@@ -20,7 +20,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
-use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, StatisticsArgs, StatisticsContext,
+};
 use std::sync::Arc;
 
 /// Never broadcast more rows than this: every probe task holds a hash table of them.
@@ -36,8 +38,9 @@ pub(crate) const MAX_BROADCAST_ROWS: usize = 2 << 20;
 pub(crate) const BUILD_COST: usize = 8;
 
 /// Turns a partitioned hash join into a broadcast one when
-/// `(tasks - 1) × BUILD_COST × build ≤ build + probe` by the planner's row estimates; see the
-/// module docs.
+/// `(tasks - 1) × BUILD_COST × build ≤ build + probe` by the planner's row estimates, counting
+/// only the sides a shuffle would move (not one already hash-partitioned on its join keys);
+/// see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct BroadcastJoinSelection;
 
@@ -79,8 +82,27 @@ impl PhysicalOptimizerRule for BroadcastJoinSelection {
             else {
                 return Ok(Transformed::no(node));
             };
+            // A side already split on its join keys (a table hash-partitioned by them) stays
+            // where it is in a partitioned join: only the other side moves.
+            let (build_keys, probe_keys): (Vec<_>, Vec<_>) = join
+                .on()
+                .iter()
+                .map(|(b, p)| (Arc::clone(b), Arc::clone(p)))
+                .unzip();
+            let moved = |rows: usize, side: &Arc<dyn ExecutionPlan>, keys| {
+                if *side.output_partitioning() == Partitioning::Hash(keys, tasks) {
+                    0
+                } else {
+                    rows
+                }
+            };
+            let shuffled = moved(build, join.left(), build_keys).saturating_add(moved(
+                probe,
+                join.right(),
+                probe_keys,
+            ));
             let broadcast_cost = (tasks - 1).saturating_mul(BUILD_COST).saturating_mul(build);
-            if build > MAX_BROADCAST_ROWS || broadcast_cost > build.saturating_add(probe) {
+            if build > MAX_BROADCAST_ROWS || broadcast_cost > shuffled {
                 return Ok(Transformed::no(node));
             }
             let broadcast = join

@@ -34,6 +34,12 @@ pub enum DirkError {
         /// What was asked.
         what: String,
     },
+    /// A table re-laid out between planning a query and running it.
+    #[error("table `{name}` changed while the query was planned; run the query again")]
+    TableChanged {
+        /// The table.
+        name: String,
+    },
     /// Batches that do not match a table's schema.
     #[error("schema mismatch: {detail}")]
     SchemaMismatch {

@@ -11,6 +11,7 @@ use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{internal_err, ColumnStatistics, Result, Statistics};
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
@@ -82,9 +83,13 @@ fn leaf_stream(
 }
 
 fn leaf_properties(schema: &SchemaRef, partitions: usize) -> Arc<PlanProperties> {
+    leaf_properties_with(schema, Partitioning::UnknownPartitioning(partitions.max(1)))
+}
+
+fn leaf_properties_with(schema: &SchemaRef, partitioning: Partitioning) -> Arc<PlanProperties> {
     Arc::new(PlanProperties::new(
         EquivalenceProperties::new(schema.clone()),
-        Partitioning::UnknownPartitioning(partitions.max(1)),
+        partitioning,
         EmissionType::Incremental,
         Boundedness::Bounded,
     ))
@@ -127,6 +132,8 @@ pub struct DTableScanExec {
     /// The table's column bounds, for the planner only: a fragment decoded on a worker has
     /// none, and needs none.
     columns: Option<Arc<Vec<ColumnStatistics>>>,
+    /// The output columns (indexes into `schema`) the table is hash-partitioned by, if it is.
+    hash_columns: Option<Vec<usize>>,
     props: Arc<PlanProperties>,
 }
 
@@ -149,7 +156,33 @@ impl DTableScanExec {
             partitions,
             rows,
             columns: None,
+            hash_columns: None,
             props,
+        }
+    }
+
+    /// The scan declaring its output hash-partitioned by `columns` (indexes into its schema),
+    /// as DataFusion's hash repartitioning into its partition count would leave it; `None`:
+    /// partitioning unknown.
+    pub fn with_hash_columns(self, columns: Option<Vec<usize>>) -> Self {
+        let columns =
+            columns.filter(|c| !c.is_empty() && c.iter().all(|&i| i < self.schema.fields().len()));
+        let partitioning = match &columns {
+            Some(cols) => Partitioning::Hash(
+                cols.iter()
+                    .map(|&i| {
+                        Arc::new(Column::new(self.schema.field(i).name(), i))
+                            as Arc<dyn PhysicalExpr>
+                    })
+                    .collect(),
+                self.partitions.max(1),
+            ),
+            None => Partitioning::UnknownPartitioning(self.partitions.max(1)),
+        };
+        DTableScanExec {
+            props: leaf_properties_with(&self.schema, partitioning),
+            hash_columns: columns,
+            ..self
         }
     }
 
@@ -171,6 +204,20 @@ impl DTableScanExec {
         &self.table
     }
 
+    /// The partitions it reads.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// The columns it declares its output hash-partitioned by (names), if any.
+    pub fn hash_keys(&self) -> Option<Vec<String>> {
+        self.hash_columns.as_ref().map(|cols| {
+            cols.iter()
+                .map(|&i| self.schema.field(i).name().clone())
+                .collect()
+        })
+    }
+
     /// Whether it reads its table's chunks whole, every column (no projection).
     pub fn reads_whole_chunks(&self) -> bool {
         self.projection.is_none()
@@ -189,9 +236,17 @@ impl DisplayAs for DTableScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "DTableScanExec: table={}, partitions={}, leaf={}",
-            self.table, self.partitions, self.leaf
-        )
+            "DTableScanExec: table={}, partitions={}",
+            self.table, self.partitions
+        )?;
+        if let Some(cols) = &self.hash_columns {
+            let names: Vec<&str> = cols
+                .iter()
+                .map(|&i| self.schema.field(i).name().as_str())
+                .collect();
+            write!(f, ", hash partitioned by [{}]", names.join(", "))?;
+        }
+        write!(f, ", leaf={}", self.leaf)
     }
 }
 
@@ -303,6 +358,8 @@ enum LeafNode {
         projection: Option<Vec<usize>>,
         partitions: usize,
         rows: Option<u64>,
+        #[serde(default)]
+        hash_columns: Option<Vec<usize>>,
     },
     Input {
         leaf: LeafId,
@@ -334,14 +391,11 @@ impl PhysicalExtensionCodec for DirkCodec {
                 projection,
                 partitions,
                 rows,
-            } => Arc::new(DTableScanExec::new(
-                leaf,
-                table,
-                Arc::new(schema),
-                projection,
-                partitions,
-                rows,
-            )),
+                hash_columns,
+            } => Arc::new(
+                DTableScanExec::new(leaf, table, Arc::new(schema), projection, partitions, rows)
+                    .with_hash_columns(hash_columns),
+            ),
             LeafNode::Input {
                 leaf,
                 stage,
@@ -370,6 +424,7 @@ impl PhysicalExtensionCodec for DirkCodec {
                 projection: s.projection.clone(),
                 partitions: s.partitions,
                 rows: s.rows,
+                hash_columns: s.hash_columns.clone(),
             }
         } else if let Some(s) = node.downcast_ref::<StageInputExec>() {
             LeafNode::Input {

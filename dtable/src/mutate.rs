@@ -594,6 +594,20 @@ impl Session {
             return Ok(0);
         }
         let columns: Vec<usize> = assignments.iter().map(|(c, _)| *c).collect();
+        let table = match table.hash_keys() {
+            // New key values would hash elsewhere; the rows stay where they are, so the table's
+            // partitioning is no longer known. Dropped before any row changes.
+            Some(keys)
+                if columns
+                    .iter()
+                    .any(|&c| keys.contains(table.schema().field(c).name())) =>
+            {
+                let plain = table.without_hash_keys();
+                self.register_replacing(name, plain.clone())?;
+                plain
+            }
+            _ => table,
+        };
         let exprs = assignments
             .into_iter()
             .map(|(c, e)| (e, table.schema().field(c).name().clone()))

@@ -22,7 +22,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig};
-use dirk_engine::{Arg, Chunk, Context, TaskHandle, TaskId, TaskOptions, WorkerId};
+use dirk_engine::{Arg, Chunk, Context, Scope, TaskHandle, TaskId, TaskOptions, WorkerId};
 use futures::{StreamExt as _, TryStreamExt as _};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -874,29 +874,46 @@ impl Session {
     /// Redistributes table `name` over `n` partitions, batch by batch, spread over the
     /// workers; the new layout replaces the old.
     pub async fn repartition(&self, name: &str, n: usize) -> Result<DTable> {
-        self.relayout(name, |_| Ok(Partitioning::RoundRobinBatch(n.max(1))))
-            .await
+        let table = self
+            .relayout(name, |_| Ok(Partitioning::RoundRobinBatch(n.max(1))))
+            .await?;
+        self.register(name, table.clone(), true)?;
+        Ok(table)
     }
 
     /// Redistributes table `name` over `n` partitions so that rows with equal `columns` share a
-    /// partition.
+    /// partition, and remembers it: queries that group or join on `columns` then read the
+    /// table where it is instead of exchanging it (a join needs its other side split the same
+    /// way, by a query's exchange or by `repartition_by` with the same `n`). Partition `p` is
+    /// made on worker `p mod w` of the session's `w` workers, so tables repartitioned with the
+    /// same `n` are joined partition by partition without moving. An `INSERT`, or an `UPDATE`
+    /// of one of `columns`, makes the partitioning unknown again (the rows stay).
     pub async fn repartition_by(&self, name: &str, columns: &[&str], n: usize) -> Result<DTable> {
-        self.relayout(name, |schema| {
-            let keys = columns
-                .iter()
-                .map(|c| {
-                    let column =
-                        datafusion::physical_expr::expressions::Column::new_with_schema(c, schema)?;
-                    Ok(Arc::new(column) as Arc<dyn datafusion::physical_expr::PhysicalExpr>)
-                })
-                .collect::<datafusion::error::Result<Vec<_>>>()?;
-            Ok(Partitioning::Hash(keys, n.max(1)))
-        })
-        .await
+        let mut keys = Vec::with_capacity(columns.len());
+        let table = self
+            .relayout(name, |schema| {
+                let exprs = columns
+                    .iter()
+                    .map(|c| {
+                        let column =
+                            datafusion::physical_expr::expressions::Column::new_with_schema(
+                                c, schema,
+                            )?;
+                        keys.push(column.name().to_string());
+                        Ok(Arc::new(column) as Arc<dyn datafusion::physical_expr::PhysicalExpr>)
+                    })
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                Ok(Partitioning::Hash(exprs, n.max(1)))
+            })
+            .await?;
+        let table = table.with_hash_keys(keys);
+        self.register(name, table.clone(), true)?;
+        Ok(table)
     }
 
     /// Runs a scan of `name` under an exchange to `partitioning` (placed on the physical plan,
-    /// where DataFusion's optimizer cannot drop it) and makes the result the table.
+    /// where DataFusion's optimizer cannot drop it); the caller registers the result. Partition
+    /// `p` is made on worker `p mod w`, as the TPC-H loader places its partitions.
     async fn relayout(
         &self,
         name: &str,
@@ -907,9 +924,8 @@ impl Session {
         let partitioning = partitioning(&scan.schema())?;
         let exchange: Arc<dyn ExecutionPlan> =
             Arc::new(RepartitionExec::try_new(scan, partitioning)?);
-        let table = self.run_physical(exchange).await?;
-        self.register(name, table.clone(), true)?;
-        Ok(table)
+        let homes = self.engine.workers();
+        self.run_physical_placed(exchange, &homes).await
     }
 
     /// Moves every chunk of table `name` to `worker` and pins it there: tasks that read the
@@ -1010,12 +1026,22 @@ impl Session {
     /// Cuts a physical plan into stages and runs one task per stage partition through the
     /// engine; returns the final stage's outputs as a DTable and frees the intermediates.
     pub async fn run_physical(&self, physical: Arc<dyn ExecutionPlan>) -> Result<DTable> {
+        self.run_physical_placed(physical, &[]).await
+    }
+
+    /// As [`run_physical`](Self::run_physical), with partition `p` of the result made on worker
+    /// `homes[p % homes.len()]` (anywhere when `homes` is empty).
+    async fn run_physical_placed(
+        &self,
+        physical: Arc<dyn ExecutionPlan>,
+        homes: &[WorkerId],
+    ) -> Result<DTable> {
         let schema = physical.schema();
         let mut driver_tables = Vec::new();
         let physical = self
             .materialize_driver_leaves(physical, &mut driver_tables)
             .await?;
-        let result = self.run_staged(physical, schema).await;
+        let result = self.run_staged(physical, schema, homes).await;
         for name in driver_tables {
             self.drop_table(&name)?;
         }
@@ -1082,19 +1108,22 @@ impl Session {
         &self,
         physical: Arc<dyn ExecutionPlan>,
         schema: SchemaRef,
+        homes: &[WorkerId],
     ) -> Result<DTable> {
         let staged = cut(physical)?;
-        Ok(self.run_stages(&staged, schema).await?.0)
+        Ok(self.run_stages(&staged, schema, homes).await?.0)
     }
 
     /// Runs every stage's tasks; returns the final stage's outputs as a DTable, and the tasks of
-    /// each stage (for `EXPLAIN ANALYZE`). Intermediate outputs are freed.
+    /// each stage (for `EXPLAIN ANALYZE`). Intermediate outputs are freed. Final task `p` runs
+    /// on `homes[p % homes.len()]` (anywhere when `homes` is empty).
     async fn run_stages(
         &self,
         staged: &StagedPlan,
         schema: SchemaRef,
+        homes: &[WorkerId],
     ) -> Result<(DTable, Vec<Vec<TaskId>>)> {
-        let handles = self.spawn_stages(staged)?;
+        let handles = self.spawn_stages(staged, homes)?;
         let last = handles.last().expect("final stage");
         let mut partitions = vec![Vec::new(); last.len()];
         let mut failure = None;
@@ -1163,7 +1192,7 @@ impl Session {
             .await?;
         let staged = cut(physical)?;
         let started = std::time::Instant::now();
-        let run = self.run_stages(&staged, schema).await;
+        let run = self.run_stages(&staged, schema, &[]).await;
         let wall = started.elapsed();
         for name in driver_tables {
             self.drop_table(&name)?;
@@ -1255,8 +1284,14 @@ impl Session {
             .collect()
     }
 
-    /// Spawns every task of every stage; returns the handles per stage.
-    fn spawn_stages(&self, staged: &StagedPlan) -> Result<Vec<Vec<TaskHandle>>> {
+    /// Spawns every task of every stage; returns the handles per stage. Final task `p` is
+    /// scoped to worker `homes[p % homes.len()]` when `homes` is not empty.
+    fn spawn_stages(
+        &self,
+        staged: &StagedPlan,
+        homes: &[WorkerId],
+    ) -> Result<Vec<Vec<TaskHandle>>> {
+        let final_stage = staged.last().id;
         let settings = self.execution_settings();
         // The snapshot and the submission happen under the catalog lock: a mutation commits
         // (or submits its writes) entirely before or entirely after this query's tasks.
@@ -1309,10 +1344,13 @@ impl Session {
                     settings: settings.clone(),
                     memory_limit: self.task_memory,
                 };
-                let opts = TaskOptions::new()
+                let mut opts = TaskOptions::new()
                     .params(encode_params(&header, &plan))
                     .label(format!("stage {} task {t}", stage.id))
                     .cost_class(cost_class);
+                if stage.id == final_stage && !homes.is_empty() {
+                    opts = opts.scope(Scope::worker(homes[t % homes.len()]));
+                }
                 stage_handles.push(self.engine.spawn(FRAGMENT_KERNEL, args, opts));
             }
             handles.push(stage_handles);
@@ -1336,26 +1374,37 @@ fn scan_snapshots(
     tables: &BTreeMap<String, DTable>,
     staged: &StagedPlan,
 ) -> Result<HashMap<u32, DTable>> {
-    fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(u32, String)>) {
+    fn walk<'a>(plan: &'a Arc<dyn ExecutionPlan>, out: &mut Vec<&'a DTableScanExec>) {
         if let Some(s) = plan.downcast_ref::<DTableScanExec>() {
-            out.push((s.leaf(), s.table().to_string()));
+            out.push(s);
         }
         for c in plan.children() {
             walk(c, out);
         }
     }
-    let mut leaves = Vec::new();
+    let mut scans = Vec::new();
     for st in &staged.stages {
-        walk(&st.fragment, &mut leaves);
+        walk(&st.fragment, &mut scans);
     }
-    leaves
+    scans
         .into_iter()
-        .map(|(leaf, name)| {
+        .map(|scan| {
+            let name = scan.table().to_string();
             let t = tables
                 .get(&name)
                 .cloned()
                 .ok_or(DirkError::TableNotFound { name })?;
-            Ok((leaf, t))
+            // A plan made for a hash-partitioned table pairs and groups its partitions as they
+            // are; a table re-laid out since (an INSERT between planning and now) would give
+            // wrong answers read that way.
+            if let Some(keys) = scan.hash_keys() {
+                if t.hash_keys() != Some(&keys[..]) || t.num_partitions() != scan.partitions() {
+                    return Err(DirkError::TableChanged {
+                        name: scan.table().to_string(),
+                    });
+                }
+            }
+            Ok((scan.leaf(), t))
         })
         .collect()
 }

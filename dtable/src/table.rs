@@ -18,12 +18,44 @@ use std::sync::Arc;
 pub struct DTable {
     schema: SchemaRef,
     partitions: Vec<Vec<ChunkRef>>,
+    /// The columns the rows are hash-partitioned by, when they are: partition `p` holds exactly
+    /// the rows whose key hashes (DataFusion's repartition hash) to `p`, so a query over it
+    /// needs no exchange to group or join on these columns. Any change that could move a row
+    /// to another partition (or change its key) drops this.
+    hash_keys: Option<Arc<[String]>>,
 }
 
 impl DTable {
-    /// A table of `partitions`, each a list of chunks of `schema`.
+    /// A table of `partitions`, each a list of chunks of `schema`, with no known partitioning.
     pub fn new(schema: SchemaRef, partitions: Vec<Vec<ChunkRef>>) -> Self {
-        DTable { schema, partitions }
+        DTable {
+            schema,
+            partitions,
+            hash_keys: None,
+        }
+    }
+
+    /// The same table, declared hash-partitioned by `keys` (column names of its schema). Only
+    /// for a table whose partition `p` holds the rows DataFusion's hash repartitioning on
+    /// `keys` into [`num_partitions`](Self::num_partitions) sends to `p`: queries trust it.
+    pub(crate) fn with_hash_keys(self, keys: Vec<String>) -> Self {
+        DTable {
+            hash_keys: Some(keys.into()),
+            ..self
+        }
+    }
+
+    /// The same table with no known partitioning.
+    pub(crate) fn without_hash_keys(self) -> Self {
+        DTable {
+            hash_keys: None,
+            ..self
+        }
+    }
+
+    /// The columns the rows are hash-partitioned by, if known.
+    pub fn hash_keys(&self) -> Option<&[String]> {
+        self.hash_keys.as_deref()
     }
 
     /// The schema.
@@ -68,6 +100,8 @@ impl DTable {
             .map(|p| p.into_iter().filter(|c| c.rows > 0).collect::<Vec<_>>())
             .filter(|p| !p.is_empty())
             .collect();
+        // New rows join partitions by rotation, not by their keys' hash.
+        self.hash_keys = None;
         if self.num_rows() == 0 {
             self.partitions = new;
             return Ok(());
@@ -140,6 +174,12 @@ impl TableProvider for DTableProvider {
             .stats
             .for_planning(&self.table, projection.map(|p| p.as_slice()))
             .await;
+        // The scan keeps the table's hash partitioning when it keeps every key column.
+        let hash_columns = self.table.hash_keys().and_then(|keys| {
+            keys.iter()
+                .map(|k| schema.index_of(k).ok())
+                .collect::<Option<Vec<usize>>>()
+        });
         Ok(Arc::new(
             DTableScanExec::new(
                 0,
@@ -149,6 +189,7 @@ impl TableProvider for DTableProvider {
                 self.table.num_partitions(),
                 Some(self.table.num_rows()),
             )
+            .with_hash_columns(hash_columns)
             .with_column_statistics(columns),
         ))
     }

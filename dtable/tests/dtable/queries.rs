@@ -221,6 +221,91 @@ async fn a_join_broadcasts_its_build_side_where_the_copies_cost_less_than_a_shuf
     }
 }
 
+/// Tables hash-partitioned by a key (`repartition_by`) are grouped and joined on it where they
+/// lie: no exchange, partition `p` of both on the same worker, DataFusion's answers. A change
+/// that could put a key in the wrong partition (an `INSERT`, an `UPDATE` of the key) makes the
+/// partitioning unknown again, and the answers stay right; an `UPDATE` of another column keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_split_by_a_key_are_grouped_and_joined_where_they_lie() {
+    let s = session(3, 4);
+    // DataFusion's own thresholds at zero: the join is a partitioned one, not a broadcast.
+    for setting in [
+        "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+        "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
+    ] {
+        run_dirk(&s, setting, setting).await;
+    }
+    let t = s.repartition_by("t", &["k"], 4).await.unwrap();
+    let u = s.repartition_by("u", &["k"], 4).await.unwrap();
+    assert_eq!(t.hash_keys(), Some(&["k".to_string()][..]));
+    let workers = s.engine().workers();
+    for (p, (tp, up)) in t.partitions().iter().zip(u.partitions()).enumerate() {
+        for c in tp.iter().chain(up) {
+            assert_eq!(
+                c.owner,
+                workers[p % workers.len()],
+                "partition {p} of t and u"
+            );
+        }
+    }
+    let group = "SELECT k, count(*), sum(c) FROM t GROUP BY k";
+    let join = "SELECT t.a, t.k, u.name FROM t JOIN u ON t.k = u.k";
+    for sql in [group, join] {
+        let plan = s.sql(sql).await.unwrap().explain().await.unwrap();
+        assert!(
+            !plan.contains("RepartitionExec") && plan.contains("hash partitioned by [k]"),
+            "{sql}: read where it lies:\n{plan}"
+        );
+        assert_same(
+            &run_dirk(&s, sql, sql).await,
+            &reference(sql).await,
+            false,
+            sql,
+        );
+    }
+
+    // Another column changes: the rows keep their keys, and their partitions.
+    run_dirk(&s, "UPDATE t SET a = a + 1", "update a").await;
+    assert!(s.table("t").unwrap().hash_keys().is_some());
+    let want = "SELECT t.a + 1 AS a, t.k, u.name FROM t JOIN u ON t.k = u.k";
+    assert_same(
+        &run_dirk(&s, join, "after update a").await,
+        &reference(want).await,
+        false,
+        want,
+    );
+
+    // New rows go to partitions by rotation, not by key.
+    run_dirk(
+        &s,
+        "INSERT INTO u VALUES (7, 'seven'), (8, 'eight'), (9, 'nine'), (10, 'ten')",
+        "insert",
+    )
+    .await;
+    assert!(s.table("u").unwrap().hash_keys().is_none());
+    let want = "SELECT t.a + 1 AS a, t.k, u.name FROM t JOIN (SELECT k, name FROM u \
+                UNION ALL VALUES (7, 'seven'), (8, 'eight'), (9, 'nine'), (10, 'ten')) u \
+                ON t.k = u.k";
+    assert_same(
+        &run_dirk(&s, join, "after insert").await,
+        &reference(want).await,
+        false,
+        want,
+    );
+
+    // New keys would hash elsewhere, and the rows stay where they are: rows of one new key
+    // come from several partitions.
+    run_dirk(&s, "UPDATE t SET k = k % 7", "update k").await;
+    assert!(s.table("t").unwrap().hash_keys().is_none());
+    let want = "SELECT k % 7 AS k, count(*), sum(c) FROM t GROUP BY k % 7";
+    assert_same(
+        &run_dirk(&s, group, "after update k").await,
+        &reference(want).await,
+        false,
+        want,
+    );
+}
+
 /// A join of 64 tables nests 63 hash joins in one plan, deeper than protobuf decoders allow by
 /// default (100 message levels, two per plan node): its fragments must still decode on the
 /// workers. SQLite's `select5.test` joins up to 64 tables this way.
