@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p dirk-benches -- scheduler [--tasks 100000,1000000] [--json out.jsonl]
-//! cargo run --release -p dirk-benches -- tpch --scale 1 [--runs 3] [--queries 1,6] [--explain] [--json out.jsonl]
+//! cargo run --release -p dirk-benches -- tpch --scale 1 [--runs 3] [--queries 1,6] [--explain] [--as-generated] [--json out.jsonl]
 //! cargo run --release -p dirk-benches -- mutation [--rows 50000000] [--json out.jsonl]
 //! cargo run --release -p dirk-benches -- flight [--big-mib 1024] [--small 1000] [--runs 3]
 //! cargo run --release -p dirk-benches -- gpu [--rows 100000000] [--emulate]

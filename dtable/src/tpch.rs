@@ -73,6 +73,18 @@ fn generate(
     batches.map_err(|e| EngineError::kernel(e.to_string()))
 }
 
+/// How [`Session::load_tpch_with`] lays out `orders` and `lineitem`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TpchLayout {
+    /// Hash-partitioned by order key ([`Session::repartition_by`]): their join, and grouping
+    /// `lineitem` by order, need no exchange.
+    #[default]
+    ByOrderKey,
+    /// As generated: partition `p` holds the `p`-th range of orders and their line items, a
+    /// layout the planner does not know, so joins on order key exchange both tables.
+    AsGenerated,
+}
+
 /// The tables the loader hash-partitions, and by which column.
 const ORDER_KEYED: [(&str, &str); 2] = [("orders", "o_orderkey"), ("lineitem", "l_orderkey")];
 
@@ -80,8 +92,17 @@ impl Session {
     /// Generates TPC-H at scale factor `scale` on the workers and registers its eight tables
     /// (replacing tables of the same names). The small `nation` and `region` tables have one
     /// partition; the others have the session's partition count. `orders` and `lineitem` are
-    /// then hash-partitioned by order key ([`Session::repartition_by`]).
+    /// then hash-partitioned by order key ([`TpchLayout::ByOrderKey`]).
     pub async fn load_tpch(&self, scale: f64) -> Result<Vec<(String, DTable)>> {
+        self.load_tpch_with(scale, TpchLayout::ByOrderKey).await
+    }
+
+    /// [`load_tpch`](Self::load_tpch) with the layout of `orders` and `lineitem` chosen.
+    pub async fn load_tpch_with(
+        &self,
+        scale: f64,
+        layout: TpchLayout,
+    ) -> Result<Vec<(String, DTable)>> {
         if !(scale > 0.0 && scale.is_finite()) {
             return Err(DirkError::Unsupported {
                 what: format!("TPC-H scale factor {scale} (it must be positive)"),
@@ -135,7 +156,7 @@ impl Session {
         // databases give TPC-H: their join, and grouping `lineitem` by order, then happen where
         // the rows are (queries 3, 4, 5, 7, 8, 9, 10, 12, 18 and 21), on any number of workers.
         let parts = self.partitions();
-        if parts > 1 {
+        if parts > 1 && layout == TpchLayout::ByOrderKey {
             for (table, key) in ORDER_KEYED {
                 let relaid = self.repartition_by(table, &[key], parts).await?;
                 if let Some(entry) = loaded.iter_mut().find(|(t, _)| t == table) {

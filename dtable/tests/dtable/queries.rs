@@ -264,46 +264,46 @@ async fn tables_split_by_a_key_are_grouped_and_joined_where_they_lie() {
         );
     }
 
-    // Another column changes: the rows keep their keys, and their partitions.
-    run_dirk(&s, "UPDATE t SET a = a + 1", "update a").await;
-    assert!(s.table("t").unwrap().hash_keys().is_some());
-    let want = "SELECT t.a + 1 AS a, t.k, u.name FROM t JOIN u ON t.k = u.k";
-    assert_same(
-        &run_dirk(&s, join, "after update a").await,
-        &reference(want).await,
-        false,
-        want,
-    );
-
-    // New rows go to partitions by rotation, not by key.
-    run_dirk(
-        &s,
-        "INSERT INTO u VALUES (7, 'seven'), (8, 'eight'), (9, 'nine'), (10, 'ten')",
-        "insert",
-    )
-    .await;
-    assert!(s.table("u").unwrap().hash_keys().is_none());
-    let want = "SELECT t.a + 1 AS a, t.k, u.name FROM t JOIN (SELECT k, name FROM u \
-                UNION ALL VALUES (7, 'seven'), (8, 'eight'), (9, 'nine'), (10, 'ten')) u \
-                ON t.k = u.k";
-    assert_same(
-        &run_dirk(&s, join, "after insert").await,
-        &reference(want).await,
-        false,
-        want,
-    );
-
-    // New keys would hash elsewhere, and the rows stay where they are: rows of one new key
-    // come from several partitions.
-    run_dirk(&s, "UPDATE t SET k = k % 7", "update k").await;
-    assert!(s.table("t").unwrap().hash_keys().is_none());
-    let want = "SELECT k % 7 AS k, count(*), sum(c) FROM t GROUP BY k % 7";
-    assert_same(
-        &run_dirk(&s, group, "after update k").await,
-        &reference(want).await,
-        false,
-        want,
-    );
+    // Each statement, whether the changed table keeps its layout, and what a query then
+    // answers, from the original tables.
+    let steps = [
+        // Another column changes: the rows keep their keys, and their partitions.
+        (
+            "UPDATE t SET a = a + 1",
+            ("t", true),
+            join,
+            "SELECT t.a + 1 AS a, t.k, u.name FROM t JOIN u ON t.k = u.k",
+        ),
+        // New rows go to partitions by rotation, not by key.
+        (
+            "INSERT INTO u VALUES (7, 'seven'), (8, 'eight'), (9, 'nine'), (10, 'ten')",
+            ("u", false),
+            join,
+            "SELECT t.a + 1 AS a, t.k, u.name FROM t JOIN (SELECT k, name FROM u \
+             UNION ALL VALUES (7, 'seven'), (8, 'eight'), (9, 'nine'), (10, 'ten')) u \
+             ON t.k = u.k",
+        ),
+        // New keys would hash elsewhere, and the rows stay where they are: rows of one new
+        // key come from several partitions.
+        (
+            "UPDATE t SET k = k % 7",
+            ("t", false),
+            group,
+            "SELECT k % 7 AS k, count(*), sum(c) FROM t GROUP BY k % 7",
+        ),
+    ];
+    for (statement, (table, kept), sql, want) in steps {
+        run_dirk(&s, statement, statement).await;
+        let keys = s.table(table).unwrap().hash_keys().map(<[String]>::to_vec);
+        assert_eq!(keys.is_some(), kept, "{table} after {statement}: {keys:?}");
+        let what = format!("{sql} after {statement}");
+        assert_same(
+            &run_dirk(&s, sql, &what).await,
+            &reference(want).await,
+            false,
+            &what,
+        );
+    }
 }
 
 /// A join of 64 tables nests 63 hash joins in one plan, deeper than protobuf decoders allow by
