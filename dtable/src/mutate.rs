@@ -705,7 +705,7 @@ impl Session {
                     .collect()
             })
             .collect();
-        self.register_replacing(name, DTable::new(table.schema().clone(), partitions))?;
+        self.register_replacing(name, table.with_subsets(partitions))?;
         Ok(deleted)
     }
 
@@ -719,7 +719,7 @@ impl Session {
     fn truncate_locked(&self, name: &str, table: DTable) -> Result<u64> {
         let rows = table.num_rows();
         let partitions = vec![Vec::new(); table.num_partitions()];
-        self.register_replacing(name, DTable::new(table.schema().clone(), partitions))?;
+        self.register_replacing(name, table.with_subsets(partitions))?;
         Ok(rows)
     }
 

@@ -45,6 +45,18 @@ impl DTable {
         }
     }
 
+    /// The same table (schema and layout) with `partitions` in place of its own: each new
+    /// partition holds a subset of the rows of the old one at its index (what a `DELETE` or
+    /// `TRUNCATE` leaves), so a hash partitioning still holds.
+    pub(crate) fn with_subsets(&self, partitions: Vec<Vec<ChunkRef>>) -> Self {
+        debug_assert_eq!(partitions.len(), self.partitions.len());
+        DTable {
+            schema: self.schema.clone(),
+            partitions,
+            hash_keys: self.hash_keys.clone(),
+        }
+    }
+
     /// The same table with no known partitioning.
     pub(crate) fn without_hash_keys(self) -> Self {
         DTable {
