@@ -186,6 +186,17 @@ async fn joins_that_emit_unmatched_build_rows_run_in_every_partition() {
     }
 }
 
+/// Sets DataFusion's own broadcast thresholds to zero: a join is broadcast only where Dirk's
+/// rule says so.
+async fn without_datafusion_broadcasts(s: &Session) {
+    for setting in [
+        "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+        "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
+    ] {
+        run_dirk(s, setting, setting).await;
+    }
+}
+
 /// DataFusion broadcasts a join's build side only under a fixed size; Dirk also broadcasts one
 /// whose copies, one per probe task, cost less than shuffling both sides. With DataFusion's own
 /// thresholds at zero, `u` (50 rows) joined to `t` (2000 rows) over 3 partitions is broadcast
@@ -193,12 +204,7 @@ async fn joins_that_emit_unmatched_build_rows_run_in_every_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_broadcasts_its_build_side_where_the_copies_cost_less_than_a_shuffle() {
     let s = session(2, 3);
-    for setting in [
-        "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
-        "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
-    ] {
-        run_dirk(&s, setting, setting).await;
-    }
+    without_datafusion_broadcasts(&s).await;
     for (sql, broadcast) in [
         ("SELECT t.a, u.name FROM t JOIN u ON t.k = u.k", true),
         (
@@ -229,13 +235,8 @@ async fn a_join_broadcasts_its_build_side_where_the_copies_cost_less_than_a_shuf
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_split_by_a_key_are_grouped_and_joined_where_they_lie() {
     let s = session(3, 4);
-    // DataFusion's own thresholds at zero: the join is a partitioned one, not a broadcast.
-    for setting in [
-        "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
-        "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
-    ] {
-        run_dirk(&s, setting, setting).await;
-    }
+    // The join is a partitioned one, not DataFusion's broadcast of a small side.
+    without_datafusion_broadcasts(&s).await;
     let t = s.repartition_by("t", &["k"], 4).await.unwrap();
     let u = s.repartition_by("u", &["k"], 4).await.unwrap();
     assert_eq!(t.hash_keys(), Some(&["k".to_string()][..]));
