@@ -239,12 +239,8 @@ impl DisplayAs for DTableScanExec {
             "DTableScanExec: table={}, partitions={}",
             self.table, self.partitions
         )?;
-        if let Some(cols) = &self.hash_columns {
-            let names: Vec<&str> = cols
-                .iter()
-                .map(|&i| self.schema.field(i).name().as_str())
-                .collect();
-            write!(f, ", hash partitioned by [{}]", names.join(", "))?;
+        if let Some(keys) = self.hash_keys() {
+            write!(f, ", hash partitioned by [{}]", keys.join(", "))?;
         }
         write!(f, ", leaf={}", self.leaf)
     }
