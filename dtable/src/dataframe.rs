@@ -4,6 +4,7 @@
 
 use crate::error::{DirkError, Result};
 use crate::session::Session;
+use crate::stream::RecordBatchStream;
 use crate::table::DTable;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -35,26 +36,26 @@ const SHOW_ROWS: usize = 20;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct DataFrame<'a> {
-    session: &'a Session,
+pub struct DataFrame {
+    session: Session,
     df: DfDataFrame,
 }
 
 /// The groups of a DataFrame, waiting for their aggregates: `df.group_by(keys).agg(aggs)`.
-pub struct GroupBy<'a> {
-    frame: DataFrame<'a>,
+pub struct GroupBy {
+    frame: DataFrame,
     keys: Vec<Expr>,
 }
 
-impl<'a> GroupBy<'a> {
+impl GroupBy {
     /// One row per group: the keys, then `aggregates` (`sum(col("x"))`, `count(lit(1))`, ...).
-    pub fn agg(self, aggregates: Vec<Expr>) -> Result<DataFrame<'a>> {
+    pub fn agg(self, aggregates: Vec<Expr>) -> Result<DataFrame> {
         self.frame.aggregate(self.keys, aggregates)
     }
 }
 
-impl<'a> DataFrame<'a> {
-    pub(crate) fn new(session: &'a Session, df: DfDataFrame) -> Self {
+impl DataFrame {
+    pub(crate) fn new(session: Session, df: DfDataFrame) -> Self {
         DataFrame { session, df }
     }
 
@@ -117,7 +118,7 @@ impl<'a> DataFrame<'a> {
     }
 
     /// Groups rows by `keys`; finish with [`GroupBy::agg`].
-    pub fn group_by(self, keys: Vec<Expr>) -> GroupBy<'a> {
+    pub fn group_by(self, keys: Vec<Expr>) -> GroupBy {
         GroupBy { frame: self, keys }
     }
 
@@ -136,7 +137,7 @@ impl<'a> DataFrame<'a> {
     /// full, left semi, left anti, ...
     pub fn join(
         self,
-        right: DataFrame<'a>,
+        right: DataFrame,
         how: JoinType,
         left_cols: &[&str],
         right_cols: &[&str],
@@ -146,7 +147,7 @@ impl<'a> DataFrame<'a> {
     }
 
     /// Joins on arbitrary predicates (equalities among them become hash join keys).
-    pub fn join_on(self, right: DataFrame<'a>, how: JoinType, on: Vec<Expr>) -> Result<Self> {
+    pub fn join_on(self, right: DataFrame, how: JoinType, on: Vec<Expr>) -> Result<Self> {
         let right = self.same_session(right)?;
         self.step(|df| df.join_on(right, how, on))
     }
@@ -167,25 +168,25 @@ impl<'a> DataFrame<'a> {
     }
 
     /// The rows of both (`UNION ALL`).
-    pub fn union(self, other: DataFrame<'a>) -> Result<Self> {
+    pub fn union(self, other: DataFrame) -> Result<Self> {
         let other = self.same_session(other)?;
         self.step(|df| df.union(other))
     }
 
     /// The distinct rows of both (`UNION`).
-    pub fn union_distinct(self, other: DataFrame<'a>) -> Result<Self> {
+    pub fn union_distinct(self, other: DataFrame) -> Result<Self> {
         let other = self.same_session(other)?;
         self.step(|df| df.union_distinct(other))
     }
 
     /// Rows in both (`INTERSECT`).
-    pub fn intersect(self, other: DataFrame<'a>) -> Result<Self> {
+    pub fn intersect(self, other: DataFrame) -> Result<Self> {
         let other = self.same_session(other)?;
         self.step(|df| df.intersect(other))
     }
 
     /// Rows of this one not in `other` (`EXCEPT`).
-    pub fn except(self, other: DataFrame<'a>) -> Result<Self> {
+    pub fn except(self, other: DataFrame) -> Result<Self> {
         let other = self.same_session(other)?;
         self.step(|df| df.except(other))
     }
@@ -201,8 +202,8 @@ impl<'a> DataFrame<'a> {
         self.step(|df| df.repartition(Partitioning::Hash(keys, n.max(1))))
     }
 
-    fn same_session(&self, other: DataFrame<'a>) -> Result<DfDataFrame> {
-        if !std::ptr::eq(self.session, other.session) {
+    fn same_session(&self, other: DataFrame) -> Result<DfDataFrame> {
+        if !self.session.same_as(&other.session) {
             return Err(DirkError::Unsupported {
                 what: "combining DataFrames of two different sessions".into(),
             });
@@ -215,15 +216,21 @@ impl<'a> DataFrame<'a> {
         self.session.run_plan(self.df.logical_plan().clone()).await
     }
 
-    /// Runs the query and brings the result to the caller.
+    /// Runs the query and streams the result to the caller: the batches of the final stage's
+    /// partition 0, then 1, ..., each partition's as soon as its task has finished (and freed on
+    /// its worker once fetched), while later partitions still run. Dropping the stream cancels
+    /// what still runs.
+    pub async fn execute_stream(self) -> Result<RecordBatchStream> {
+        self.session
+            .execute_stream(self.df.logical_plan().clone())
+            .await
+    }
+
+    /// Runs the query and brings the whole result to the caller (built on
+    /// [`execute_stream`](Self::execute_stream)).
     pub async fn collect(self) -> Result<Vec<RecordBatch>> {
-        let session = self.session;
-        let table = self.persist().await?;
-        let batches = table.collect(session.engine());
-        session
-            .engine()
-            .free(&table.chunks().cloned().collect::<Vec<_>>())?;
-        batches
+        use futures::TryStreamExt as _;
+        self.execute_stream().await?.try_collect().await
     }
 
     /// Counts the rows (a `count(*)` run as tasks; only the count comes back).

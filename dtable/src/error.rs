@@ -1,7 +1,7 @@
 //! The dtable layer's error type.
 
 use datafusion::error::DataFusionError;
-use dirk_engine::EngineError;
+use dirk_engine::{EngineError, ErrorKind, TaskId, WorkerId};
 use thiserror::Error;
 
 /// Result alias for this crate.
@@ -46,6 +46,101 @@ pub enum DirkError {
         /// What differs.
         detail: String,
     },
+}
+
+impl DirkError {
+    /// Whose failure this is: the user's, retryable, or a bug in Dirk (see [`ErrorKind`]).
+    /// It is the kind the failing kernel gave, carried from the worker that ran it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DirkError::DataFusion(e) => datafusion_kind(e),
+            DirkError::Engine(e) => e.kind(),
+            DirkError::TableChanged { .. } => ErrorKind::Retryable,
+            DirkError::TableNotFound { .. }
+            | DirkError::TableExists { .. }
+            | DirkError::Unsupported { .. }
+            | DirkError::SchemaMismatch { .. } => ErrorKind::User,
+        }
+    }
+
+    /// The task that failed, when a task did.
+    pub fn task(&self) -> Option<TaskId> {
+        self.engine_error().and_then(EngineError::task)
+    }
+
+    /// The worker the failure came from, when one is known.
+    pub fn worker(&self) -> Option<WorkerId> {
+        self.engine_error().and_then(EngineError::worker)
+    }
+
+    fn engine_error(&self) -> Option<&EngineError> {
+        match self {
+            DirkError::Engine(e) => Some(e),
+            DirkError::DataFusion(DataFusionError::External(inner)) => {
+                inner.downcast_ref::<EngineError>().or_else(|| {
+                    inner
+                        .downcast_ref::<DirkError>()
+                        .and_then(DirkError::engine_error)
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whose failure a DataFusion error is. Storage and memory failures may pass; a bug report
+/// from DataFusion (`Internal`) is a bug; the rest (plans, types, casts, parse errors, values
+/// out of range, files that are not what they claim) is the user's.
+pub fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
+    use datafusion::object_store::Error as StoreError;
+    match e {
+        DataFusionError::ResourcesExhausted(_) | DataFusionError::IoError(_) => {
+            ErrorKind::Retryable
+        }
+        DataFusionError::ObjectStore(e) => match e.as_ref() {
+            StoreError::NotFound { .. }
+            | StoreError::InvalidPath { .. }
+            | StoreError::PermissionDenied { .. }
+            | StoreError::Unauthenticated { .. }
+            | StoreError::NotSupported { .. }
+            | StoreError::NotImplemented { .. }
+            | StoreError::UnknownConfigurationKey { .. } => ErrorKind::User,
+            _ => ErrorKind::Retryable,
+        },
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            arrow::error::ArrowError::IoError(..) => ErrorKind::Retryable,
+            arrow::error::ArrowError::ExternalError(inner) => external_kind(inner.as_ref()),
+            _ => ErrorKind::User,
+        },
+        DataFusionError::Internal(_) | DataFusionError::ExecutionJoin(_) => ErrorKind::Internal,
+        DataFusionError::External(inner) => external_kind(inner.as_ref()),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            datafusion_kind(inner)
+        }
+        DataFusionError::Shared(inner) => datafusion_kind(inner),
+        DataFusionError::Collection(all) => all.first().map_or(ErrorKind::User, datafusion_kind),
+        _ => ErrorKind::User,
+    }
+}
+
+fn external_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind {
+    if let Some(e) = e.downcast_ref::<EngineError>() {
+        e.kind()
+    } else if let Some(e) = e.downcast_ref::<DirkError>() {
+        e.kind()
+    } else if let Some(e) = e.downcast_ref::<DataFusionError>() {
+        datafusion_kind(e)
+    } else if e.is::<std::io::Error>() {
+        ErrorKind::Retryable
+    } else {
+        ErrorKind::User
+    }
+}
+
+/// A DataFusion error met inside a kernel, as the engine error the kernel returns: its kind
+/// and one-line message go to the driver.
+pub(crate) fn kernel_error(e: DataFusionError) -> EngineError {
+    EngineError::failed(datafusion_kind(&e), e.to_string())
 }
 
 impl From<DirkError> for DataFusionError {

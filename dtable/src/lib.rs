@@ -7,24 +7,32 @@
 //! through the engine's scheduler, its fragment serialized with datafusion-proto.
 
 mod broadcast;
+mod builder;
+mod catalog;
 pub mod dataframe;
+mod dml;
 pub mod error;
 pub mod exec;
-pub mod fragment;
-pub mod mutate;
+mod executor;
+mod ingest;
+mod kernels;
 pub mod prelude;
 mod proto;
 mod prune;
-mod rowchange;
 pub mod session;
 pub mod stages;
+mod steps;
+pub mod stream;
 pub mod table;
 pub mod tpch;
 
+pub use builder::{SessionBuilder, Workers};
 pub use dataframe::{DataFrame, GroupBy};
 pub use datafusion;
 /// Remote workers: options for reaching them, and the worker process's server.
 pub use dirk_flight as flight;
 pub use error::{DirkError, Result};
-pub use session::{register_kernels, Session, SessionBuilder, Workers};
+pub use kernels::register_kernels;
+pub use session::Session;
+pub use stream::RecordBatchStream;
 pub use table::DTable;

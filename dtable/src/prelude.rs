@@ -3,8 +3,9 @@
 //! Expressions and functions are DataFusion's (`col`, `lit`, `sum`, `count`, `avg`, window
 //! functions, string and date functions, ...), so they mean exactly what they mean there.
 
+pub use crate::builder::SessionBuilder;
 pub use crate::dataframe::{DataFrame, GroupBy};
-pub use crate::session::{Session, SessionBuilder};
+pub use crate::session::Session;
 pub use crate::table::DTable;
 pub use crate::{DirkError, Result};
 pub use datafusion::common::JoinType;

@@ -193,8 +193,9 @@ mod tests {
         ];
         let plan: Arc<dyn ExecutionPlan> =
             Arc::new(ProjectionExec::try_new(exprs, Arc::new(EmptyExec::new(schema))).unwrap());
-        let bytes = crate::fragment::encode_plan(&plan).unwrap();
-        let decoded = crate::fragment::decode_fragment(&bytes, &TaskContext::default()).unwrap();
+        let bytes = crate::kernels::fragment::encode_plan(&plan).unwrap();
+        let decoded =
+            crate::kernels::fragment::decode_fragment(&bytes, &TaskContext::default()).unwrap();
         for f in decoded.schema().fields() {
             assert_eq!(
                 f.metadata().get("ARROW:extension:name").map(String::as_str),

@@ -15,19 +15,18 @@
 //! inherited by a `DELETE` are loose.
 
 use crate::error::Result;
-use crate::mutate::{each_chunk, Step};
-use crate::session::Session;
+use crate::kernels::mutation::Step;
+use crate::steps::each_chunk;
 use crate::table::DTable;
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, UInt64Array};
+use arrow::datatypes::{DataType, Schema, UInt64Type};
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue};
-use datafusion::error::DataFusionError;
-use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
-use datafusion::logical_expr::{Accumulator, Expr};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::Expr;
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
-use dirk_engine::{Chunk, ChunkId, ChunkRef, Context};
+use dirk_engine::{ChunkId, ChunkRef, Context};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -36,7 +35,7 @@ use std::sync::Arc;
 pub(crate) struct ColumnStats {
     min: ScalarValue,
     max: ScalarValue,
-    /// Unknown for a chunk that inherited its bounds (see [`Session::inherit_stats`]).
+    /// Unknown for a chunk that inherited its bounds (see [`ChunkStatistics::inherit_stats`]).
     nulls: Option<u64>,
 }
 
@@ -56,40 +55,6 @@ impl std::fmt::Debug for ChunkStatistics {
             .field("cached", &self.cache.lock().len())
             .finish_non_exhaustive()
     }
-}
-
-/// Kernel step: the min, max and null count of `columns` of a chunk, as one row (three
-/// columns per column).
-pub(crate) fn column_stats(
-    chunk: &Chunk,
-    columns: &[usize],
-) -> Result<Vec<Chunk>, DataFusionError> {
-    let mut fields = Vec::new();
-    let mut values: Vec<ArrayRef> = Vec::new();
-    for &c in columns {
-        let field = chunk.schema().field(c);
-        let dt = field.data_type();
-        let mut min = MinAccumulator::try_new(dt)?;
-        let mut max = MaxAccumulator::try_new(dt)?;
-        let mut nulls = 0u64;
-        for b in chunk.batches() {
-            let a = Arc::clone(b.column(c));
-            nulls += a.null_count() as u64;
-            min.update_batch(std::slice::from_ref(&a))?;
-            max.update_batch(&[a])?;
-        }
-        fields.push(Field::new(format!("min{c}"), dt.clone(), true));
-        fields.push(Field::new(format!("max{c}"), dt.clone(), true));
-        fields.push(Field::new(format!("nulls{c}"), DataType::UInt64, false));
-        values.push(min.evaluate()?.to_array()?);
-        values.push(max.evaluate()?.to_array()?);
-        values.push(Arc::new(UInt64Array::from(vec![nulls])));
-    }
-    let schema: SchemaRef = Arc::new(Schema::new(fields));
-    Ok(vec![Chunk::new(
-        Arc::clone(&schema),
-        vec![RecordBatch::try_new(schema, values)?],
-    )])
 }
 
 /// The statistics of the chunks of one table, as DataFusion's pruning reads them.
@@ -172,7 +137,7 @@ impl ChunkStatistics {
         let step = Step::Stats {
             columns: columns.clone(),
         };
-        let params = crate::fragment::encode_with_header(&step, &[]);
+        let params = crate::kernels::fragment::encode_with_header(&step, &[]);
         let of_missing = DTable::new(table.schema().clone(), vec![missing]);
         let done = each_chunk(&self.engine, &of_missing, "Stats", |_| params.clone()).await?;
 
@@ -284,12 +249,13 @@ impl ChunkStatistics {
     }
 }
 
-impl Session {
+impl ChunkStatistics {
     /// The chunks of `table` whose rows `predicate` (over `schema`) may pick: the others are
     /// ruled out by their statistics. Any doubt (a column without statistics, a predicate
     /// pruning cannot read) keeps the chunk.
     pub(crate) async fn chunks_maybe_matching(
         &self,
+        state: &SessionState,
         table: &DTable,
         schema: &DFSchema,
         predicate: &Expr,
@@ -308,7 +274,6 @@ impl Session {
             return Ok(chunks);
         }
         let arrow_schema = Arc::new(schema.as_arrow().clone());
-        let state = self.planner_state();
         let Ok(physical) = state.create_physical_expr(predicate.clone(), schema) else {
             return Ok(chunks);
         };
@@ -322,8 +287,8 @@ impl Session {
             // Statistics cannot decide this predicate (`id % 10 = 0`): none are computed.
             return Ok(chunks);
         }
-        self.chunk_stats().compute(table, &chunks, &columns).await?;
-        let cache = self.chunk_stats().cache.lock();
+        self.compute(table, &chunks, &columns).await?;
+        let cache = self.cache.lock();
         let stats = TableStats {
             chunks: &chunks,
             schema: &arrow_schema,
@@ -344,7 +309,7 @@ impl Session {
     /// bounds for every column except `except`: still bounds, though perhaps loose. Null counts
     /// are not inherited (a loose null count could rule out an `IS NOT NULL` wrongly).
     pub(crate) fn inherit_stats(&self, from: ChunkId, to: ChunkId, except: &[usize]) {
-        let mut cache = self.chunk_stats().cache.lock();
+        let mut cache = self.cache.lock();
         let inherited: Vec<_> = cache
             .iter()
             .filter(|((id, c), _)| *id == from && !except.contains(c))
@@ -365,7 +330,7 @@ impl Session {
         chunks: impl IntoIterator<Item = ChunkId>,
         columns: &[usize],
     ) {
-        let mut cache = self.chunk_stats().cache.lock();
+        let mut cache = self.cache.lock();
         for id in chunks {
             for &c in columns {
                 cache.remove(&(id, c));

@@ -1,14 +1,8 @@
 //! DTable: a distributed table, a schema plus partitions whose chunks live on workers.
 
 use crate::error::{DirkError, Result};
-use crate::exec::DTableScanExec;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use async_trait::async_trait;
-use datafusion::catalog::Session as DfSession;
-use datafusion::datasource::{TableProvider, TableType};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use dirk_engine::{ChunkRef, Context};
 use std::sync::Arc;
 
@@ -146,63 +140,5 @@ impl DTable {
     /// All chunk references.
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
         self.partitions.iter().flatten()
-    }
-}
-
-/// Lets DataFusion plan over a DTable: the scan is a [`DTableScanExec`].
-#[derive(Debug)]
-pub(crate) struct DTableProvider {
-    pub(crate) name: String,
-    pub(crate) table: DTable,
-    /// Where the scan's column bounds come from (see `prune.rs`).
-    pub(crate) stats: Arc<crate::prune::ChunkStatistics>,
-}
-
-#[async_trait]
-impl TableProvider for DTableProvider {
-    fn schema(&self) -> SchemaRef {
-        self.table.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn DfSession,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        // Every column in table order is no projection: the scan then reads chunks whole.
-        let width = self.table.schema.fields().len();
-        let projection = projection.filter(|p| !p.iter().copied().eq(0..width));
-        let schema = match projection {
-            Some(p) => Arc::new(self.table.schema.project(p)?),
-            None => self.table.schema.clone(),
-        };
-        let columns = self
-            .stats
-            .for_planning(&self.table, projection.map(|p| p.as_slice()))
-            .await;
-        // The scan keeps the table's hash partitioning when it keeps every key column.
-        let hash_columns = self.table.hash_keys().and_then(|keys| {
-            keys.iter()
-                .map(|k| schema.index_of(k).ok())
-                .collect::<Option<Vec<usize>>>()
-        });
-        Ok(Arc::new(
-            DTableScanExec::new(
-                0,
-                self.name.clone(),
-                schema,
-                projection.cloned(),
-                self.table.num_partitions(),
-                Some(self.table.num_rows()),
-            )
-            .with_hash_columns(hash_columns)
-            .with_column_statistics(columns),
-        ))
     }
 }

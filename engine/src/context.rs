@@ -82,6 +82,8 @@ pub struct ContextBuilder {
     log_capacity: usize,
     max_outstanding: usize,
     cost_model: CostModel,
+    memory_limit: Option<usize>,
+    spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ContextBuilder {
@@ -95,6 +97,8 @@ impl Default for ContextBuilder {
             log_capacity: 100_000,
             max_outstanding: 100_000,
             cost_model: CostModel::default(),
+            memory_limit: None,
+            spill_dir: None,
         }
     }
 }
@@ -104,6 +108,21 @@ impl ContextBuilder {
     /// none and the caller adds its own (remote ones) with [`Context::add_worker`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+
+    /// Memory the in-process workers' tasks may use, in bytes, split equally between the
+    /// workers: each worker's environment ([`crate::WorkerEnv`]) gets its share (default: no
+    /// limit).
+    pub fn memory_limit(mut self, bytes: Option<usize>) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Where the in-process workers' tasks write spill files (default: `dirk-spill` under the
+    /// system's temporary directory).
+    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.spill_dir = Some(dir.into());
         self
     }
 
@@ -172,14 +191,20 @@ impl ContextBuilder {
             }),
             scheduler: Mutex::new(Some(thread)),
         };
+        let share = self.memory_limit.map(|m| m / self.workers.max(1));
         for i in 0..self.workers {
+            let env = crate::WorkerEnv::builder()
+                .memory_limit(share)
+                .spill_dir(self.spill_dir.clone())
+                .build();
             let w = InProcessWorker::new(
                 WorkerId(i as u32),
                 self.threads_per_worker,
                 self.fake_processors,
                 ctx.shared.registry.clone(),
                 ctx.shared.peers.clone(),
-            );
+            )
+            .with_env(env);
             ctx.add_worker(Arc::new(w))?;
         }
         Ok(ctx)

@@ -7,10 +7,52 @@ use thiserror::Error;
 /// Result alias used throughout the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
+/// Whose failure an error is, which decides whether running the work again can help. Every
+/// error says its kind ([`EngineError::kind`]), and the kind travels with it from a worker's
+/// kernel to the driver, so the scheduler and the session decide what to retry in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request or its data is at fault (bad SQL, a failing cast, an unknown table, a
+    /// cancelled task): running it again gives the same error. Never retried.
+    User,
+    /// The machine or the network failed (a worker lost, a fetch that failed, a timeout,
+    /// resources exhausted for now): the same work may succeed again, elsewhere.
+    Retryable,
+    /// A broken invariant: a bug in Dirk. Never retried.
+    Internal,
+}
+
+impl ErrorKind {
+    /// True for [`ErrorKind::Retryable`].
+    pub fn is_retryable(self) -> bool {
+        self == ErrorKind::Retryable
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::User => "user error",
+            ErrorKind::Retryable => "retryable",
+            ErrorKind::Internal => "internal error",
+        })
+    }
+}
+
 /// Everything that can go wrong in the engine. Errors are `Clone` because one failure is reported
 /// to every task that depends on it.
 #[derive(Debug, Clone, Error, PartialEq, Serialize, Deserialize)]
 pub enum EngineError {
+    /// What a kernel returns when it fails ([`EngineError::kernel`], [`EngineError::retryable`],
+    /// [`EngineError::internal`]); the scheduler turns it into [`EngineError::KernelFailed`],
+    /// naming the task, its kernel and its worker.
+    #[error("{message}")]
+    Failed {
+        /// Whose failure it is.
+        kind: ErrorKind,
+        /// What went wrong.
+        message: String,
+    },
     /// A kernel returned an error while running a task.
     #[error("{task} ({kernel}) failed: {message}")]
     KernelFailed {
@@ -18,6 +60,10 @@ pub enum EngineError {
         task: TaskId,
         /// The kernel it ran.
         kernel: String,
+        /// The worker it ran on.
+        worker: Option<WorkerId>,
+        /// Whose failure it is.
+        kind: ErrorKind,
         /// What the kernel said.
         message: String,
     },
@@ -28,6 +74,8 @@ pub enum EngineError {
         task: TaskId,
         /// The task that failed first.
         failed: TaskId,
+        /// The kind of that task's error.
+        kind: ErrorKind,
         /// That task's own error, as text.
         cause: String,
     },
@@ -119,19 +167,99 @@ pub enum EngineError {
         /// What went wrong.
         message: String,
     },
+    /// A message from another process that does not decode: a peer of another build, or
+    /// damage on the way.
+    #[error("{peer}: malformed {what}: {message}")]
+    Malformed {
+        /// Who sent it.
+        peer: String,
+        /// What the message should have been.
+        what: String,
+        /// The decoder's message.
+        message: String,
+    },
     /// The context has shut down.
     #[error("the engine has shut down")]
     Shutdown,
 }
 
 impl EngineError {
-    /// Convenience constructor for kernels: a failure with a message. The scheduler fills in the
-    /// task and kernel names.
+    /// A kernel's failure on its input, the user's to fix (a value that does not cast, a
+    /// missing column): never retried. The scheduler names the task, kernel and worker.
     pub fn kernel(message: impl Into<String>) -> Self {
-        EngineError::KernelFailed {
-            task: TaskId(u64::MAX),
-            kernel: String::new(),
+        EngineError::Failed {
+            kind: ErrorKind::User,
             message: message.into(),
+        }
+    }
+
+    /// A kernel's failure that may not happen again (storage timed out, memory was short).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        EngineError::Failed {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// A kernel's failure that is a bug (an invariant broke, a panic).
+    pub fn internal(message: impl Into<String>) -> Self {
+        EngineError::Failed {
+            kind: ErrorKind::Internal,
+            message: message.into(),
+        }
+    }
+
+    /// A kernel's failure of the given kind.
+    pub fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
+        EngineError::Failed {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whose failure this is; see [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        use EngineError::*;
+        match self {
+            Failed { kind, .. } | KernelFailed { kind, .. } | UpstreamFailed { kind, .. } => *kind,
+            // Lost data and lost or unreachable workers: the work can run again elsewhere, its
+            // inputs recomputed.
+            ChunkNotFound { .. } | ChunkLost { .. } | WorkerLost { .. } | Remote { .. } => {
+                ErrorKind::Retryable
+            }
+            Cancelled { .. }
+            | EmptyScope { .. }
+            | UnknownKernel { .. }
+            | InvalidArgument { .. }
+            | NoSuchWorker { .. }
+            | Io { .. }
+            | Shutdown => ErrorKind::User,
+            UnknownChunk { .. } | Params { .. } | Malformed { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// The task the failure belongs to, where one is known.
+    pub fn task(&self) -> Option<TaskId> {
+        use EngineError::*;
+        match self {
+            KernelFailed { task, .. }
+            | UpstreamFailed { task, .. }
+            | Cancelled { task }
+            | EmptyScope { task, .. }
+            | InvalidArgument { task, .. } => Some(*task),
+            _ => None,
+        }
+    }
+
+    /// The worker the failure came from, where one is known.
+    pub fn worker(&self) -> Option<WorkerId> {
+        use EngineError::*;
+        match self {
+            KernelFailed { worker, .. } => *worker,
+            ChunkNotFound { worker, .. } | ChunkLost { worker, .. } | WorkerLost { worker, .. } => {
+                Some(*worker)
+            }
+            _ => None,
         }
     }
 }

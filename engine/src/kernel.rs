@@ -2,6 +2,7 @@
 //! parameters, so the same task can run on any worker that has the kernel registered.
 
 use crate::chunk::Chunk;
+use crate::env::WorkerEnv;
 use crate::error::{EngineError, Result};
 use crate::ids::{TaskId, WorkerId};
 use crate::scope::ProcessorKind;
@@ -128,6 +129,7 @@ pub struct KernelCall<'a> {
     params: &'a [u8],
     inputs: Vec<KernelInput>,
     cancels: &'a CancelSet,
+    env: &'a WorkerEnv,
 }
 
 impl<'a> KernelCall<'a> {
@@ -139,6 +141,7 @@ impl<'a> KernelCall<'a> {
         params: &'a [u8],
         inputs: Vec<KernelInput>,
         cancels: &'a CancelSet,
+        env: &'a WorkerEnv,
     ) -> Self {
         KernelCall {
             task,
@@ -147,7 +150,14 @@ impl<'a> KernelCall<'a> {
             params,
             inputs,
             cancels,
+            env,
         }
+    }
+
+    /// The environment of the worker running the task: its memory budget, spill directory,
+    /// settings and per-worker extensions.
+    pub fn env(&self) -> &WorkerEnv {
+        self.env
     }
 
     /// The raw parameter bytes.

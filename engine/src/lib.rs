@@ -34,6 +34,7 @@ pub mod chunk;
 pub mod context;
 mod cputime;
 mod datadeps;
+pub mod env;
 pub mod error;
 pub mod eventlog;
 pub mod ids;
@@ -49,7 +50,8 @@ pub use chunk::{
     compact_view_columns, split_for_transfer, Chunk, ChunkMeta, ChunkRef, ChunkStore, MemorySpace,
 };
 pub use context::{Context, ContextBuilder, SequentialQueue, TaskCounts};
-pub use error::{EngineError, Result};
+pub use env::{WorkerEnv, WorkerEnvBuilder, WorkerEnvRef};
+pub use error::{EngineError, ErrorKind, Result};
 pub use eventlog::{EventLog, EventLogSnapshot, TaskRecord, TaskStatus, Transfer};
 pub use ids::{ChunkId, TaskId, WorkerId};
 pub use kernel::{FnKernel, Kernel, KernelCall, KernelInput, KernelRef, KernelRegistry};

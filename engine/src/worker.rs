@@ -4,6 +4,7 @@
 //! ([`TaskReport`]) is serializable.
 
 use crate::chunk::{Chunk, ChunkMeta, ChunkStore};
+use crate::env::{WorkerEnv, WorkerEnvRef};
 use crate::error::{EngineError, Result};
 use crate::eventlog::{now_us, Transfer};
 use crate::ids::{ChunkId, TaskId, WorkerId};
@@ -243,6 +244,7 @@ impl PeerDirectory {
 
 struct WorkerCore {
     id: WorkerId,
+    env: WorkerEnvRef,
     store: ChunkStore,
     registry: Arc<KernelRegistry>,
     peers: PeerDirectory,
@@ -317,6 +319,7 @@ impl InProcessWorker {
         InProcessWorker {
             core: Arc::new(WorkerCore {
                 id,
+                env: WorkerEnv::builder().build(),
                 store: ChunkStore::new(id),
                 registry,
                 peers,
@@ -326,6 +329,15 @@ impl InProcessWorker {
             }),
             processors,
         }
+    }
+
+    /// Gives the worker `env`, the environment every kernel it runs sees (default: no memory
+    /// limit, spill files under the system's temporary directory). Workers may share one.
+    pub fn with_env(mut self, env: WorkerEnvRef) -> Self {
+        Arc::get_mut(&mut self.core)
+            .expect("a worker's core is shared only once it runs")
+            .env = env;
+        self
     }
 
     /// The processors, for tests that count what each ran.
@@ -364,7 +376,7 @@ impl Worker for InProcessWorker {
                 fetch_wait_us: 0,
                 cpu_us: 0,
                 transfers: Vec::new(),
-                result: Err(EngineError::kernel(format!(
+                result: Err(EngineError::internal(format!(
                     "{} has no {} processor",
                     self.core.id, assignment.processor
                 ))),
@@ -532,6 +544,7 @@ impl WorkerCore {
             &a.params,
             inputs,
             &self.cancels,
+            &self.env,
         );
         let outcome =
             catch_unwind(AssertUnwindSafe(|| kernel.run(&mut call))).unwrap_or_else(|panic| {
@@ -540,7 +553,7 @@ impl WorkerCore {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                Err(EngineError::kernel(format!("kernel panicked: {msg}")))
+                Err(EngineError::internal(format!("kernel panicked: {msg}")))
             });
         let inputs = call.into_inputs();
         match outcome {

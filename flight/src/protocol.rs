@@ -25,7 +25,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape. A driver and a worker of different versions refuse
 /// each other at `hello`, with a message that names both versions.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The metadata key that carries the token.
 pub const TOKEN_HEADER: &str = "authorization";
@@ -105,9 +105,10 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes a message body.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, EngineError> {
-    postcard::from_bytes(bytes).map_err(|e| EngineError::Remote {
+    postcard::from_bytes(bytes).map_err(|e| EngineError::Malformed {
         peer: "protocol".into(),
-        message: format!("malformed {what}: {e}"),
+        what: what.into(),
+        message: e.to_string(),
     })
 }
 

@@ -18,7 +18,7 @@ use arrow_flight::{
 };
 use dirk_engine::{
     Chunk, ChunkId, CpuProcessor, EngineError, InProcessWorker, KernelRegistry, PeerDirectory,
-    ProcessorRef, ReportSink, TaskAssignment, TaskId, Worker, WorkerId,
+    ProcessorRef, ReportSink, TaskAssignment, TaskId, Worker, WorkerEnv, WorkerEnvRef, WorkerId,
 };
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
@@ -42,8 +42,12 @@ pub struct WorkerOptions {
     pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     /// TLS: the certificate authority (PEM) to verify other workers by when fetching from them.
     pub tls_ca: Option<Vec<u8>>,
-    /// Memory this worker may use, in bytes: accepted and reported; spilling comes later.
+    /// Memory this worker's tasks may use together, in bytes: one budget in the worker's
+    /// environment, shared by every driver attached to it. Default: no limit.
     pub memory_limit: Option<u64>,
+    /// Where tasks write spill files (default: `dirk-spill` under the system's temporary
+    /// directory).
+    pub spill_dir: Option<std::path::PathBuf>,
     /// An attachment whose driver has not called for this long is dropped with its chunks
     /// (a driver that died); drivers send a heartbeat every second. Default 60 s.
     pub attachment_idle_timeout: Option<Duration>,
@@ -77,6 +81,8 @@ struct WorkerState {
     options: WorkerOptions,
     registry: Arc<KernelRegistry>,
     processors: Vec<ProcessorRef>,
+    /// One environment for the process: every attachment's tasks share its memory budget.
+    env: WorkerEnvRef,
     attachments: Mutex<HashMap<u64, Arc<Attachment>>>,
     next_attachment: AtomicU64,
     peer_client: ClientOptions,
@@ -120,6 +126,10 @@ impl WorkerServer {
                 tls_ca: options.tls_ca.clone(),
                 ..ClientOptions::default()
             },
+            env: WorkerEnv::builder()
+                .memory_limit(options.memory_limit.map(|m| m as usize))
+                .spill_dir(options.spill_dir.clone())
+                .build(),
             options,
             registry,
             processors: vec![cpu],
@@ -307,12 +317,15 @@ impl WorkerService {
             )));
         }
         let peers = PeerDirectory::default();
-        let worker = Arc::new(InProcessWorker::with_processors(
-            hello.worker,
-            self.state.processors.clone(),
-            self.state.registry.clone(),
-            peers.clone(),
-        ));
+        let worker = Arc::new(
+            InProcessWorker::with_processors(
+                hello.worker,
+                self.state.processors.clone(),
+                self.state.registry.clone(),
+                peers.clone(),
+            )
+            .with_env(Arc::clone(&self.state.env)),
+        );
         peers.add(worker.clone());
         let key = self.state.next_attachment.fetch_add(1, Ordering::Relaxed);
         let processors = worker.processors();

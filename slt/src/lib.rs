@@ -59,17 +59,13 @@ impl sqllogictest::AsyncDB for DirkDb {
     type ColumnType = DFColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DFOutput, Self::Error> {
+        use futures::TryStreamExt as _;
         let df = self.session.sql(sql).await.map_err(to_slt_error)?;
         // DataFusion's runner types the columns by the executed plan's schema (after type
         // coercion: `SELECT NULL UNION SELECT 1` is Int64, not Null); so does this one.
-        let table = df.persist().await.map_err(to_slt_error)?;
-        let schema = table.schema().clone();
-        let engine = self.session.engine();
-        let batches = table.collect(engine);
-        engine
-            .free(&table.chunks().cloned().collect::<Vec<_>>())
-            .map_err(|e| to_slt_error(e.into()))?;
-        let batches = batches.map_err(to_slt_error)?;
+        let stream = df.execute_stream().await.map_err(to_slt_error)?;
+        let schema = stream.schema();
+        let batches: Vec<_> = stream.try_collect().await.map_err(to_slt_error)?;
         let types = convert_schema_to_types(schema.fields());
         let rows = convert_batches(&schema, batches, self.spark)?;
         if rows.is_empty() && types.is_empty() {
@@ -219,6 +215,11 @@ where
             .await;
     }
     let records = sqllogictest::parse_file::<DFColumnType>(path).map_err(|e| e.to_string())?;
+    let sample = match dialect {
+        Dialect::Sqlite => sqlite_sample(),
+        Dialect::DataFusion => 1,
+    };
+    let mut queries_seen = 0usize;
     let mut results = Vec::new();
     for record in records {
         let query = matches!(record, Record::Query { .. });
@@ -239,7 +240,16 @@ where
                 continue;
             }
         };
-        if let Some(reason) = skip_reason(&record) {
+        let sampled_out = query && {
+            queries_seen += 1;
+            (queries_seen - 1) % sample != 0
+        };
+        let skip = if sampled_out {
+            Some(format!("sampled out (every {sample}th query runs)"))
+        } else {
+            skip_reason(&record)
+        };
+        if let Some(reason) = skip {
             results.push(RecordResult {
                 line,
                 at,
@@ -285,6 +295,15 @@ where
         });
     }
     Ok(results)
+}
+
+/// `DIRK_SLT_SQLITE_SAMPLE`: run every `k`-th query of SQLite's files (1: all of them).
+fn sqlite_sample() -> usize {
+    std::env::var("DIRK_SLT_SQLITE_SAMPLE")
+        .ok()
+        .and_then(|k| k.trim().parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Why a record is not run, if it is not: a condition excludes DataFusion, or it pins

@@ -4,10 +4,19 @@
 //! - Every record is passed, failed or skipped; skips have reasons (Spark dialect, a data file
 //!   the crate does not ship, DataFusion's `EXPLAIN` text, a condition that excludes
 //!   DataFusion, or a record DataFusion itself fails here).
-//! - Every Dirk failure must be listed in `slt/known-failures.txt`, with its kind (error or
-//!   wrong answer); a new failure fails this test (a listed one that now passes is reported).
+//! - Every Dirk failure must be listed in `slt/known-failures.txt` with its kind (error or
+//!   wrong answer) and its message (ids and ports masked): a new failure, a listed one that
+//!   fails another way, and a listed one that passes now each fail this test.
 //!   `DIRK_SLT_BLESS=1` rewrites the list (keeping the notes) and `slt/REPORT.md`.
 //! - SQLite: every query DataFusion answers on one node must be answered identically by Dirk.
+//! - Dirk's own files (`slt/dirk/*.slt`: UPDATE, DELETE, MERGE, ALTER, TRUNCATE) have no
+//!   reference engine: every record must pass.
+//! - With `CI=true`, a SQLite directory or Dirk corpus that is not there fails the run instead
+//!   of being left out.
+//!
+//! `DIRK_SLT_SQLITE_SAMPLE=k` runs every `k`-th query of SQLite's files (and every statement),
+//! on both engines; the rest are skipped as sampled out. CI samples SQLite this way on worker
+//! processes, after the whole of it in process.
 //!
 //! `DIRK_SLT=1` runs it; `DIRK_SLT_FILTER=substring` runs only matching files and
 //! `DIRK_SLT_EXCLUDE=a,b` leaves out files whose `corpus/file` name contains one of these (the
@@ -153,17 +162,37 @@ async fn run() -> Result<(), String> {
             .to_path_buf();
         jobs.push(("datafusion", work.join(&f), rel));
     }
+    let strict = std::env::var("CI").is_ok_and(|v| v == "true");
     let sqlite_dir = crate_dir.join("../../shared/testdata/sqlite");
     if sqlite_dir.is_dir() {
         for i in 1..=5 {
             let name = format!("select{i}.test");
             jobs.push(("sqlite", sqlite_dir.join(&name), PathBuf::from(name)));
         }
+    } else if strict {
+        return Err(format!(
+            "SQLite files not found at {} (CI=true: nothing may be left out)",
+            sqlite_dir.display()
+        ));
     } else {
         println!(
             "SQLite files not found at {}: not run",
             sqlite_dir.display()
         );
+    }
+    let dirk_dir = crate_dir.join("dirk");
+    let mut dirk_files = Vec::new();
+    list_files(&dirk_dir, &mut dirk_files);
+    dirk_files.sort();
+    if dirk_files.is_empty() && strict {
+        return Err(format!("no Dirk .slt files at {}", dirk_dir.display()));
+    }
+    for f in dirk_files {
+        let rel = f
+            .strip_prefix(&dirk_dir)
+            .expect("under dirk/")
+            .to_path_buf();
+        jobs.push(("dirk", f, rel));
     }
     if let Some(f) = &filter {
         jobs.retain(|(_, _, rel)| rel.to_string_lossy().contains(f.as_str()));
@@ -260,8 +289,9 @@ async fn run_one(corpus: &'static str, path: PathBuf, relative: PathBuf, dirk: E
         .filter(|&i| is_failure(&run.records[i].outcome))
         .collect();
     // A Dirk failure is Dirk's only where DataFusion, in this same environment, passes. The
-    // reference run is needed for every SQLite file (its check compares all answers).
-    if !failed.is_empty() || corpus == "sqlite" {
+    // reference run is needed for every SQLite file (its check compares all answers). Dirk's
+    // own files test what DataFusion does not run (in-place DML): they have no reference.
+    if (!failed.is_empty() || corpus == "sqlite") && corpus != "dirk" {
         match run_isolated(&path, &relative, Engine::DataFusion, dialect).await {
             Ok(reference) => {
                 let by_line: BTreeMap<String, RecordResult> =
@@ -386,7 +416,7 @@ fn missing_data_file(path: &Path) -> Option<String> {
 
 fn report(runs: &[FileRun], setup: &str, elapsed: Duration) -> String {
     let mut out = String::new();
-    for corpus in ["datafusion", "sqlite"] {
+    for corpus in ["datafusion", "sqlite", "dirk"] {
         let runs: Vec<_> = runs.iter().filter(|r| r.corpus == corpus).collect();
         if runs.is_empty() {
             continue;
@@ -441,6 +471,7 @@ fn reason_class(reason: &str) -> String {
     for prefix in [
         "missing data file",
         "fails on DataFusion too",
+        "sampled out",
         "onlyif",
         "skipif",
     ] {
@@ -492,6 +523,49 @@ async fn check_sqlite(runs: &[FileRun], problems: &mut Vec<String>) {
 
 const KNOWN: &str = "known-failures.txt";
 
+/// A failure as the list records it: its kind and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    kind: String,
+    message: String,
+}
+
+/// A failure's message as the list compares it: one line, cut short, with the ids and ports
+/// that differ from run to run masked (`task 284` -> `task #`, `127.0.0.1:7001` ->
+/// `127.0.0.1:#`, `__dirk_temp_rows_12` -> `__dirk_temp_rows_#`).
+fn listed_message(message: &str) -> String {
+    const MASKED_AFTER: [&str; 5] = ["task ", "chunk ", "worker ", "127.0.0.1:", "_temp_"];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while !rest.is_empty() {
+        let next = MASKED_AFTER
+            .iter()
+            .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+            .min();
+        let Some((i, len)) = next else {
+            out.push_str(rest);
+            break;
+        };
+        out.push_str(&rest[..i + len]);
+        rest = &rest[i + len..];
+        // `_temp_` is followed by the temporary table's purpose, then its number.
+        let word = rest
+            .find(|c: char| !(c.is_ascii_alphabetic() || c == '_'))
+            .unwrap_or(rest.len());
+        let word = if len == "_temp_".len() { word } else { 0 };
+        out.push_str(&rest[..word]);
+        rest = &rest[word..];
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits > 0 {
+            out.push('#');
+            rest = &rest[digits..];
+        }
+    }
+    short(&out).replace('\t', " ")
+}
+
 /// Checks the failures against the list. `report` is written to its file when blessing; the list
 /// itself is rewritten only from an in-process run (`write_list`), the one CI keeps complete.
 fn check_known_failures(
@@ -504,33 +578,49 @@ fn check_known_failures(
 ) -> Result<(), String> {
     let list_path = crate_dir.join(KNOWN);
     let text = std::fs::read_to_string(&list_path).unwrap_or_default();
-    // key -> (kind, note)
-    let mut listed: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // key -> (failure, note)
+    let mut listed: BTreeMap<String, (Failure, String)> = BTreeMap::new();
     for line in text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
     {
-        let mut parts = line.splitn(3, '\t');
+        let mut parts = line.splitn(4, '\t');
         let key = parts.next().unwrap_or("").to_string();
         let kind = parts.next().unwrap_or("").to_string();
+        let message = parts.next().unwrap_or("").to_string();
         let note = parts.next().unwrap_or("").to_string();
-        listed.insert(key, (kind, note));
+        listed.insert(key, (Failure { kind, message }, note));
     }
-    let mut found: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut found: BTreeMap<String, Failure> = BTreeMap::new();
+    // Records this run did not try (sampled out): neither passed nor failed.
+    let mut untried: BTreeSet<String> = BTreeSet::new();
     for r in runs {
         let file = file_name(r.corpus, &r.relative);
         if let Some(b) = &r.broken {
-            found.insert(file.clone(), ("broken".into(), short(b)));
+            found.insert(
+                file.clone(),
+                Failure {
+                    kind: "broken".into(),
+                    message: listed_message(b),
+                },
+            );
         }
         for rec in &r.records {
             let kind = match &rec.outcome {
                 Outcome::Error(_) => "error",
                 Outcome::WrongAnswer(_) => "wrong",
+                Outcome::Skip(reason) if reason.starts_with("sampled out") => {
+                    untried.insert(format!("{file}:{}", rec.at));
+                    continue;
+                }
                 _ => continue,
             };
             found.insert(
                 format!("{file}:{}", rec.at),
-                (kind.to_string(), short(message(&rec.outcome))),
+                Failure {
+                    kind: kind.to_string(),
+                    message: listed_message(message(&rec.outcome)),
+                },
             );
         }
     }
@@ -545,6 +635,7 @@ fn check_known_failures(
     if !everything {
         listed.retain(|key, _| ran.contains(&file_of(key)));
     }
+    listed.retain(|key, _| !untried.contains(key));
     if std::env::var("DIRK_SLT_BLESS").is_ok() && everything {
         let (report_file, report) = report;
         std::fs::write(
@@ -558,40 +649,42 @@ fn check_known_failures(
         }
         let mut out = String::from(
             "# Dirk's failures on DataFusion's sqllogictest corpus and SQLite's select1-5, one per\n\
-             # line: file:line, kind (error: Dirk errs where DataFusion answers; wrong: Dirk\n\
-             # answers differently), and why. Kept true by `cargo test -p dirk-slt`;\n\
-             # DIRK_SLT_BLESS=1 rewrites it, keeping notes already written.\n",
+             # line, tab-separated: file:line, kind (error: Dirk errs where DataFusion answers;\n\
+             # wrong: Dirk answers differently), the failure's message (ids and ports masked), and\n\
+             # for a wrong answer, why. A record that fails with another kind or message, or\n\
+             # passes, fails the run. DIRK_SLT_BLESS=1 rewrites it, keeping the notes.\n",
         );
-        for (key, (kind, message)) in &found {
+        for (key, failure) in &found {
             let note = listed
                 .get(key)
-                .filter(|(k, n)| k == kind && !n.is_empty())
-                .map(|(_, n)| n.clone())
-                .unwrap_or_else(|| message.clone());
-            out.push_str(&format!("{key}\t{kind}\t{note}\n"));
+                .filter(|(f, n)| f.kind == failure.kind && !n.is_empty())
+                .map(|(_, n)| n.as_str())
+                .unwrap_or("");
+            let line = format!("{key}\t{}\t{}\t{note}", failure.kind, failure.message);
+            out.push_str(line.trim_end());
+            out.push('\n');
         }
         std::fs::write(&list_path, out).map_err(|e| e.to_string())?;
         println!("wrote {} ({} failures)", list_path.display(), found.len());
         return Ok(());
     }
-    let listed_keys: BTreeSet<_> = listed.keys().collect();
-    let found_keys: BTreeSet<_> = found.keys().collect();
-    for key in found_keys.difference(&listed_keys) {
-        let (kind, m) = &found[*key];
-        problems.push(format!("new failure {key} ({kind}): {m}"));
-    }
-    // A listed record that passes now is good news, not a failure: reported, so the list can
-    // be trimmed (`DIRK_SLT_BLESS=1`).
-    for key in listed_keys.difference(&found_keys) {
-        println!("{key} is listed in {KNOWN} but passes now");
-    }
-    for key in found_keys.intersection(&listed_keys) {
-        if found[*key].0 != listed[*key].0 {
-            problems.push(format!(
-                "{key}: listed as {}, now {}: {}",
-                listed[*key].0, found[*key].0, found[*key].1
-            ));
+    for (key, failure) in &found {
+        match listed.get(key) {
+            None => problems.push(format!(
+                "new failure {key} ({}): {}",
+                failure.kind, failure.message
+            )),
+            Some((known, _)) if known != failure => problems.push(format!(
+                "{key} fails differently than listed: listed {}: {}; now {}: {}",
+                known.kind, known.message, failure.kind, failure.message
+            )),
+            Some(_) => {}
         }
+    }
+    for key in listed.keys().filter(|k| !found.contains_key(*k)) {
+        problems.push(format!(
+            "{key} is listed in {KNOWN} but passes now: remove it (DIRK_SLT_BLESS=1)"
+        ));
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         tls_identity,
         tls_ca,
         memory_limit: args.memory_limit,
+        spill_dir: args.spill_dir.clone(),
         attachment_idle_timeout: None,
     };
     let registry = Arc::new(dirk_engine::KernelRegistry::with_builtins());

@@ -123,10 +123,14 @@ struct WorkerArgs {
     /// TLS: the certificate authority (PEM file) to verify other workers by.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
-    /// Memory this worker may use (bytes, or with K, M, G, T): accepted and reported; spilling
-    /// comes later.
+    /// Memory this worker's tasks may use together (bytes, or with K, M, G, T): sorts,
+    /// aggregations and joins spill to disk beyond it, or fail with "Resources exhausted".
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory_limit: Option<u64>,
+    /// Where tasks write spill files (default: `dirk-spill` under the system's temporary
+    /// directory).
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
     /// Exit when standard input closes (`dirk cluster` and tests start workers this way, so
     /// workers never outlive the process that started them).
     #[arg(long, hide = true)]

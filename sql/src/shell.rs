@@ -3,7 +3,7 @@
 use crate::statements::{split, Piece};
 use crate::Format;
 use arrow::array::RecordBatch;
-use dirk_dtable::Session;
+use dirk_dtable::{RecordBatchStream, Session};
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -137,15 +137,12 @@ impl Shell {
         let start = Instant::now();
         let result = crate::progress::with_progress(self.session.engine(), || {
             self.runtime.block_on(async {
-                let df = self.session.sql(sql).await?;
-                df.collect().await
+                let stream = self.session.sql(sql).await?.execute_stream().await?;
+                self.print(stream).await
             })
         });
         let ok = match result {
-            Ok(batches) => {
-                self.print(&batches);
-                true
-            }
+            Ok(()) => true,
             Err(e) => {
                 eprintln!("error: {e}");
                 false
@@ -214,42 +211,54 @@ impl Shell {
         }
     }
 
-    fn print(&self, batches: &[RecordBatch]) {
-        let schema_empty = batches.first().is_none_or(|b| b.num_columns() == 0);
-        if schema_empty {
+    /// Prints a result as it arrives: CSV and JSON batch by batch, a table once whole (its
+    /// column widths depend on every row).
+    async fn print(&self, mut stream: RecordBatchStream) -> dirk_dtable::Result<()> {
+        use futures::TryStreamExt as _;
+        if stream.schema().fields().is_empty() {
+            // A statement: nothing to show but that it ran.
+            while stream.try_next().await?.is_some() {}
             if self.format == Format::Table {
                 println!("OK");
             }
-            return;
+            return Ok(());
         }
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let out = match self.format {
-            Format::Table => arrow::util::pretty::pretty_format_batches(batches)
-                .map(|t| format!("{t}\n({rows} row{})", if rows == 1 { "" } else { "s" })),
+        let cannot_print = |e: arrow::error::ArrowError| dirk_dtable::DirkError::from(e);
+        let stdout = std::io::stdout();
+        match self.format {
+            Format::Table => {
+                let batches: Vec<RecordBatch> = stream.try_collect().await?;
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                let table =
+                    arrow::util::pretty::pretty_format_batches(&batches).map_err(cannot_print)?;
+                println!("{table}\n({rows} row{})", if rows == 1 { "" } else { "s" });
+            }
             Format::Csv => {
-                let mut buf = Vec::new();
                 let mut w = arrow::csv::WriterBuilder::new()
                     .with_header(true)
-                    .build(&mut buf);
-                let r = batches.iter().try_for_each(|b| w.write(b));
-                drop(w);
-                r.map(|_| String::from_utf8_lossy(&buf).trim_end().to_string())
+                    .build(stdout.lock());
+                let mut any = false;
+                while let Some(batch) = stream.try_next().await? {
+                    w.write(&batch).map_err(cannot_print)?;
+                    any = true;
+                }
+                if !any {
+                    // The header alone, for a result of no rows.
+                    w.write(&RecordBatch::new_empty(stream.schema()))
+                        .map_err(cannot_print)?;
+                }
             }
             Format::Json => {
-                let mut buf = Vec::new();
-                let mut w = arrow::json::ArrayWriter::new(&mut buf);
-                let r = batches
-                    .iter()
-                    .try_for_each(|b| w.write(b))
-                    .and_then(|_| w.finish());
+                let mut w = arrow::json::ArrayWriter::new(stdout.lock());
+                while let Some(batch) = stream.try_next().await? {
+                    w.write(&batch).map_err(cannot_print)?;
+                }
+                w.finish().map_err(cannot_print)?;
                 drop(w);
-                r.map(|_| String::from_utf8_lossy(&buf).to_string())
+                println!();
             }
-        };
-        match out {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("error: cannot print the result: {e}"),
         }
+        Ok(())
     }
 
     /// Table and column names for tab completion.

@@ -126,3 +126,135 @@ fn every_crate_uses_the_workspace_lints() {
         );
     }
 }
+
+/// The modules of `dirk-dtable` by level, lowest first: a module may use modules of its own
+/// level or below. The last level is the session's front (the session and the statements it
+/// runs through `impl Session` blocks), whose modules may use each other.
+const DTABLE_LEVELS: &[&[&str]] = &[
+    &["error", "stream", "proto", "exec"],
+    &["table", "stages"],
+    &["broadcast", "kernels"],
+    &["steps"],
+    &["prune"],
+    &["catalog"],
+    &["executor"],
+    &["ingest"],
+    &["session", "builder", "dml", "tpch", "dataframe", "prelude"],
+];
+
+/// The top-level `dirk-dtable` modules a source file's non-test code uses (`crate::name`).
+fn crate_modules_used(text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .split("#[cfg(test)]")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut used = BTreeSet::new();
+    for (i, _) in code.match_indices("crate::") {
+        let name: String = code[i + "crate::".len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            used.insert(name);
+        }
+    }
+    used
+}
+
+/// Each `.rs` file under `dir`.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `(module, used)` pairs where `module` uses a module of a higher level.
+fn dtable_upward_uses(src: &std::path::Path) -> Vec<String> {
+    let level = |m: &str| DTABLE_LEVELS.iter().position(|l| l.contains(&m));
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut bad = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(src).unwrap();
+        let module = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if module == "lib" {
+            continue;
+        }
+        let Some(own) = level(&module) else {
+            bad.push(format!("{module} is not in DTABLE_LEVELS"));
+            continue;
+        };
+        let text = std::fs::read_to_string(&f).unwrap();
+        for used in crate_modules_used(&text) {
+            match level(&used) {
+                Some(l) if l > own => bad.push(format!("{} uses {used}", rel.display())),
+                _ => {}
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn dtable_modules_use_only_lower_levels() {
+    let src = manifest_dir().join("../dtable/src");
+    let bad = dtable_upward_uses(&src);
+    assert!(
+        bad.is_empty(),
+        "dtable modules that use a higher level (see DTABLE_LEVELS and ARCHITECTURE.md): {bad:?}"
+    );
+}
+
+#[test]
+fn the_module_check_catches_an_upward_use() {
+    assert!(crate_modules_used("use crate::session::Session;").contains("session"));
+    let dir = std::env::temp_dir().join(format!("dirk-levels-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("kernels")).unwrap();
+    std::fs::write(dir.join("kernels/x.rs"), "use crate::executor::Executor;\n").unwrap();
+    std::fs::write(
+        dir.join("table.rs"),
+        "use crate::exec::X;\n#[cfg(test)]\nuse crate::session::S;\n",
+    )
+    .unwrap();
+    let bad = dtable_upward_uses(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(bad, vec!["kernels/x.rs uses executor".to_string()]);
+}
+
+/// Source files (tests aside) stay small enough to read: none over this many lines.
+const MAX_SOURCE_LINES: usize = 800;
+
+#[test]
+fn no_source_file_is_over_800_lines() {
+    let root = manifest_dir().join("..");
+    let mut long = Vec::new();
+    for krate in [
+        "engine", "flight", "gpu", "dtable", "sql", "slt", "benches", "examples",
+    ] {
+        let mut files = Vec::new();
+        rust_files(&root.join(krate).join("src"), &mut files);
+        for f in files {
+            let lines = std::fs::read_to_string(&f).unwrap().lines().count();
+            if lines > MAX_SOURCE_LINES {
+                long.push(format!("{} ({lines} lines)", f.display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these files: {long:?}");
+}

@@ -112,10 +112,12 @@ async fn a_worker_killed_mid_query_is_a_clear_error_and_the_session_goes_on() {
         .await
         .expect("a dead worker never hangs a query")
         .unwrap();
-    let message = result
-        .err()
-        .unwrap_or_else(|| panic!("the query finished in {ran:?}, before the kill: make it longer"))
-        .to_string();
+    let error = result.err().unwrap_or_else(|| {
+        panic!("the query finished in {ran:?}, before the kill: make it longer")
+    });
+    // A lost worker is a failure worth retrying, not the user's.
+    assert_eq!(error.kind(), dirk_engine::ErrorKind::Retryable, "{error:?}");
+    let message = error.to_string();
     assert!(
         killed.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -159,6 +161,8 @@ async fn a_worker_killed_mid_query_is_a_clear_error_and_the_session_goes_on() {
     )
     .await
     .expect("never hangs");
-    let message = lost.expect_err("a third of orders is gone").to_string();
+    let lost = lost.expect_err("a third of orders is gone");
+    assert_eq!(lost.kind(), dirk_engine::ErrorKind::Retryable, "{lost:?}");
+    let message = lost.to_string();
     assert!(message.contains("lost with worker 2"), "{message}");
 }

@@ -6,7 +6,7 @@ use dirk_dtable::prelude::*;
 use dirk_engine::WorkerId;
 
 /// Each DataFrame chain, and the SQL that means the same, run by DataFusion on one node.
-async fn chains(s: &Session) -> Vec<(DataFrame<'_>, &'static str, bool)> {
+async fn chains(s: &Session) -> Vec<(DataFrame, &'static str, bool)> {
     let t = || s.table_df("t");
     let u = || s.table_df("u");
     vec![
@@ -102,7 +102,7 @@ async fn chains(s: &Session) -> Vec<(DataFrame<'_>, &'static str, bool)> {
     ]
 }
 
-async fn joins(s: &Session) -> Vec<(DataFrame<'_>, String)> {
+async fn joins(s: &Session) -> Vec<(DataFrame, String)> {
     let mut out = Vec::new();
     for (how, sql) in [
         (JoinType::Inner, "JOIN"),
@@ -371,4 +371,68 @@ async fn the_memory_limit_applies_to_each_task() {
     // The session is still usable.
     let got = run_dirk(&s, "SELECT count(*) FROM big WHERE k = 7", "after").await;
     assert_eq!(got[0].num_rows(), 1);
+}
+
+/// A session handle a server can keep and hand to requests.
+fn assert_shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_streams_by_partition_and_a_dropped_stream_frees_its_chunks() {
+    use futures::TryStreamExt as _;
+    let s = session(2, 4);
+    assert_shareable(&s);
+    let tables = super::harness::held_chunks(&s);
+    // Four final partitions (no ORDER BY: a repartitioned aggregate stays split).
+    let sql = "SELECT k, count(*) AS n, sum(a) AS total FROM t GROUP BY k";
+    let df = s.sql(sql).await.unwrap();
+    // The DataFrame owns its session handle: the session's other handles may go.
+    let handle = s.clone();
+    drop(handle);
+    let stream = df.execute_stream().await.unwrap();
+    let schema = stream.schema();
+    let got: Vec<_> = stream.try_collect().await.unwrap();
+    assert!(got.iter().all(|b| b.schema() == schema));
+    assert_same(&got, &reference(sql).await, false, "streamed");
+    super::harness::assert_workers_hold(&s, tables, "after a stream read to its end").await;
+
+    // A stream dropped after its first batch cancels the rest and frees what it made.
+    let mut stream = s
+        .sql("SELECT a.k, count(*) FROM t a JOIN t b ON a.k = b.k GROUP BY a.k")
+        .await
+        .unwrap()
+        .execute_stream()
+        .await
+        .unwrap();
+    assert!(stream.try_next().await.unwrap().is_some());
+    drop(stream);
+    super::harness::assert_workers_hold(&s, tables, "after a stream dropped half-read").await;
+    // And collect() is the same stream, read whole.
+    let got = s.sql(sql).await.unwrap().collect().await.unwrap();
+    assert_same(&got, &reference(sql).await, false, "collected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_whose_failure_they_are_and_where_they_came_from() {
+    use dirk_engine::ErrorKind;
+    let s = session(2, 3);
+    // Wrong SQL, an unknown table, a value that does not cast on a worker: the user's.
+    for sql in [
+        "SELEC 1",
+        "SELECT * FROM no_such_table",
+        "SELECT CAST(b AS BIGINT) FROM t WHERE b IS NOT NULL",
+    ] {
+        let e = super::compare::try_dirk(&s, sql).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::User, "{sql}: {e}");
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
+    }
+    // The cast failed in a task, on a worker: the error names both.
+    let e = super::compare::try_dirk(&s, "SELECT CAST(b AS BIGINT) FROM t WHERE b IS NOT NULL")
+        .await
+        .unwrap_err();
+    assert!(e.task().is_some(), "{e:?}");
+    assert!(
+        e.worker()
+            .is_some_and(|w| s.engine().workers().contains(&w)),
+        "{e:?}"
+    );
 }

@@ -58,3 +58,9 @@ pub(crate) async fn assert_workers_hold(s: &Session, expected: usize, what: &str
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The chunks the session's workers hold now, once every task has finished.
+pub(crate) fn held_chunks(s: &Session) -> usize {
+    s.engine().wait_idle().unwrap();
+    s.engine().worker_status().iter().map(|w| w.chunks).sum()
+}

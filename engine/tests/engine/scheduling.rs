@@ -43,6 +43,7 @@ fn a_failure_names_the_task_that_failed_first() {
             task,
             kernel,
             message,
+            ..
         }) => {
             assert_eq!(task, bad.id());
             assert_eq!(kernel, "fail");
@@ -56,6 +57,7 @@ fn a_failure_names_the_task_that_failed_first() {
                 task,
                 failed,
                 cause,
+                ..
             }) => {
                 assert_eq!(task, h.id());
                 assert_eq!(failed, bad.id());
@@ -578,4 +580,40 @@ fn a_split_of_a_string_view_column_counts_only_its_own_strings() {
     assert_eq!(part.data_bytes(), 3 * 16 + 3 * 47);
     // The memory the part holds is still the shared buffers.
     assert!(part.bytes() > 400_000);
+}
+
+#[test]
+fn a_failure_keeps_its_kind_and_names_its_task_and_worker() {
+    use dirk_engine::ErrorKind;
+    let (ctx, _) = context(2);
+    ctx.register_kernel(FnKernel::new("flaky", |_call| {
+        Err(EngineError::retryable("storage timed out"))
+    }));
+    let c = ctx.put(value_chunk(1)).unwrap();
+    // A kernel's own failure is the user's; a panic is Dirk's; a retryable one stays retryable,
+    // and so does everything downstream of it.
+    for (kernel, kind) in [
+        ("fail", ErrorKind::User),
+        ("panic", ErrorKind::Internal),
+        ("flaky", ErrorKind::Retryable),
+    ] {
+        let bad = ctx.spawn(kernel, vec![Arg::read(&c)], TaskOptions::new());
+        let after = ctx.spawn("add", vec![Arg::output(&bad, 0)], k(0));
+        let e = bad.wait().unwrap_err();
+        assert_eq!(e.kind(), kind, "{kernel}: {e:?}");
+        assert_eq!(e.task(), Some(bad.id()), "{e:?}");
+        assert!(
+            e.worker().is_some_and(|w| ctx.workers().contains(&w)),
+            "{e:?}"
+        );
+        let e = after.wait().unwrap_err();
+        assert_eq!(e.kind(), kind, "{kernel} downstream: {e:?}");
+        assert_eq!(kind.is_retryable(), kernel == "flaky");
+    }
+    let lost = EngineError::WorkerLost {
+        worker: WorkerId(1),
+        reason: "no heartbeat".into(),
+    };
+    assert_eq!(lost.kind(), ErrorKind::Retryable);
+    assert_eq!(lost.worker(), Some(WorkerId(1)));
 }

@@ -17,6 +17,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+mod admission;
+mod chunks;
+mod dispatch;
+mod failure;
+mod runtimes;
+
+pub(crate) use admission::Admission;
+use failure::{name_failure, upstream};
+use runtimes::RunTimes;
+
 /// How a chunk came to be: what recovery would rerun.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lineage {
@@ -109,85 +119,6 @@ struct WorkerEntry {
     alive: bool,
 }
 
-/// Learned run time of one kernel: an exponentially weighted mean per task, and decayed sums of
-/// the seconds and input bytes of its tasks that read inputs, whose ratio prices a byte.
-#[derive(Default)]
-struct KernelStats {
-    mean_s: f64,
-    samples: u64,
-    input_s: f64,
-    input_bytes: f64,
-}
-
-impl KernelStats {
-    /// Adds a task that took `dur_s` over `input_bytes` of inputs.
-    fn learn(&mut self, dur_s: f64, input_bytes: u64) {
-        self.mean_s = if self.samples == 0 {
-            dur_s
-        } else {
-            0.8 * self.mean_s + 0.2 * dur_s
-        };
-        self.samples += 1;
-        if input_bytes > 0 {
-            self.input_s = 0.9 * self.input_s + dur_s;
-            self.input_bytes = 0.9 * self.input_bytes + input_bytes as f64;
-        }
-    }
-
-    /// Expected seconds of a task over `input_bytes`; `None` before the first sample.
-    fn estimate(&self, input_bytes: u64) -> Option<f64> {
-        match self.samples {
-            0 => None,
-            _ if input_bytes > 0 && self.input_bytes > 0.0 => {
-                Some(input_bytes as f64 * (self.input_s / self.input_bytes))
-            }
-            _ => Some(self.mean_s),
-        }
-    }
-}
-
-/// How many cost classes the scheduler keeps history for.
-const MAX_COST_CLASSES: usize = 4096;
-
-/// What the scheduler has learned of run times: per kernel, and per (kernel, cost class) (see
-/// [`crate::TaskOptions::cost_class`]).
-#[derive(Default)]
-struct RunTimes {
-    kernels: HashMap<Arc<str>, KernelStats>,
-    classes: HashMap<(Arc<str>, u64), KernelStats>,
-}
-
-impl RunTimes {
-    /// A task of `kernel` (and `class`) took `dur_s` over `input_bytes` of inputs.
-    fn learn(&mut self, kernel: &Arc<str>, class: Option<u64>, dur_s: f64, input_bytes: u64) {
-        let stats = match self.kernels.get_mut(kernel) {
-            Some(s) => s,
-            None => self.kernels.entry(kernel.clone()).or_default(),
-        };
-        stats.learn(dur_s, input_bytes);
-        if let Some(class) = class {
-            if self.classes.len() >= MAX_COST_CLASSES {
-                // A bound on memory: the classes of a long session's past queries are dropped
-                // together, and relearned as they run again.
-                self.classes.clear();
-            }
-            self.classes
-                .entry((kernel.clone(), class))
-                .or_default()
-                .learn(dur_s, input_bytes);
-        }
-    }
-
-    /// Expected seconds of a task of `kernel` (and `class`) over `input_bytes`: from its class's
-    /// history when the class has run, else from its kernel's; `None` when neither has.
-    fn estimate(&self, kernel: &Arc<str>, class: Option<u64>, input_bytes: u64) -> Option<f64> {
-        class
-            .and_then(|c| self.classes.get(&(kernel.clone(), c)))
-            .and_then(|s| s.estimate(input_bytes))
-            .or_else(|| self.kernels.get(kernel)?.estimate(input_bytes))
-    }
-}
-
 pub(crate) struct Scheduler {
     events: Receiver<Event>,
     sink: ReportSink,
@@ -206,73 +137,6 @@ pub(crate) struct Scheduler {
     /// Chunks freed while unfinished tasks still access them: freed when those finish, so a
     /// reader that was submitted before the free still finds its data.
     deferred_frees: Vec<ChunkId>,
-}
-
-/// Bounds the number of submitted, unfinished tasks: `spawn` blocks while the bound is reached,
-/// so a caller that spawns faster than tasks run cannot grow memory without limit. Blocking cannot
-/// deadlock: a task depends only on tasks submitted before it, never on the caller.
-pub(crate) struct Admission {
-    limit: usize,
-    outstanding: AtomicUsize,
-    /// Tasks ever admitted and ever released: a caller's progress is the difference of two
-    /// readings of each.
-    admitted: AtomicU64,
-    released: AtomicU64,
-    waiters: AtomicUsize,
-    lock: Mutex<()>,
-    cv: Condvar,
-}
-
-impl Admission {
-    pub(crate) fn new(limit: usize) -> Self {
-        Admission {
-            limit: limit.max(1),
-            outstanding: AtomicUsize::new(0),
-            admitted: AtomicU64::new(0),
-            released: AtomicU64::new(0),
-            waiters: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
-        }
-    }
-
-    /// Takes a place for one task, waiting while all places are taken.
-    pub(crate) fn acquire(&self) {
-        self.admitted.fetch_add(1, Ordering::Relaxed);
-        if self.outstanding.fetch_add(1, Ordering::SeqCst) < self.limit {
-            return;
-        }
-        let mut guard = self.lock.lock();
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        while self.outstanding.load(Ordering::SeqCst) > self.low_water() {
-            self.cv
-                .wait_for(&mut guard, std::time::Duration::from_millis(10));
-        }
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// (tasks submitted, tasks finished) since the context started.
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        // Read `released` first: a reading never shows more finished than submitted.
-        let released = self.released.load(Ordering::Relaxed);
-        (self.admitted.load(Ordering::Relaxed), released)
-    }
-
-    /// Waiters resume once the backlog has drained to three quarters of the bound, so a fast
-    /// caller is woken once per batch rather than once per finished task.
-    fn low_water(&self) -> usize {
-        self.limit - self.limit / 4
-    }
-
-    /// Gives a place back.
-    pub(crate) fn release(&self) {
-        self.released.fetch_add(1, Ordering::Relaxed);
-        let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
-        if before - 1 <= self.low_water() && self.waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = self.lock.lock();
-            self.cv.notify_all();
-        }
-    }
 }
 
 /// How many queued tasks of each victim a thief looks at when stealing.
@@ -581,118 +445,6 @@ impl Scheduler {
         Ok((inputs, sites, narrowed))
     }
 
-    fn refresh_loads(&mut self) {
-        self.loads.clear();
-        self.loads.extend(
-            self.procs
-                .iter()
-                .filter(|p| p.alive)
-                .map(|p| ProcessorLoad {
-                    id: p.id,
-                    queued_s: p.queued_s,
-                    slots: p.slots,
-                }),
-        );
-    }
-
-    /// Sends queued tasks of processor `pi` to its worker while it has free slots; steals when
-    /// its own queue is empty.
-    fn dispatch(&mut self, pi: usize) {
-        loop {
-            let p = &mut self.procs[pi];
-            if !p.alive || p.in_flight >= p.slots * PREFETCH_PER_SLOT {
-                return;
-            }
-            let next = match p.queue.pop_front() {
-                Some(id) => id,
-                None => match self.steal_for(pi) {
-                    Some(id) => id,
-                    None => return,
-                },
-            };
-            self.start(pi, next);
-        }
-    }
-
-    fn start(&mut self, pi: usize, id: TaskId) {
-        let p = &mut self.procs[pi];
-        p.in_flight += 1;
-        let pid = p.id;
-        let t = self.tasks.get_mut(&id).expect("queued task exists");
-        t.phase = Phase::Running(pi);
-        t.dispatched_us = now_us();
-        let assignment = TaskAssignment {
-            task: id,
-            kernel: t.sub.kernel.clone(),
-            // A task is dispatched once; its parameters are not needed afterwards.
-            params: std::mem::take(&mut t.sub.params),
-            processor: pid.kind,
-            inputs: t.inputs.clone(),
-        };
-        let worker = self.workers[&pid.worker].worker.clone();
-        worker.run_task(assignment, self.sink.clone());
-    }
-
-    /// Takes a queued task from a busier processor when moving its inputs costs less than the
-    /// wait it saves.
-    fn steal_for(&mut self, thief_i: usize) -> Option<TaskId> {
-        let thief = &self.procs[thief_i];
-        let thief_load = ProcessorLoad {
-            id: thief.id,
-            queued_s: thief.queued_s,
-            slots: thief.slots,
-        };
-        let mut owners = Vec::new();
-        let mut cands = Vec::new();
-        for (vi, v) in self.procs.iter().enumerate() {
-            if vi == thief_i || !v.alive || v.queue.is_empty() {
-                continue;
-            }
-            // Queued work was estimated when each task was queued; a kernel may since have shown
-            // itself slower (or faster). Re-estimate the backlog from what is learned now.
-            let sample = v.queue.iter().rev().take(STEAL_LOOKAHEAD);
-            let (n, sum) = sample.fold((0usize, 0.0), |(n, s), id| {
-                let t = &self.tasks[id];
-                let est = self.estimate(&t.sub, placement::total_bytes(&t.sites));
-                (n + 1, s + est)
-            });
-            let backlog = (v.queue.len() + v.in_flight) as f64 * sum / n.max(1) as f64;
-            let victim = ProcessorLoad {
-                id: v.id,
-                queued_s: backlog.max(v.queued_s),
-                slots: v.slots,
-            };
-            for (qi, tid) in v.queue.iter().enumerate().rev().take(STEAL_LOOKAHEAD) {
-                let t = &self.tasks[tid];
-                owners.push((vi, qi));
-                cands.push(StealCandidate {
-                    victim,
-                    scope: &t.sub.scope,
-                    inputs: &t.sites,
-                });
-            }
-        }
-        // Pinned inputs narrow a task's scope; check the narrowed scope, not only the declared one.
-        let pick = placement::choose_steal(&thief_load, &cands, &self.model)?;
-        let (vi, qi) = owners[pick];
-        let tid = self.procs[vi].queue[qi];
-        if self.pinned_elsewhere(tid, self.procs[thief_i].id.worker) {
-            return None;
-        }
-        self.procs[vi].queue.remove(qi);
-        let est = self.tasks[&tid].est_s;
-        self.procs[vi].queued_s = (self.procs[vi].queued_s - est).max(0.0);
-        self.procs[thief_i].queued_s += est;
-        Some(tid)
-    }
-
-    fn pinned_elsewhere(&self, id: TaskId, worker: WorkerId) -> bool {
-        self.tasks[&id]
-            .inputs
-            .iter()
-            .any(|i| i.owner != worker && self.chunks.get(&i.chunk).is_some_and(|c| c.pinned))
-    }
-
     // ---- completion -------------------------------------------------------------------------
 
     fn finished(&mut self, r: TaskReport) {
@@ -753,7 +505,7 @@ impl Scheduler {
             Err(e) => Err(if t.cancel_requested {
                 EngineError::Cancelled { task: r.task }
             } else {
-                name_failure(e, r.task, &t.sub.kernel)
+                name_failure(e, r.task, &t.sub.kernel, r.worker)
             }),
         };
         let deps = std::mem::take(&mut t.deps);
@@ -827,112 +579,6 @@ impl Scheduler {
         self.check_idle();
     }
 
-    fn release_slot(&mut self, pi: usize, est_s: f64) {
-        let p = &mut self.procs[pi];
-        p.in_flight = p.in_flight.saturating_sub(1);
-        p.queued_s = (p.queued_s - est_s).max(0.0);
-        self.dispatch(pi);
-        self.feed_idle();
-    }
-
-    /// Gives processors with nothing to do a chance to steal. An idle processor has no events of
-    /// its own, so it is asked whenever work finishes elsewhere.
-    fn feed_idle(&mut self) {
-        if !self.procs.iter().any(|p| p.alive && p.queue.len() > 1) {
-            return;
-        }
-        for i in 0..self.procs.len() {
-            let p = &self.procs[i];
-            if p.alive && p.in_flight == 0 && p.queue.is_empty() {
-                self.dispatch(i);
-            }
-        }
-    }
-
-    /// Fails a task that has not started, and everything that depends on it.
-    fn fail(&mut self, id: TaskId, e: EngineError) {
-        let Some(t) = self.tasks.remove(&id) else {
-            return;
-        };
-        if let Phase::Queued(pi) = t.phase {
-            let p = &mut self.procs[pi];
-            p.queue.retain(|x| *x != id);
-            p.queued_s = (p.queued_s - t.est_s).max(0.0);
-        }
-        self.deps.forget(id, &t.keys);
-        self.free_deferred();
-        self.record_unrun(&t.sub, &t.deps, &e);
-        self.fail_dependents(id, &t.dependents, &e);
-        self.complete(&t.sub.slot, Err(e));
-        self.check_idle();
-    }
-
-    /// Fails the dependents of `failed` (transitively): each names the task that failed first.
-    fn fail_dependents(&mut self, failed: TaskId, dependents: &[TaskId], cause: &EngineError) {
-        let (root, root_cause) = match cause {
-            EngineError::UpstreamFailed { failed, cause, .. } => (*failed, cause.clone()),
-            e => (failed, e.to_string()),
-        };
-        let cancelled = matches!(cause, EngineError::Cancelled { .. });
-        for d in dependents {
-            let e = if cancelled {
-                EngineError::Cancelled { task: *d }
-            } else {
-                EngineError::UpstreamFailed {
-                    task: *d,
-                    failed: root,
-                    cause: root_cause.clone(),
-                }
-            };
-            self.fail(*d, e);
-        }
-    }
-
-    fn record_unrun(&self, sub: &Submission, deps: &[TaskId], e: &EngineError) {
-        let now = now_us();
-        self.log.task(TaskRecord {
-            task: sub.id,
-            name: sub.label.clone().unwrap_or_else(|| sub.kernel.clone()),
-            worker: None,
-            processor: None,
-            queued_us: sub.submitted_us,
-            dispatched_us: 0,
-            started_us: 0,
-            finished_us: now,
-            reported_us: 0,
-            rows_in: 0,
-            bytes_in: 0,
-            rows_out: 0,
-            bytes_out: 0,
-            bytes_moved: 0,
-            fetch_wait_us: 0,
-            cpu_us: 0,
-            deps: deps.to_vec(),
-            status: match e {
-                EngineError::Cancelled { .. } => TaskStatus::Cancelled,
-                e => TaskStatus::Failed(e.to_string()),
-            },
-        });
-    }
-
-    fn cancel(&mut self, id: TaskId) {
-        let Some(t) = self.tasks.get_mut(&id) else {
-            return;
-        };
-        match t.phase {
-            Phase::Waiting | Phase::Queued(_) => self.fail(id, EngineError::Cancelled { task: id }),
-            Phase::Running(pi) => {
-                t.cancel_requested = true;
-                let dependents = std::mem::take(&mut t.dependents);
-                let worker = self.procs[pi].id.worker;
-                if let Some(w) = self.workers.get(&worker) {
-                    w.worker.cancel_task(id);
-                }
-                self.fail_dependents(id, &dependents, &EngineError::Cancelled { task: id });
-            }
-        }
-    }
-
     /// Publishes a task's result and lets one more task be submitted.
     fn complete(&self, slot: &TaskSlot, result: Result<TaskOutput>) {
         slot.complete(result);
@@ -949,112 +595,6 @@ impl Scheduler {
 
     // ---- workers and chunks -----------------------------------------------------------------
 
-    fn add_worker(&mut self, w: WorkerRef) {
-        let id = w.id();
-        for (kind, slots) in w.processors() {
-            self.procs.push(ProcState {
-                id: ProcessorId { worker: id, kind },
-                slots: slots.max(1),
-                in_flight: 0,
-                queue: VecDeque::new(),
-                queued_s: 0.0,
-                alive: true,
-            });
-        }
-        self.workers.insert(
-            id,
-            WorkerEntry {
-                worker: w,
-                alive: true,
-            },
-        );
-    }
-
-    /// A worker is gone: its chunks are lost (their lineage is kept for recovery), its running
-    /// tasks fail, its queued tasks are placed again elsewhere.
-    fn lose_worker(&mut self, worker: WorkerId, reason: String) {
-        let Some(entry) = self.workers.get_mut(&worker) else {
-            return;
-        };
-        if !entry.alive {
-            return;
-        }
-        entry.alive = false;
-        for c in self.chunks.values_mut() {
-            if c.meta.owner == worker {
-                c.lost = true;
-            }
-        }
-        let mut requeue = Vec::new();
-        let mut running = Vec::new();
-        for (pi, p) in self.procs.iter_mut().enumerate() {
-            if p.id.worker != worker {
-                continue;
-            }
-            p.alive = false;
-            requeue.extend(p.queue.drain(..));
-            p.queued_s = 0.0;
-            p.in_flight = 0;
-            running.extend(
-                self.tasks
-                    .iter()
-                    .filter(|(_, t)| t.phase == Phase::Running(pi))
-                    .map(|(id, _)| *id),
-            );
-        }
-        running.sort();
-        for id in running {
-            let e = EngineError::WorkerLost {
-                worker,
-                reason: reason.clone(),
-            };
-            self.fail(id, e);
-        }
-        for id in requeue {
-            if let Some(t) = self.tasks.get_mut(&id) {
-                t.phase = Phase::Waiting;
-                self.make_ready(id);
-            }
-        }
-    }
-
-    /// Frees chunks, or defers each until the unfinished tasks that access it have finished.
-    fn free_chunks(&mut self, ids: Vec<ChunkId>) {
-        let (later, now): (Vec<_>, Vec<_>) = ids
-            .into_iter()
-            .partition(|id| self.deps.in_use(DataKey::Chunk(*id)));
-        self.deferred_frees.extend(later);
-        self.free_now(now);
-    }
-
-    fn free_deferred(&mut self) {
-        if self.deferred_frees.is_empty() {
-            return;
-        }
-        let (later, now): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred_frees)
-            .into_iter()
-            .partition(|id| self.deps.in_use(DataKey::Chunk(*id)));
-        self.deferred_frees = later;
-        self.free_now(now);
-    }
-
-    fn free_now(&mut self, ids: Vec<ChunkId>) {
-        if ids.is_empty() {
-            return;
-        }
-        let mut by_owner: HashMap<WorkerId, Vec<ChunkId>> = HashMap::new();
-        for id in ids {
-            if let Some(e) = self.chunks.remove(&id) {
-                by_owner.entry(e.meta.owner).or_default().push(id);
-            }
-        }
-        for (owner, ids) in by_owner {
-            if let Some(w) = self.workers.get(&owner).filter(|w| w.alive) {
-                w.worker.free_chunks(&ids);
-            }
-        }
-    }
-
     fn shutdown(&mut self) {
         let mut ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         ids.sort();
@@ -1066,84 +606,5 @@ impl Scheduler {
         for w in self.idle_waiters.drain(..) {
             let _ = w.send(());
         }
-    }
-}
-
-fn upstream(task: TaskId, failed: TaskId, e: &EngineError) -> EngineError {
-    match e {
-        EngineError::Cancelled { .. } => EngineError::Cancelled { task },
-        EngineError::UpstreamFailed { failed, cause, .. } => EngineError::UpstreamFailed {
-            task,
-            failed: *failed,
-            cause: cause.clone(),
-        },
-        e => EngineError::UpstreamFailed {
-            task,
-            failed,
-            cause: e.to_string(),
-        },
-    }
-}
-
-/// Kernels report failures without knowing their task; fill the names in.
-fn name_failure(e: EngineError, task: TaskId, kernel: &str) -> EngineError {
-    match e {
-        EngineError::KernelFailed { message, .. } => EngineError::KernelFailed {
-            task,
-            kernel: kernel.to_string(),
-            message,
-        },
-        EngineError::Params { message, .. } => EngineError::KernelFailed {
-            task,
-            kernel: kernel.to_string(),
-            message: format!("bad parameters: {message}"),
-        },
-        other => EngineError::KernelFailed {
-            task,
-            kernel: kernel.to_string(),
-            message: other.to_string(),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RunTimes;
-    use std::sync::Arc;
-
-    #[test]
-    fn a_cost_class_is_estimated_from_its_own_history() {
-        let kernel: Arc<str> = Arc::from("dirk.fragment");
-        let mut times = RunTimes::default();
-        assert_eq!(times.estimate(&kernel, Some(1), 1000), None);
-        // Class 1 reads a few columns of big chunks: cheap per byte. Class 2 is dear per byte.
-        for _ in 0..5 {
-            times.learn(&kernel, Some(1), 0.001, 1_000_000);
-            times.learn(&kernel, Some(2), 0.100, 1_000_000);
-        }
-        let cheap = times.estimate(&kernel, Some(1), 1_000_000).unwrap();
-        let dear = times.estimate(&kernel, Some(2), 1_000_000).unwrap();
-        assert!((cheap - 0.001).abs() < 1e-9, "{cheap}");
-        assert!((dear - 0.100).abs() < 1e-9, "{dear}");
-        // Scaled by the bytes read.
-        let half = times.estimate(&kernel, Some(2), 500_000).unwrap();
-        assert!((half - 0.050).abs() < 1e-9, "{half}");
-        // A class never seen, or no class, falls back to the kernel's mix of both.
-        let unknown = times.estimate(&kernel, Some(3), 1_000_000).unwrap();
-        assert!(cheap < unknown && unknown < dear, "{unknown}");
-        assert_eq!(times.estimate(&kernel, None, 1_000_000), Some(unknown));
-        // Another kernel knows nothing.
-        assert_eq!(times.estimate(&Arc::from("other"), Some(1), 1), None);
-    }
-
-    #[test]
-    fn cost_classes_are_bounded() {
-        let kernel: Arc<str> = Arc::from("k");
-        let mut times = RunTimes::default();
-        for class in 0..(super::MAX_COST_CLASSES as u64 + 10) {
-            times.learn(&kernel, Some(class), 0.01, 100);
-        }
-        assert!(times.classes.len() <= super::MAX_COST_CLASSES);
-        assert!(times.classes.len() >= 10);
     }
 }

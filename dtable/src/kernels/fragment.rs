@@ -8,6 +8,10 @@ use crate::exec::{DirkCodec, LeafId, TaskInputs};
 use crate::proto::FieldPreservingConverter;
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::TaskContext;
@@ -17,46 +21,48 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitio
 use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_proto_converter, physical_plan_to_bytes_with_proto_converter,
 };
-use dirk_engine::{compact_view_columns, Chunk, EngineError, Kernel, KernelCall};
+use dirk_engine::{compact_view_columns, Chunk, EngineError, Kernel, KernelCall, WorkerEnv};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The kernel's registered name.
-pub const FRAGMENT_KERNEL: &str = "dirk.fragment";
+pub(crate) const FRAGMENT_KERNEL: &str = "dirk.fragment";
 
 /// Which task inputs feed one leaf partition: arguments `start..end`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LeafFeed {
+pub(crate) struct LeafFeed {
     /// The leaf.
-    pub leaf: LeafId,
+    pub(crate) leaf: LeafId,
     /// Its partition.
-    pub partition: usize,
+    pub(crate) partition: usize,
     /// First argument.
-    pub start: usize,
+    pub(crate) start: usize,
     /// One past the last argument.
-    pub end: usize,
+    pub(crate) end: usize,
 }
 
 /// The header of a fragment task's parameters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FragmentHeader {
+pub(crate) struct FragmentHeader {
     /// The partition of the fragment this task runs.
-    pub partition: usize,
+    pub(crate) partition: usize,
     /// `Some(n)`: split the output into `n` chunks by the root `RepartitionExec`.
-    pub split: Option<usize>,
+    pub(crate) split: Option<usize>,
     /// Input routing.
-    pub feeds: Vec<LeafFeed>,
+    pub(crate) feeds: Vec<LeafFeed>,
     /// Session options that differ from DataFusion's defaults (time zone, formats, ...).
     #[serde(default)]
-    pub settings: Vec<(String, String)>,
-    /// Memory this task may use, in bytes; operators spill to disk beyond it.
+    pub(crate) settings: Vec<(String, String)>,
+    /// Memory this task may use, in bytes, out of its worker's pool; operators spill to disk
+    /// beyond it.
     #[serde(default)]
-    pub memory_limit: Option<usize>,
+    pub(crate) memory_limit: Option<usize>,
 }
 
 /// Serializes a fragment once per stage.
-pub fn encode_plan(plan: &Arc<dyn ExecutionPlan>) -> datafusion::common::Result<Vec<u8>> {
+pub(crate) fn encode_plan(plan: &Arc<dyn ExecutionPlan>) -> datafusion::common::Result<Vec<u8>> {
     let bytes = physical_plan_to_bytes_with_proto_converter(
         Arc::clone(plan),
         &DirkCodec,
@@ -66,7 +72,7 @@ pub fn encode_plan(plan: &Arc<dyn ExecutionPlan>) -> datafusion::common::Result<
 }
 
 /// Parameters of one task: header length (4 bytes, little endian), JSON header, plan.
-pub fn encode_params(header: &FragmentHeader, plan: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_params(header: &FragmentHeader, plan: &[u8]) -> Vec<u8> {
     encode_with_header(header, plan)
 }
 
@@ -84,7 +90,7 @@ pub(crate) fn encode_with_header<H: Serialize>(header: &H, plan: &[u8]) -> Vec<u
 pub(crate) fn decode_with_header<H: serde::de::DeserializeOwned>(
     params: &[u8],
 ) -> Result<(H, &[u8]), EngineError> {
-    let bad = |m: &str| EngineError::kernel(format!("bad task parameters: {m}"));
+    let bad = |m: &str| EngineError::internal(format!("bad task parameters: {m}"));
     if params.len() < 4 {
         return Err(bad("too short"));
     }
@@ -96,9 +102,13 @@ pub(crate) fn decode_with_header<H: serde::de::DeserializeOwned>(
     Ok((header, &params[4 + n..]))
 }
 
-/// Decodes a plan serialized with [`encode_plan`], with this thread's function registry.
-pub(crate) fn decode_plan(bytes: &[u8]) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
-    LOCAL.with(|(state, _)| decode_fragment(bytes, &TaskContext::from(state)).map_err(df_err))
+/// Decodes a plan serialized with [`encode_plan`], with the functions of `env`'s worker.
+pub(crate) fn decode_plan(
+    env: &WorkerEnv,
+    bytes: &[u8],
+) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
+    let state = WorkerDataFusion::of(env)?;
+    decode_fragment(bytes, &TaskContext::from(&state)).map_err(df_err)
 }
 
 /// Decodes fragment bytes, repairing what datafusion-proto does not carry over.
@@ -144,20 +154,144 @@ fn restore_empty_grouping_set(
     .map(|t| t.data)
 }
 
+/// The DataFusion side of a worker's environment, made once per worker: the session state
+/// fragments are decoded and run with. Its runtime holds the worker's one memory pool (fair
+/// between the worker's running tasks, sized by the worker's budget), its spill directory and
+/// the object-store registry.
+struct WorkerDataFusion {
+    state: std::result::Result<SessionState, String>,
+}
+
+impl WorkerDataFusion {
+    fn new(env: &WorkerEnv) -> Self {
+        let mut runtime = RuntimeEnvBuilder::new().with_temp_file_path(env.spill_dir());
+        if let Some(limit) = env.memory_limit() {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
+        let state = runtime
+            .build_arc()
+            .map(|runtime| {
+                SessionStateBuilder::new()
+                    .with_default_features()
+                    .with_runtime_env(runtime)
+                    .build()
+            })
+            .map_err(|e| e.to_string());
+        WorkerDataFusion { state }
+    }
+
+    /// The worker's session state (shared: cloning a state clones `Arc`s).
+    fn of(env: &WorkerEnv) -> Result<SessionState, EngineError> {
+        match &env.extension(WorkerDataFusion::new).state {
+            Ok(state) => Ok(state.clone()),
+            Err(e) => Err(EngineError::internal(format!(
+                "the worker's DataFusion runtime: {e}"
+            ))),
+        }
+    }
+}
+
+/// The worker's runtime with the task's memory capped at `cap` bytes: the same pool, spill
+/// directory, caches and object stores, reached through [`TaskMemory`].
+fn task_runtime(
+    worker: &Arc<RuntimeEnv>,
+    cap: usize,
+) -> datafusion::error::Result<Arc<RuntimeEnv>> {
+    let pool = Arc::new(TaskMemory {
+        pool: Arc::clone(&worker.memory_pool),
+        cap,
+        used: AtomicUsize::new(0),
+    });
+    RuntimeEnvBuilder::from_runtime_env(worker)
+        .with_memory_pool(pool)
+        .build_arc()
+}
+
+/// A task's share of its worker's memory pool: every reservation is made in the worker's pool,
+/// so all the worker's tasks count against one budget, and is refused once the task holds
+/// `cap` bytes.
+#[derive(Debug)]
+struct TaskMemory {
+    pool: Arc<dyn MemoryPool>,
+    cap: usize,
+    used: AtomicUsize,
+}
+
+impl std::fmt::Display for TaskMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a task's {} bytes of {}", self.cap, self.pool)
+    }
+}
+
+impl MemoryPool for TaskMemory {
+    fn name(&self) -> &str {
+        "dirk-task"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.pool.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.pool.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.pool.grow(reservation, additional);
+        self.used.fetch_add(additional, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.pool.shrink(reservation, shrink);
+        self.used.fetch_sub(shrink, Ordering::Relaxed);
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::error::Result<()> {
+        let cap = self.cap;
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + additional <= cap).then_some(used + additional)
+            })
+            .map_err(|used| {
+                datafusion::error::DataFusionError::ResourcesExhausted(format!(
+                    "Failed to allocate additional {additional} bytes for {} with {} bytes \
+                     already allocated for this reservation - {} bytes remain of the task's \
+                     {cap}",
+                    reservation.consumer().name(),
+                    reservation.size(),
+                    cap.saturating_sub(used),
+                ))
+            })?;
+        if let Err(e) = self.pool.try_grow(reservation, additional) {
+            self.used.fetch_sub(additional, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.cap)
+    }
+}
+
 thread_local! {
-    /// Each worker thread keeps a DataFusion session (for function lookup while decoding) and a
-    /// single-threaded runtime to drive a fragment's streams.
-    static LOCAL: (SessionState, tokio::runtime::Runtime) = (
-        SessionStateBuilder::new().with_default_features().build(),
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime for fragments"),
-    );
+    /// Each worker thread keeps a single-threaded runtime to drive a fragment's streams.
+    static LOCAL: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime for fragments");
 }
 
 /// Runs plan fragments; see the module docs.
-pub struct FragmentKernel;
+pub(crate) struct FragmentKernel;
 
 impl Kernel for FragmentKernel {
     fn name(&self) -> &str {
@@ -170,14 +304,15 @@ impl Kernel for FragmentKernel {
         for f in &header.feeds {
             for i in f.start..f.end {
                 if i >= call.num_inputs() {
-                    return Err(EngineError::kernel(format!(
+                    return Err(EngineError::internal(format!(
                         "feed refers to missing input {i}"
                     )));
                 }
                 inputs.add(f.leaf, f.partition, call.input(i).batches().to_vec());
             }
         }
-        LOCAL.with(|(state, runtime)| {
+        let state = WorkerDataFusion::of(call.env())?;
+        LOCAL.with(|runtime| {
             let mut config = state.config().clone().with_extension(Arc::new(inputs));
             for (key, value) in &header.settings {
                 config.options_mut().set(key, value).map_err(df_err)?;
@@ -189,13 +324,9 @@ impl Kernel for FragmentKernel {
                 .options_mut()
                 .execution
                 .enable_file_stream_work_stealing = false;
-            let mut ctx = TaskContext::from(state).with_session_config(config);
-            if let Some(limit) = header.memory_limit {
-                let env = RuntimeEnvBuilder::new()
-                    .with_memory_limit(limit, 1.0)
-                    .build_arc()
-                    .map_err(df_err)?;
-                ctx = ctx.with_runtime(env);
+            let mut ctx = TaskContext::from(&state).with_session_config(config);
+            if let Some(cap) = header.memory_limit {
+                ctx = ctx.with_runtime(task_runtime(state.runtime_env(), cap).map_err(df_err)?);
             }
             let ctx = Arc::new(ctx);
             let plan = decode_fragment(plan_bytes, &ctx).map_err(df_err)?;
@@ -205,9 +336,7 @@ impl Kernel for FragmentKernel {
     }
 }
 
-fn df_err(e: datafusion::error::DataFusionError) -> EngineError {
-    EngineError::kernel(e.to_string())
-}
+use crate::error::kernel_error as df_err;
 
 /// Runs one partition of `plan`; stops between batches once the task is cancelled (a sibling
 /// task of the query failed, or the caller gave up).
@@ -231,7 +360,7 @@ async fn run_fragment(
         return Ok(vec![Chunk::new(schema, batches)]);
     };
     let Some(rep) = plan.downcast_ref::<RepartitionExec>() else {
-        return Err(EngineError::kernel(
+        return Err(EngineError::internal(
             "a splitting fragment must end in RepartitionExec",
         ));
     };
@@ -249,7 +378,7 @@ async fn run_fragment(
             )
         }
         other => {
-            return Err(EngineError::kernel(format!(
+            return Err(EngineError::internal(format!(
                 "cannot split by {other} into {n} partitions"
             )))
         }

@@ -1,0 +1,239 @@
+//! Building a session: where its workers are, how its planner is set up, and its catalog
+//! installed as the planner's default schema.
+
+use crate::broadcast::BroadcastJoinSelection;
+use crate::catalog::Catalog;
+use crate::error::{DirkError, Result};
+use crate::executor::Executor;
+use crate::kernels::register_kernels;
+use crate::session::Session;
+use datafusion::execution::context::SessionContext;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::prelude::SessionConfig;
+use dirk_engine::Context;
+use std::sync::Arc;
+
+/// Where a session's workers are: threads of this process, or `dirk worker` processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workers {
+    /// This many in-process workers.
+    InProcess(usize),
+    /// `dirk worker` processes at these `HOST:PORT` addresses.
+    Remote(Vec<String>),
+}
+
+impl From<usize> for Workers {
+    fn from(n: usize) -> Self {
+        Workers::InProcess(n.max(1))
+    }
+}
+
+impl From<Vec<String>> for Workers {
+    fn from(addresses: Vec<String>) -> Self {
+        Workers::Remote(addresses)
+    }
+}
+
+impl From<&[&str]> for Workers {
+    fn from(addresses: &[&str]) -> Self {
+        Workers::Remote(addresses.iter().map(|a| a.to_string()).collect())
+    }
+}
+
+impl<const N: usize> From<[&str; N]> for Workers {
+    fn from(addresses: [&str; N]) -> Self {
+        Workers::Remote(addresses.iter().map(|a| a.to_string()).collect())
+    }
+}
+
+/// Builds a [`Session`].
+#[derive(Debug, Clone, Default)]
+pub struct SessionBuilder {
+    workers: Option<Workers>,
+    cluster: dirk_flight::ClientOptions,
+    partitions: Option<usize>,
+    memory: Option<usize>,
+    planner_state: Option<SessionState>,
+}
+
+impl SessionBuilder {
+    /// The workers: a number of in-process workers (default: one per core), or the addresses of
+    /// `dirk worker` processes (`["host1:7070", "host2:7070"]`) to attach to.
+    pub fn workers(mut self, workers: impl Into<Workers>) -> Self {
+        self.workers = Some(workers.into());
+        self
+    }
+
+    /// The token remote workers require (`dirk worker --token`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.cluster.token = Some(token.into());
+        self
+    }
+
+    /// TLS to remote workers: the certificate authority (PEM) that signed their certificates,
+    /// and optionally the name to verify them by (default: the host of each address).
+    pub fn tls(mut self, ca_pem: Vec<u8>, domain: Option<String>) -> Self {
+        self.cluster.tls_ca = Some(ca_pem);
+        self.cluster.tls_domain = domain;
+        self
+    }
+
+    /// All the options for talking to remote workers (token, TLS, timeouts, heartbeat).
+    pub fn cluster_options(mut self, options: dirk_flight::ClientOptions) -> Self {
+        self.cluster = options;
+        self
+    }
+
+    /// Partitions per table and per exchange (default: one per task slot of the workers: one
+    /// per in-process worker, or each worker process's thread count).
+    pub fn partitions(mut self, n: usize) -> Self {
+        self.partitions = Some(n.max(1));
+        self
+    }
+
+    /// Memory for running queries, in bytes, shared equally by the tasks that run at once (one
+    /// per CPU slot): a task's sorts, aggregations and joins spill to disk beyond its share, or
+    /// fail with "Resources exhausted" where they cannot. In-process workers also get it as
+    /// their budget (split equally), one pool each that their tasks share; a worker process's
+    /// budget is its own (`dirk worker --memory-limit`). Default: no limit. Resident DTables
+    /// are not counted.
+    pub fn memory(mut self, bytes: usize) -> Self {
+        self.memory = Some(bytes);
+        self
+    }
+
+    /// Plans with `state`'s catalog, functions and settings instead of DataFusion's defaults
+    /// (Dirk still sets the partition count and keeps the options it needs). Tables already in
+    /// that catalog are DataFusion providers: a query reads them in its tasks.
+    pub fn planner_state(mut self, state: SessionState) -> Self {
+        self.planner_state = Some(state);
+        self
+    }
+
+    /// Starts the engine and an empty catalog.
+    pub fn build(self) -> Result<Session> {
+        let engine = match &self.workers {
+            Some(Workers::Remote(addresses)) => {
+                if addresses.is_empty() {
+                    return Err(DirkError::Unsupported {
+                        what: "a cluster with no worker addresses".into(),
+                    });
+                }
+                let remote = dirk_flight::connect_cluster_blocking(addresses, &self.cluster)?;
+                let engine = Context::builder().workers(0).build()?;
+                for w in remote {
+                    engine.add_worker(w)?;
+                }
+                engine
+            }
+            Some(Workers::InProcess(n)) => Context::builder()
+                .workers(*n)
+                .memory_limit(self.memory)
+                .build()?,
+            None => Context::builder().memory_limit(self.memory).build()?,
+        };
+        register_kernels(&engine.kernels());
+        let slots = engine.cpu_slots().max(1);
+        let partitions = self.partitions.unwrap_or(slots);
+        let task_memory = self.memory.map(|m| (m / slots).max(1 << 20));
+        let base = match &self.planner_state {
+            Some(state) => state.config().clone(),
+            None => SessionConfig::new(),
+        };
+        let mut config = base
+            .with_target_partitions(partitions)
+            .with_information_schema(true);
+        // DataFusion 55 can run uncorrelated scalar subqueries in a `ScalarSubqueryExec` whose
+        // results reach expressions deep in its input through shared memory; a fragment cut out
+        // below it could not see them. Planned as joins instead, they distribute like any join.
+        //
+        // Dynamic filters are shared in memory between the partitions of one plan instance
+        // (a partitioned hash join even waits at a barrier for every partition's build side).
+        // Dirk runs partitions as separate tasks with separate plan instances: a barrier would
+        // never fill. Off until Dirk ships filters between tasks itself.
+        for key in PINNED_OFF {
+            config.options_mut().set(key, "false")?;
+        }
+        // Files are listed only to ingest them, and an external table follows its files (see
+        // `refresh_external`): a cached listing would hide files added since.
+        let runtime = |mut env: RuntimeEnvBuilder| {
+            env.cache_manager.list_files_cache = None;
+            env.cache_manager.list_files_cache_limit = 0;
+            env.build_arc()
+        };
+        let mut state = match self.planner_state {
+            // The state has its default catalog already; making a new one would replace it,
+            // and the tables in it with it.
+            Some(state) => SessionStateBuilder::new_from_existing(state.clone())
+                .with_config(config.with_create_default_catalog_and_schema(false))
+                .with_runtime_env(runtime(RuntimeEnvBuilder::from_runtime_env(
+                    state.runtime_env(),
+                ))?),
+            None => SessionStateBuilder::new()
+                .with_config(config)
+                .with_runtime_env(runtime(RuntimeEnvBuilder::new())?)
+                .with_default_features(),
+        };
+        // DataFusion's rules (or the given state's), with Dirk's join selection among them.
+        let rules = state.physical_optimizers().take().unwrap_or_default().rules;
+        let planner = SessionContext::new_with_state(
+            state
+                .with_physical_optimizer_rules(BroadcastJoinSelection::insert_into(rules))
+                .build(),
+        );
+        let engine = Arc::new(engine);
+        let chunk_stats = Arc::new(crate::prune::ChunkStatistics::new(Arc::clone(&engine)));
+        let catalog = install_catalog(&planner, &engine, &chunk_stats)?;
+        let executor = Executor::new(
+            Arc::clone(&engine),
+            Arc::clone(&catalog),
+            planner.clone(),
+            task_memory,
+        );
+        Ok(Session::assemble(
+            engine,
+            planner,
+            catalog,
+            executor,
+            chunk_stats,
+            partitions,
+        ))
+    }
+}
+
+/// Planner options Dirk keeps off: each assumes the partitions of a plan share memory in one
+/// process (see [`SessionBuilder::build`]). `SET` cannot turn them on.
+pub(crate) const PINNED_OFF: [&str; 6] = [
+    "datafusion.execution.enable_file_stream_work_stealing",
+    "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery",
+    "datafusion.optimizer.enable_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
+];
+
+/// Puts `catalog`'s DTables in the planner's default schema, in front of whatever that schema
+/// held (the tables of a planner state handed to the builder stay reachable behind them).
+fn install_catalog(
+    planner: &SessionContext,
+    engine: &Arc<Context>,
+    stats: &Arc<crate::prune::ChunkStatistics>,
+) -> Result<Arc<Catalog>> {
+    use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+    let options = planner.state().config().options().catalog.clone();
+    let df_catalog = match planner.catalog(&options.default_catalog) {
+        Some(c) => c,
+        None => {
+            let c: Arc<dyn CatalogProvider> = Arc::new(MemoryCatalogProvider::new());
+            planner.register_catalog(&options.default_catalog, Arc::clone(&c));
+            c
+        }
+    };
+    let others = df_catalog
+        .schema(&options.default_schema)
+        .unwrap_or_else(|| Arc::new(MemorySchemaProvider::new()));
+    let catalog = Arc::new(Catalog::new(Arc::clone(engine), Arc::clone(stats), others));
+    df_catalog.register_schema(&options.default_schema, Arc::clone(&catalog) as _)?;
+    Ok(catalog)
+}

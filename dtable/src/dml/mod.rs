@@ -1,0 +1,599 @@
+//! In-place mutation of DTables: `UPDATE`, `DELETE`, `TRUNCATE`, column changes.
+//!
+//! Every mutation runs as tasks on the workers that own the chunks, through the engine's
+//! datadeps, in two phases:
+//! 1. **Prepare** (read-only): per chunk, a task evaluates the statement (the rows a `WHERE`
+//!    picks, the new values; or the rows a `DELETE` keeps; or a table's new columns). A cast
+//!    error or an overflow anywhere fails here, before anything has changed: the statement's
+//!    outputs are freed and the table is as it was.
+//! 2. **Commit**: an `UPDATE` spawns, per chunk with matching rows, a task with `ReadWrite`
+//!    access on the chunk that writes the prepared values into it. The engine orders it after
+//!    every earlier reader (write-after-read), so a query submitted before sees the old values;
+//!    a fixed-width column whose buffer the chunk holds alone is written in place, one that is
+//!    shared (a reader still holds it) is copied first. Other mutations swap the catalog entry
+//!    to the prepared chunks; the old ones are freed once their readers are done.
+//!
+//! Statements that change tables take the session's mutation lock, so they run one at a time;
+//! queries take their table snapshot and submit their tasks under the catalog lock, so each
+//! query sees the state between two statements (serializable).
+
+mod inplace;
+pub(crate) mod rowchange;
+
+use crate::error::{DirkError, Result};
+use crate::kernels::fragment::{encode_plan, encode_with_header};
+use crate::kernels::mutation::{Step, MUTATE_KERNEL};
+use crate::session::Session;
+use crate::table::DTable;
+use arrow::datatypes::{Field, Schema};
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::sqlparser::ast;
+use dirk_engine::{Arg, ChunkRef, TaskOptions};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A mutation plan over `schema`: projection `exprs` (if any) over a filter (if any).
+fn mutation_plan(
+    session: &Session,
+    schema: &DFSchema,
+    predicate: Option<Expr>,
+    exprs: Vec<(Expr, String)>,
+) -> Result<Vec<u8>> {
+    let state = session.planner_state();
+    let mut plan: Arc<dyn ExecutionPlan> =
+        Arc::new(EmptyExec::new(Arc::new(schema.as_arrow().clone())));
+    if let Some(p) = predicate {
+        plan = Arc::new(FilterExec::try_new(
+            state.create_physical_expr(p, schema)?,
+            plan,
+        )?);
+    }
+    if !exprs.is_empty() {
+        let physical = exprs
+            .into_iter()
+            .map(|(e, name)| Ok((state.create_physical_expr(e, schema)?, name)))
+            .collect::<Result<Vec<_>>>()?;
+        plan = Arc::new(ProjectionExec::try_new(physical, plan)?);
+    }
+    Ok(encode_plan(&plan)?)
+}
+
+impl Session {
+    /// Runs `step` once per chunk of `table` (each task reads its chunk, on the chunk's worker)
+    /// and waits for all. On any failure the outputs are freed and the first error returned.
+    async fn per_chunk(
+        &self,
+        table: &DTable,
+        step: &Step,
+        plan: &[u8],
+    ) -> Result<Vec<(ChunkRef, Option<ChunkRef>)>> {
+        let params = encode_with_header(step, plan);
+        let label = format!("{step:?}");
+        let done = self.each_chunk(table, &label, |_| params.clone()).await?;
+        Ok(done
+            .into_iter()
+            .map(|(c, outs)| (c, outs.into_iter().next()))
+            .collect())
+    }
+
+    /// [`each_chunk`] on this session's engine.
+    pub(crate) async fn each_chunk(
+        &self,
+        table: &DTable,
+        label: &str,
+        params: impl FnMut(&ChunkRef) -> Vec<u8>,
+    ) -> Result<Vec<(ChunkRef, Vec<ChunkRef>)>> {
+        crate::steps::each_chunk(self.engine(), table, label, params).await
+    }
+
+    /// The chunks of `table` a statement with `predicate` must visit, as one partition: all of
+    /// them, less those their statistics rule out.
+    async fn candidates(
+        &self,
+        table: &DTable,
+        schema: &DFSchema,
+        predicate: Option<&Expr>,
+    ) -> Result<DTable> {
+        let chunks = match predicate {
+            Some(p) => {
+                self.chunk_stats()
+                    .chunks_maybe_matching(&self.planner_state(), table, schema, p)
+                    .await?
+            }
+            None => table.chunks().cloned().collect(),
+        };
+        Ok(DTable::new(table.schema().clone(), vec![chunks]))
+    }
+
+    /// `UPDATE name SET columns[k] = exprs[k] WHERE predicate`: the expressions are over
+    /// `schema` (the table's columns, qualified as the statement names them). Returns the
+    /// number of rows updated.
+    pub(crate) async fn update_rows(
+        &self,
+        name: &str,
+        schema: &DFSchema,
+        predicate: Option<Expr>,
+        assignments: Vec<(usize, Expr)>,
+    ) -> Result<u64> {
+        let _one_at_a_time = self.mutation_lock().lock().await;
+        let table = self.table(name)?;
+        if assignments.is_empty() {
+            return Ok(0);
+        }
+        let columns: Vec<usize> = assignments.iter().map(|(c, _)| *c).collect();
+        let table = match table.hash_keys() {
+            // New key values would hash elsewhere; the rows stay where they are, so the table's
+            // partitioning is no longer known. Dropped before any row changes.
+            Some(keys)
+                if columns
+                    .iter()
+                    .any(|&c| keys.contains(table.schema().field(c).name())) =>
+            {
+                let plain = table.without_hash_keys();
+                self.register_replacing(name, plain.clone())?;
+                plain
+            }
+            _ => table,
+        };
+        let exprs = assignments
+            .into_iter()
+            .map(|(c, e)| (e, table.schema().field(c).name().clone()))
+            .collect();
+        let candidates = self.candidates(&table, schema, predicate.as_ref()).await?;
+        let plan = mutation_plan(self, schema, predicate, exprs)?;
+        let step = Step::UpdatePrepare {
+            columns: columns.clone(),
+        };
+        let prepared = self.per_chunk(&candidates, &step, &plan).await?;
+        let pending: Vec<(ChunkRef, ChunkRef)> = prepared
+            .into_iter()
+            .filter_map(|(c, p)| Some((c, p?)))
+            .collect();
+        let rows = pending.iter().map(|(_, p)| p.rows).sum();
+        let apply = Step::UpdateApply {
+            columns: columns.clone(),
+        };
+        let params = encode_with_header(&apply, &[]);
+        let handles: Vec<_> = self.with_catalog_locked(|| {
+            pending
+                .iter()
+                .map(|(target, values)| {
+                    self.engine().spawn(
+                        MUTATE_KERNEL,
+                        vec![Arg::read_write(target), Arg::read(values)],
+                        TaskOptions::new()
+                            .params(params.clone())
+                            .label("UpdateApply"),
+                    )
+                })
+                .collect()
+        });
+        let mut failure = None;
+        for h in handles {
+            if let Err(e) = h.join().await {
+                failure.get_or_insert(e);
+            }
+        }
+        self.chunk_stats()
+            .forget_stats(pending.iter().map(|(t, _)| t.id), &columns);
+        let values: Vec<ChunkRef> = pending.into_iter().map(|(_, v)| v).collect();
+        self.engine().free(&values)?;
+        match failure {
+            // The prepared values were checked (types, overflow) in the first phase; an apply
+            // task fails only when the engine does (a lost worker).
+            Some(e) => Err(e.into()),
+            None => Ok(rows),
+        }
+    }
+
+    /// `DELETE FROM name WHERE predicate` (over `schema`); without a predicate, every row.
+    /// Returns the number of rows deleted.
+    pub(crate) async fn delete_rows(
+        &self,
+        name: &str,
+        schema: &DFSchema,
+        predicate: Option<Expr>,
+    ) -> Result<u64> {
+        let _one_at_a_time = self.mutation_lock().lock().await;
+        let table = self.table(name)?;
+        let Some(predicate) = predicate else {
+            return self.truncate_locked(name, table);
+        };
+        let candidates = self.candidates(&table, schema, Some(&predicate)).await?;
+        let plan = mutation_plan(self, schema, Some(predicate), Vec::new())?;
+        let kept = self.per_chunk(&candidates, &Step::Delete, &plan).await?;
+        let mut deleted = 0;
+        let mut empty = Vec::new();
+        let replaced: HashMap<_, _> = kept
+            .into_iter()
+            .filter_map(|(old, new)| {
+                let new = new?;
+                deleted += old.rows - new.rows;
+                if new.rows == 0 {
+                    empty.push(new);
+                    return Some((old.id, None));
+                }
+                self.chunk_stats().inherit_stats(old.id, new.id, &[]);
+                Some((old.id, Some(new)))
+            })
+            .collect();
+        self.engine().free(&empty)?;
+        if deleted == 0 {
+            return Ok(0);
+        }
+        let partitions = table
+            .partitions()
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|c| match replaced.get(&c.id) {
+                        Some(new) => new.clone(),
+                        None => Some(c.clone()),
+                    })
+                    .collect()
+            })
+            .collect();
+        self.register_replacing(name, table.with_subsets(partitions))?;
+        Ok(deleted)
+    }
+
+    /// `TRUNCATE name`: every row goes; the table keeps its schema and partition count.
+    pub(crate) async fn truncate_rows(&self, name: &str) -> Result<u64> {
+        let _one_at_a_time = self.mutation_lock().lock().await;
+        let table = self.table(name)?;
+        self.truncate_locked(name, table)
+    }
+
+    fn truncate_locked(&self, name: &str, table: DTable) -> Result<u64> {
+        let rows = table.num_rows();
+        let partitions = vec![Vec::new(); table.num_partitions()];
+        self.register_replacing(name, table.with_subsets(partitions))?;
+        Ok(rows)
+    }
+
+    /// Replaces the table's columns by `exprs` (over `schema`), evaluated chunk by chunk where
+    /// the chunks live: what `ADD COLUMN` and `DROP COLUMN` do. Columns passed through as they
+    /// are share their buffers with the old chunks: nothing is copied.
+    pub(crate) async fn project_columns(
+        &self,
+        name: &str,
+        schema: &DFSchema,
+        exprs: Vec<(Expr, String)>,
+        nullable: Vec<bool>,
+    ) -> Result<()> {
+        let _one_at_a_time = self.mutation_lock().lock().await;
+        let table = self.table(name)?;
+        let plan = mutation_plan(self, schema, None, exprs)?;
+        let computed =
+            crate::kernels::fragment::decode_fragment(&plan, &self.planner().task_ctx())?.schema();
+        let fields: Vec<Field> = computed
+            .fields()
+            .iter()
+            .zip(&nullable)
+            .map(|(f, n)| f.as_ref().clone().with_nullable(f.is_nullable() || *n))
+            .collect();
+        let new_schema = Arc::new(Schema::new(fields));
+        let step = Step::Project { nullable };
+        let projected = self.per_chunk(&table, &step, &plan).await?;
+        let replaced: HashMap<_, _> = projected
+            .into_iter()
+            .filter_map(|(old, new)| Some((old.id, new?)))
+            .collect();
+        let partitions = table
+            .partitions()
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|c| replaced.get(&c.id).cloned())
+                    .collect()
+            })
+            .collect();
+        self.register_replacing(name, DTable::new(new_schema, partitions))?;
+        Ok(())
+    }
+
+    /// Adds column `column` = `value` (over `schema`); the existing columns keep their buffers.
+    /// `nullable` makes the new column nullable even where `value` is not (a literal default).
+    async fn add_column(
+        &self,
+        table: &str,
+        schema: &DFSchema,
+        value: Expr,
+        column: String,
+        nullable: bool,
+    ) -> Result<()> {
+        let mut exprs = as_they_are(schema);
+        exprs.push((value, column));
+        let mut flags = vec![false; exprs.len()];
+        *flags.last_mut().expect("the new column") = nullable;
+        self.project_columns(table, schema, exprs, flags).await
+    }
+
+    /// Renames a column: only the catalog changes (chunks are read by position).
+    pub(crate) async fn rename_column_in(&self, name: &str, from: &str, to: &str) -> Result<()> {
+        let _one_at_a_time = self.mutation_lock().lock().await;
+        let table = self.table(name)?;
+        let schema = table.schema();
+        let i = schema.index_of(from)?;
+        if schema.index_of(to).is_ok() {
+            return Err(DirkError::SchemaMismatch {
+                detail: format!("table `{name}` already has a column `{to}`"),
+            });
+        }
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(j, f)| {
+                let f = f.as_ref().clone();
+                if j == i {
+                    f.with_name(to)
+                } else {
+                    f
+                }
+            })
+            .collect();
+        let new_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+        let partitions = table.partitions().to_vec();
+        self.register_replacing(name, DTable::new(new_schema, partitions))
+    }
+
+    /// Renames a table: only the catalog changes.
+    pub(crate) async fn rename_table_to(&self, from: &str, to: &str) -> Result<()> {
+        let _one_at_a_time = self.mutation_lock().lock().await;
+        let table = self.table(from)?;
+        if self.table(to).is_ok() {
+            return Err(DirkError::TableExists { name: to.into() });
+        }
+        self.register_moved(from, to, table)
+    }
+}
+
+/// Every column of `schema` as it is, under its own name: the start of a projection that adds
+/// or drops columns (pass-through columns share their buffers).
+pub(crate) fn as_they_are(schema: &DFSchema) -> Vec<(Expr, String)> {
+    schema
+        .columns()
+        .into_iter()
+        .map(|c| {
+            let n = c.name.clone();
+            (Expr::Column(c), n)
+        })
+        .collect()
+}
+
+/// True when `e` holds a subquery (which a per-chunk expression cannot evaluate).
+fn has_subquery(e: &Expr) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    e.exists(|e| {
+        Ok(matches!(
+            e,
+            Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+        ))
+    })
+    .unwrap_or(true)
+}
+
+/// The target table's own scan in a DML input (possibly under its alias); `None` when the
+/// input reads more than the target (a join with `FROM` tables).
+fn target_scan(plan: &LogicalPlan) -> Option<&LogicalPlan> {
+    match plan {
+        LogicalPlan::TableScan(_) => Some(plan),
+        LogicalPlan::SubqueryAlias(a) if matches!(a.input.as_ref(), LogicalPlan::TableScan(_)) => {
+            Some(plan)
+        }
+        _ => None,
+    }
+}
+
+/// An identifier as DataFusion names it: unquoted ones are lower-cased.
+fn ident_name(i: &ast::Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+pub(crate) fn object_name(n: &ast::ObjectName) -> Result<String> {
+    n.0.last()
+        .and_then(|p| p.as_ident())
+        .map(ident_name)
+        .ok_or_else(|| DirkError::Unsupported {
+            what: format!("table name {n}"),
+        })
+}
+
+fn unsupported(what: impl Into<String>) -> DirkError {
+    DirkError::Unsupported { what: what.into() }
+}
+
+impl Session {
+    /// `INSERT INTO name <plan>`: the new rows become new chunks of the table.
+    pub(crate) async fn insert_plan(&self, name: &str, input: LogicalPlan) -> Result<u64> {
+        let _one_at_a_time = self.mutation_lock().lock().await;
+        let mut table = self.table(name)?;
+        let new = self.run_plan(input).await?;
+        let rows = new.num_rows();
+        table.append(new)?;
+        self.register_replacing(name, table)?;
+        Ok(rows)
+    }
+
+    /// `UPDATE`, from DataFusion's plan: a projection of every column (assigned ones replaced
+    /// by their new value, cast to the column's type) over the `WHERE` filter over the scan.
+    pub(crate) async fn update_from_plan(&self, name: &str, input: &LogicalPlan) -> Result<u64> {
+        let LogicalPlan::Projection(p) = input else {
+            return Err(unsupported(format!(
+                "UPDATE planned as {}",
+                input.display()
+            )));
+        };
+        let (predicate, source) = match p.input.as_ref() {
+            LogicalPlan::Filter(f) => (Some(f.predicate.clone()), f.input.as_ref()),
+            other => (None, other),
+        };
+        let Some(source) = target_scan(source) else {
+            return Err(unsupported(
+                "UPDATE ... FROM another table (a join): only the target table's own columns \
+                 may be read",
+            ));
+        };
+        let schema = source.schema();
+        let mut assignments = Vec::new();
+        for (i, e) in p.expr.iter().enumerate() {
+            let e = e.clone().unalias();
+            if let Expr::Column(c) = &e {
+                if schema.index_of_column(c).ok() == Some(i) {
+                    continue;
+                }
+            }
+            assignments.push((i, e));
+        }
+        if predicate
+            .iter()
+            .chain(assignments.iter().map(|(_, e)| e))
+            .any(has_subquery)
+        {
+            return Err(unsupported("UPDATE with a subquery"));
+        }
+        self.update_rows(name, schema, predicate, assignments).await
+    }
+
+    /// `DELETE`, from DataFusion's plan: the `WHERE` filter over the scan.
+    pub(crate) async fn delete_from_plan(&self, name: &str, input: &LogicalPlan) -> Result<u64> {
+        let (predicate, source) = match input {
+            LogicalPlan::Filter(f) => (Some(f.predicate.clone()), f.input.as_ref()),
+            other => (None, other),
+        };
+        let Some(source) = target_scan(source) else {
+            return Err(unsupported(format!(
+                "DELETE planned as {}",
+                input.display()
+            )));
+        };
+        if predicate.as_ref().is_some_and(has_subquery) {
+            return Err(unsupported("DELETE with a subquery"));
+        }
+        self.delete_rows(name, source.schema(), predicate).await
+    }
+
+    /// `ALTER TABLE`: `ADD [COLUMN]`, `DROP [COLUMN]`, `RENAME [COLUMN]`, `RENAME TO`. Returns
+    /// the rows whose shape changed (every row for `ADD`/`DROP`; none for renames).
+    pub(crate) async fn alter_table(&self, alter: &ast::AlterTable) -> Result<u64> {
+        let mut name = object_name(&alter.name)?;
+        if self.table(&name).is_err() {
+            if alter.if_exists {
+                return Ok(0);
+            }
+            return Err(DirkError::TableNotFound { name });
+        }
+        let mut rows = 0;
+        for op in &alter.operations {
+            match op {
+                ast::AlterTableOperation::AddColumn {
+                    if_not_exists,
+                    column_def,
+                    ..
+                } => {
+                    let column = ident_name(&column_def.name);
+                    let table = self.table(&name)?;
+                    if table.schema().index_of(&column).is_ok() {
+                        if *if_not_exists {
+                            continue;
+                        }
+                        return Err(DirkError::SchemaMismatch {
+                            detail: format!("table `{name}` already has a column `{column}`"),
+                        });
+                    }
+                    let mut default = None;
+                    let mut not_null = false;
+                    for o in &column_def.options {
+                        match &o.option {
+                            ast::ColumnOption::Default(e) => default = Some(e.to_string()),
+                            ast::ColumnOption::NotNull => not_null = true,
+                            ast::ColumnOption::Null => {}
+                            other => {
+                                return Err(unsupported(format!("ADD COLUMN ... {other}")));
+                            }
+                        }
+                    }
+                    if not_null && default.is_none() && table.num_rows() > 0 {
+                        return Err(DirkError::SchemaMismatch {
+                            detail: format!(
+                                "column `{column}` is NOT NULL and has no DEFAULT for the \
+                                 table's {} rows",
+                                table.num_rows()
+                            ),
+                        });
+                    }
+                    // DataFusion turns the SQL type and the default into an expression.
+                    let sql = format!(
+                        "SELECT CAST({} AS {})",
+                        default.as_deref().unwrap_or("NULL"),
+                        column_def.data_type
+                    );
+                    let plan = self.planner_state().create_logical_plan(&sql).await?;
+                    let LogicalPlan::Projection(p) = plan else {
+                        return Err(unsupported(format!("default {sql}")));
+                    };
+                    let value = p.expr[0].clone().unalias();
+                    let schema =
+                        DFSchema::try_from_qualified_schema(name.as_str(), table.schema())?;
+                    self.add_column(&name, &schema, value, column, !not_null)
+                        .await?;
+                    rows = rows.max(table.num_rows());
+                }
+                ast::AlterTableOperation::DropColumn {
+                    column_names,
+                    if_exists,
+                    ..
+                } => {
+                    let table = self.table(&name)?;
+                    let mut gone = Vec::new();
+                    for c in column_names {
+                        let c = ident_name(c);
+                        if table.schema().index_of(&c).is_err() {
+                            if *if_exists {
+                                continue;
+                            }
+                            return Err(DirkError::SchemaMismatch {
+                                detail: format!("table `{name}` has no column `{c}`"),
+                            });
+                        }
+                        gone.push(c);
+                    }
+                    let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
+                    rows = rows.max(self.drop_columns(&name, &refs).await?);
+                }
+                ast::AlterTableOperation::RenameColumn {
+                    old_column_name,
+                    new_column_name,
+                } => {
+                    self.rename_column(
+                        &name,
+                        &ident_name(old_column_name),
+                        &ident_name(new_column_name),
+                    )
+                    .await?;
+                }
+                ast::AlterTableOperation::RenameTable { table_name } => {
+                    let to = match table_name {
+                        ast::RenameTableNameKind::As(n) | ast::RenameTableNameKind::To(n) => {
+                            object_name(n)?
+                        }
+                    };
+                    self.rename_table_to(&name, &to).await?;
+                    name = to;
+                }
+                other => return Err(unsupported(format!("ALTER TABLE ... {other}"))),
+            }
+        }
+        Ok(rows)
+    }
+}

@@ -1,0 +1,88 @@
+//! Reading files into DTables: the file listing a `CREATE EXTERNAL TABLE` describes, run as a
+//! scan whose splits (byte ranges, one group per partition) are read by the tasks of the
+//! workers that then keep them (Dagger's `File`); the data never passes through the driver.
+
+use crate::catalog::FileStamp;
+use crate::error::{DirkError, Result};
+use crate::executor::Executor;
+use crate::table::DTable;
+use datafusion::catalog::TableProvider;
+use datafusion::common::TableReference;
+use datafusion::dataframe::DataFrame as DfDataFrame;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{CreateExternalTable, LogicalPlan};
+use futures::TryStreamExt as _;
+use std::sync::Arc;
+
+/// The file listing a `CREATE EXTERNAL TABLE` describes (schema inferred where not given).
+pub(crate) async fn external_files(
+    state: &SessionState,
+    cmd: &CreateExternalTable,
+) -> Result<Arc<dyn TableProvider>> {
+    let file_type = cmd.file_type.to_uppercase();
+    let factory = state
+        .table_factories()
+        .get(file_type.as_str())
+        .cloned()
+        .ok_or_else(|| DirkError::Unsupported {
+            what: format!("external tables stored as {}", cmd.file_type),
+        })?;
+    Ok(factory.create(state, cmd).await?)
+}
+
+/// Reads the files of `files` into a DTable.
+pub(crate) async fn read_files(
+    executor: &Executor,
+    name: &TableReference,
+    files: Arc<dyn TableProvider>,
+) -> Result<DTable> {
+    let scan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+        name.clone(),
+        datafusion::datasource::provider_as_source(files),
+        None,
+    )?
+    .build()?;
+    read_plan(executor, scan).await
+}
+
+/// Runs a plan that reads files into a DTable. DataFusion lists the files and splits them
+/// into byte ranges, one group per partition; each group is read by one task, on the worker
+/// that then owns the partition (Dagger's `File`): the data never passes through the driver.
+pub(crate) async fn read_plan(executor: &Executor, plan: LogicalPlan) -> Result<DTable> {
+    let mut state = executor.planner().state();
+    // Split files of any size, so every partition gets a share of the reading.
+    state
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .repartition_file_min_size = 0;
+    let physical = DfDataFrame::new(state, plan).create_physical_plan().await?;
+    executor.run_physical(physical, &[]).await
+}
+
+/// The files a file listing reads now, sorted; `None` for a table that is not a file listing.
+pub(crate) async fn list_files(
+    state: &SessionState,
+    files: &dyn TableProvider,
+) -> Result<Option<Vec<FileStamp>>> {
+    use datafusion::datasource::listing::ListingTable;
+    let Some(listing) = files.downcast_ref::<ListingTable>() else {
+        return Ok(None);
+    };
+    let extension = &listing.options().file_extension;
+    let mut stamps = Vec::new();
+    for url in listing.table_paths() {
+        let store = state.runtime_env().object_store(url)?;
+        let mut found = url.list_all_files(state, store.as_ref(), extension).await?;
+        while let Some(meta) = found.try_next().await? {
+            stamps.push((
+                meta.location.to_string(),
+                meta.size,
+                meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
+                meta.e_tag,
+            ));
+        }
+    }
+    stamps.sort();
+    Ok(Some(stamps))
+}

@@ -1,0 +1,63 @@
+//! Workers joining and the chunk directory's frees (deferred while readers still run).
+
+use super::*;
+
+impl Scheduler {
+    pub(super) fn add_worker(&mut self, w: WorkerRef) {
+        let id = w.id();
+        for (kind, slots) in w.processors() {
+            self.procs.push(ProcState {
+                id: ProcessorId { worker: id, kind },
+                slots: slots.max(1),
+                in_flight: 0,
+                queue: VecDeque::new(),
+                queued_s: 0.0,
+                alive: true,
+            });
+        }
+        self.workers.insert(
+            id,
+            WorkerEntry {
+                worker: w,
+                alive: true,
+            },
+        );
+    }
+
+    /// Frees chunks, or defers each until the unfinished tasks that access it have finished.
+    pub(super) fn free_chunks(&mut self, ids: Vec<ChunkId>) {
+        let (later, now): (Vec<_>, Vec<_>) = ids
+            .into_iter()
+            .partition(|id| self.deps.in_use(DataKey::Chunk(*id)));
+        self.deferred_frees.extend(later);
+        self.free_now(now);
+    }
+
+    pub(super) fn free_deferred(&mut self) {
+        if self.deferred_frees.is_empty() {
+            return;
+        }
+        let (later, now): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred_frees)
+            .into_iter()
+            .partition(|id| self.deps.in_use(DataKey::Chunk(*id)));
+        self.deferred_frees = later;
+        self.free_now(now);
+    }
+
+    pub(super) fn free_now(&mut self, ids: Vec<ChunkId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut by_owner: HashMap<WorkerId, Vec<ChunkId>> = HashMap::new();
+        for id in ids {
+            if let Some(e) = self.chunks.remove(&id) {
+                by_owner.entry(e.meta.owner).or_default().push(id);
+            }
+        }
+        for (owner, ids) in by_owner {
+            if let Some(w) = self.workers.get(&owner).filter(|w| w.alive) {
+                w.worker.free_chunks(&ids);
+            }
+        }
+    }
+}
