@@ -184,7 +184,8 @@ impl SessionBuilder {
         );
         let engine = Arc::new(engine);
         let chunk_stats = Arc::new(crate::prune::ChunkStatistics::new(Arc::clone(&engine)));
-        let catalog = install_catalog(&planner, &engine, &chunk_stats)?;
+        let catalog = Arc::new(Catalog::new(Arc::clone(&engine), Arc::clone(&chunk_stats)));
+        catalog.follow(&planner.state())?;
         let executor = Executor::new(
             Arc::clone(&engine),
             Arc::clone(&catalog),
@@ -212,28 +213,3 @@ pub(crate) const PINNED_OFF: [&str; 6] = [
     "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
     "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
 ];
-
-/// Puts `catalog`'s DTables in the planner's default schema, in front of whatever that schema
-/// held (the tables of a planner state handed to the builder stay reachable behind them).
-fn install_catalog(
-    planner: &SessionContext,
-    engine: &Arc<Context>,
-    stats: &Arc<crate::prune::ChunkStatistics>,
-) -> Result<Arc<Catalog>> {
-    use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
-    let options = planner.state().config().options().catalog.clone();
-    let df_catalog = match planner.catalog(&options.default_catalog) {
-        Some(c) => c,
-        None => {
-            let c: Arc<dyn CatalogProvider> = Arc::new(MemoryCatalogProvider::new());
-            planner.register_catalog(&options.default_catalog, Arc::clone(&c));
-            c
-        }
-    };
-    let others = df_catalog
-        .schema(&options.default_schema)
-        .unwrap_or_else(|| Arc::new(MemorySchemaProvider::new()));
-    let catalog = Arc::new(Catalog::new(Arc::clone(engine), Arc::clone(stats), others));
-    df_catalog.register_schema(&options.default_schema, Arc::clone(&catalog) as _)?;
-    Ok(catalog)
-}

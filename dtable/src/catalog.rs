@@ -1,6 +1,10 @@
-//! The catalog: a session's tables by name, and the one schema DataFusion's planner reads them
-//! from. The planner asks this catalog for a table each time it resolves a name, so a table
+//! The catalog: a session's tables by name, and the schemas DataFusion's planner reads them
+//! from. The planner asks the catalog for a table each time it resolves a name, so a table
 //! replaced by a statement is seen whole, old or new, and nothing is ever registered twice.
+//!
+//! A table lives in the schema that was the planner's default (`datafusion.catalog.
+//! default_catalog` and `default_schema`) when it was made: a [`SchemaView`] there shows it,
+//! in front of whatever DataFusion keeps in that schema. Names are unique across schemas.
 
 use crate::error::{DirkError, Result};
 use crate::exec::DTableScanExec;
@@ -9,7 +13,10 @@ use crate::table::DTable;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session as DfSession;
-use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider,
+};
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use dirk_engine::Context;
@@ -37,12 +44,16 @@ pub(crate) struct ExternalSource {
 pub(crate) type FileStamp = (String, u64, i64, Option<String>);
 
 /// A session's tables. DTables live here; every other provider (views, and the tables of a
-/// planner state handed to the session builder) lives in `others`, DataFusion's own schema.
+/// planner state handed to the session builder) lives in DataFusion's own schemas, behind the
+/// [`SchemaView`]s.
 pub(crate) struct Catalog {
     engine: Arc<Context>,
     tables: Mutex<BTreeMap<String, DTable>>,
+    /// The schema each table lives in. Locked after `tables` when both are.
+    homes: Mutex<HashMap<String, Location>>,
+    /// Where new tables go: the planner's default schema as of the statement running.
+    current: Mutex<Location>,
     stats: Arc<ChunkStatistics>,
-    others: Arc<dyn SchemaProvider>,
     /// The files of each external table that follows them.
     external: Mutex<HashMap<String, ExternalSource>>,
     temp_counter: AtomicU64,
@@ -57,20 +68,47 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
-    /// An empty catalog in front of `others`.
-    pub(crate) fn new(
-        engine: Arc<Context>,
-        stats: Arc<ChunkStatistics>,
-        others: Arc<dyn SchemaProvider>,
-    ) -> Self {
+    /// An empty catalog.
+    pub(crate) fn new(engine: Arc<Context>, stats: Arc<ChunkStatistics>) -> Self {
         Catalog {
             engine,
             tables: Mutex::new(BTreeMap::new()),
+            homes: Mutex::new(HashMap::new()),
+            current: Mutex::new((String::new(), String::new())),
             stats,
-            others,
             external: Mutex::new(HashMap::new()),
             temp_counter: AtomicU64::new(0),
         }
+    }
+
+    /// Makes the planner's default schema in `state` the one new tables go to, and shows this
+    /// catalog's tables there (installed once per schema).
+    pub(crate) fn follow(self: &Arc<Self>, state: &SessionState) -> Result<()> {
+        let options = &state.config().options().catalog;
+        let home = (
+            options.default_catalog.clone(),
+            options.default_schema.clone(),
+        );
+        let list = state.catalog_list();
+        let df_catalog = match list.catalog(&home.0) {
+            Some(c) => c,
+            None => {
+                let c: Arc<dyn CatalogProvider> = Arc::new(MemoryCatalogProvider::new());
+                list.register_catalog(home.0.clone(), Arc::clone(&c));
+                c
+            }
+        };
+        let existing = df_catalog.schema(&home.1);
+        if !existing.as_ref().is_some_and(|s| s.is::<SchemaView>()) {
+            let view = SchemaView {
+                catalog: Arc::clone(self),
+                home: home.clone(),
+                others: existing.unwrap_or_else(|| Arc::new(MemorySchemaProvider::new())),
+            };
+            df_catalog.register_schema(&home.1, Arc::new(view))?;
+        }
+        *self.current.lock() = home;
+        Ok(())
     }
 
     /// The tables, locked: while the guard lives no statement registers, replaces or drops a
@@ -124,8 +162,8 @@ impl Catalog {
             return Err(DirkError::TableExists { name: name.into() });
         }
         let done = alongside();
-        // A DTable takes the name from any other provider (a view) that had it.
-        self.others.deregister_table(name)?;
+        let home = self.current.lock().clone();
+        self.homes.lock().insert(name.to_string(), home);
         self.external.lock().remove(name);
         let kept: HashSet<_> = table.chunks().map(|c| c.id).collect();
         let replaced = tables.insert(name.to_string(), table);
@@ -163,10 +201,15 @@ impl Catalog {
     /// Moves a table to a new name (`ALTER TABLE ... RENAME TO`); its chunks stay.
     pub(crate) fn rename(&self, from: &str, to: &str, table: DTable) -> Result<()> {
         let mut tables = self.tables.lock();
-        if tables.contains_key(to) || self.others.table_exist(to) {
+        if tables.contains_key(to) {
             return Err(DirkError::TableExists { name: to.into() });
         }
         tables.remove(from);
+        let mut homes = self.homes.lock();
+        if let Some(home) = homes.remove(from) {
+            homes.insert(to.to_string(), home);
+        }
+        drop(homes);
         let mut external = self.external.lock();
         if let Some(source) = external.remove(from) {
             external.insert(to.to_string(), source);
@@ -177,29 +220,61 @@ impl Catalog {
 
     /// Drops a DTable and frees its chunks; false when there is no DTable of that name.
     pub(crate) fn remove(&self, name: &str) -> Result<bool> {
-        let Some(old) = self.tables.lock().remove(name) else {
+        let mut tables = self.tables.lock();
+        let Some(old) = tables.remove(name) else {
             return Ok(false);
         };
+        self.homes.lock().remove(name);
+        drop(tables);
         self.external.lock().remove(name);
         self.engine
             .free(&old.chunks().cloned().collect::<Vec<_>>())?;
         Ok(true)
     }
 
-    fn provider(&self, name: &str) -> Option<Arc<dyn TableProvider>> {
-        let table = self.tables.lock().get(name).cloned()?;
+    /// The provider of table `name` if it lives in `home`.
+    fn provider(&self, name: &str, home: &Location) -> Option<Arc<dyn TableProvider>> {
+        let tables = self.tables.lock();
+        let table = tables.get(name)?;
+        if self.homes.lock().get(name) != Some(home) {
+            return None;
+        }
         Some(Arc::new(DTableProvider {
             name: name.to_string(),
-            table,
+            table: table.clone(),
             stats: Arc::clone(&self.stats),
         }))
     }
+
+    /// Names of the tables living in `home` (temporary ones left out).
+    fn names_in(&self, home: &Location) -> Vec<String> {
+        let tables = self.tables.lock();
+        let homes = self.homes.lock();
+        tables
+            .keys()
+            .filter(|n| !n.starts_with(TEMP_PREFIX) && homes.get(*n) == Some(home))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A (catalog, schema) pair.
+pub(crate) type Location = (String, String);
+
+/// One schema of the planner as Dirk shows it: the catalog's tables that live there, in front
+/// of the providers DataFusion keeps there (views, tables of a planner state handed to the
+/// builder).
+#[derive(Debug)]
+pub(crate) struct SchemaView {
+    catalog: Arc<Catalog>,
+    home: Location,
+    others: Arc<dyn SchemaProvider>,
 }
 
 #[async_trait]
-impl SchemaProvider for Catalog {
+impl SchemaProvider for SchemaView {
     fn table_names(&self) -> Vec<String> {
-        let mut names = self.names();
+        let mut names = self.catalog.names_in(&self.home);
         names.extend(self.others.table_names());
         names.sort();
         names.dedup();
@@ -207,7 +282,7 @@ impl SchemaProvider for Catalog {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        match self.provider(name) {
+        match self.catalog.provider(name, &self.home) {
             Some(p) => Ok(Some(p)),
             None => self.others.table(name).await,
         }
@@ -219,7 +294,7 @@ impl SchemaProvider for Catalog {
         name: String,
         table: Arc<dyn TableProvider>,
     ) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        if self.contains(&name) {
+        if self.catalog.provider(&name, &self.home).is_some() {
             return Err(DirkError::TableExists { name }.into());
         }
         self.others.register_table(name, table)
@@ -233,7 +308,7 @@ impl SchemaProvider for Catalog {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.contains(name) || self.others.table_exist(name)
+        self.catalog.provider(name, &self.home).is_some() || self.others.table_exist(name)
     }
 }
 

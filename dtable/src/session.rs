@@ -214,6 +214,9 @@ impl Session {
     /// and return their result (for `INSERT`, the row count).
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
         let state = self.core.planner.state();
+        // Tables a statement makes go to the planner's default schema as of now (`SET
+        // datafusion.catalog.default_schema` moves it).
+        self.core.catalog.follow(&state)?;
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         self.refresh_external(&state, &statement).await?;

@@ -532,11 +532,17 @@ struct Failure {
 
 /// A failure's message as the list compares it: one line, cut short, with the ids and ports
 /// that differ from run to run masked (`task 284` -> `task #`, `127.0.0.1:7001` ->
-/// `127.0.0.1:#`, `__dirk_temp_rows_12` -> `__dirk_temp_rows_#`).
+/// `127.0.0.1:#`, `__dirk_temp_rows_12` -> `__dirk_temp_rows_#`, the corpus's directory ->
+/// `<corpus>`).
 fn listed_message(message: &str) -> String {
     const MASKED_AFTER: [&str; 5] = ["task ", "chunk ", "worker ", "127.0.0.1:", "_temp_"];
+    // The corpus is copied under the build directory, wherever that is.
+    let message = match std::env::current_dir() {
+        Ok(dir) => message.replace(&dir.display().to_string(), "<corpus>"),
+        Err(_) => message.to_string(),
+    };
     let mut out = String::with_capacity(message.len());
-    let mut rest = message;
+    let mut rest = message.as_str();
     while !rest.is_empty() {
         let next = MASKED_AFTER
             .iter()

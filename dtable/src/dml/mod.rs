@@ -81,7 +81,7 @@ impl Session {
             .collect())
     }
 
-    /// [`each_chunk`] on this session's engine.
+    /// [`each_chunk`] on the session's engine.
     pub(crate) async fn each_chunk(
         &self,
         table: &DTable,

@@ -387,7 +387,8 @@ fn merge_query(m: &ast::Merge, tagged: &str, schema: &Schema) -> Result<ChangeQu
         // A marker that is NULL exactly where a target row found no source row.
         let inner = match &m.source {
             ast::TableFactor::Table { name, alias, .. } => match alias {
-                Some(a) => format!("{name} AS {a}"),
+                // The alias prints its own `AS` when the statement wrote one.
+                Some(a) => format!("{name} {a}"),
                 None => name.to_string(),
             },
             other => other.to_string(),

@@ -107,8 +107,8 @@ pub(crate) fn decode_plan(
     env: &WorkerEnv,
     bytes: &[u8],
 ) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
-    let state = WorkerDataFusion::of(env)?;
-    decode_fragment(bytes, &TaskContext::from(&state)).map_err(df_err)
+    let worker = WorkerDataFusion::of(env);
+    decode_fragment(bytes, &TaskContext::from(worker.state()?)).map_err(df_err)
 }
 
 /// Decodes fragment bytes, repairing what datafusion-proto does not carry over.
@@ -180,14 +180,16 @@ impl WorkerDataFusion {
         WorkerDataFusion { state }
     }
 
-    /// The worker's session state (shared: cloning a state clones `Arc`s).
-    fn of(env: &WorkerEnv) -> Result<SessionState, EngineError> {
-        match &env.extension(WorkerDataFusion::new).state {
-            Ok(state) => Ok(state.clone()),
-            Err(e) => Err(EngineError::internal(format!(
-                "the worker's DataFusion runtime: {e}"
-            ))),
-        }
+    /// The worker's DataFusion side, made on first use.
+    fn of(env: &WorkerEnv) -> Arc<WorkerDataFusion> {
+        env.extension(WorkerDataFusion::new)
+    }
+
+    /// The session state tasks decode and run fragments with.
+    fn state(&self) -> Result<&SessionState, EngineError> {
+        self.state
+            .as_ref()
+            .map_err(|e| EngineError::internal(format!("the worker's DataFusion runtime: {e}")))
     }
 }
 
@@ -311,7 +313,8 @@ impl Kernel for FragmentKernel {
                 inputs.add(f.leaf, f.partition, call.input(i).batches().to_vec());
             }
         }
-        let state = WorkerDataFusion::of(call.env())?;
+        let worker = WorkerDataFusion::of(call.env());
+        let state = worker.state()?;
         LOCAL.with(|runtime| {
             let mut config = state.config().clone().with_extension(Arc::new(inputs));
             for (key, value) in &header.settings {
@@ -324,7 +327,7 @@ impl Kernel for FragmentKernel {
                 .options_mut()
                 .execution
                 .enable_file_stream_work_stealing = false;
-            let mut ctx = TaskContext::from(&state).with_session_config(config);
+            let mut ctx = TaskContext::from(state).with_session_config(config);
             if let Some(cap) = header.memory_limit {
                 ctx = ctx.with_runtime(task_runtime(state.runtime_env(), cap).map_err(df_err)?);
             }
