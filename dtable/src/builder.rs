@@ -3,6 +3,7 @@
 
 use crate::broadcast::BroadcastJoinSelection;
 use crate::catalog::Catalog;
+use crate::core::{SessionCore, PINNED_OFF};
 use crate::error::{DirkError, Result};
 use crate::executor::Executor;
 use crate::kernels::register_kernels;
@@ -192,24 +193,14 @@ impl SessionBuilder {
             planner.clone(),
             task_memory,
         );
-        Ok(Session::assemble(
+        Ok(Session::assemble(SessionCore {
             engine,
             planner,
             catalog,
             executor,
-            chunk_stats,
             partitions,
-        ))
+            mutation_lock: tokio::sync::Mutex::new(()),
+            chunk_stats,
+        }))
     }
 }
-
-/// Planner options Dirk keeps off: each assumes the partitions of a plan share memory in one
-/// process (see [`SessionBuilder::build`]). `SET` cannot turn them on.
-pub(crate) const PINNED_OFF: [&str; 6] = [
-    "datafusion.execution.enable_file_stream_work_stealing",
-    "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery",
-    "datafusion.optimizer.enable_dynamic_filter_pushdown",
-    "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
-    "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
-    "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
-];

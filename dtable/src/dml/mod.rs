@@ -17,17 +17,18 @@
 //! queries take their table snapshot and submit their tasks under the catalog lock, so each
 //! query sees the state between two statements (serializable).
 
-mod inplace;
+mod change_query;
+pub(crate) mod inplace;
 pub(crate) mod rowchange;
 
+use crate::core::SessionCore;
 use crate::error::{DirkError, Result};
 use crate::kernels::fragment::{encode_plan, encode_with_header};
 use crate::kernels::mutation::{Step, MUTATE_KERNEL};
-use crate::session::Session;
 use crate::table::DTable;
 use arrow::datatypes::{Field, Schema};
-use datafusion::common::DFSchema;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::logical_expr::{Expr, LogicalPlan, WriteOp};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -39,12 +40,12 @@ use std::sync::Arc;
 
 /// A mutation plan over `schema`: projection `exprs` (if any) over a filter (if any).
 fn mutation_plan(
-    session: &Session,
+    core: &SessionCore,
     schema: &DFSchema,
     predicate: Option<Expr>,
     exprs: Vec<(Expr, String)>,
 ) -> Result<Vec<u8>> {
-    let state = session.planner_state();
+    let state = core.planner_state();
     let mut plan: Arc<dyn ExecutionPlan> =
         Arc::new(EmptyExec::new(Arc::new(schema.as_arrow().clone())));
     if let Some(p) = predicate {
@@ -63,295 +64,288 @@ fn mutation_plan(
     Ok(encode_plan(&plan)?)
 }
 
-impl Session {
-    /// Runs `step` once per chunk of `table` (each task reads its chunk, on the chunk's worker)
-    /// and waits for all. On any failure the outputs are freed and the first error returned.
-    async fn per_chunk(
-        &self,
-        table: &DTable,
-        step: &Step,
-        plan: &[u8],
-    ) -> Result<Vec<(ChunkRef, Option<ChunkRef>)>> {
-        let params = encode_with_header(step, plan);
-        let label = format!("{step:?}");
-        let done = self.each_chunk(table, &label, |_| params.clone()).await?;
-        Ok(done
-            .into_iter()
-            .map(|(c, outs)| (c, outs.into_iter().next()))
-            .collect())
-    }
+/// Runs `step` once per chunk of `table` (each task reads its chunk, on the chunk's worker)
+/// and waits for all. On any failure the outputs are freed and the first error returned.
+async fn per_chunk(
+    core: &SessionCore,
+    table: &DTable,
+    step: &Step,
+    plan: &[u8],
+) -> Result<Vec<(ChunkRef, Option<ChunkRef>)>> {
+    let params = encode_with_header(step, plan);
+    let label = format!("{step:?}");
+    let done = core.each_chunk(table, &label, |_| params.clone()).await?;
+    Ok(done
+        .into_iter()
+        .map(|(c, outs)| (c, outs.into_iter().next()))
+        .collect())
+}
 
-    /// [`each_chunk`] on the session's engine.
-    pub(crate) async fn each_chunk(
-        &self,
-        table: &DTable,
-        label: &str,
-        params: impl FnMut(&ChunkRef) -> Vec<u8>,
-    ) -> Result<Vec<(ChunkRef, Vec<ChunkRef>)>> {
-        crate::steps::each_chunk(self.engine(), table, label, params).await
-    }
-
-    /// The chunks of `table` a statement with `predicate` must visit, as one partition: all of
-    /// them, less those their statistics rule out.
-    async fn candidates(
-        &self,
-        table: &DTable,
-        schema: &DFSchema,
-        predicate: Option<&Expr>,
-    ) -> Result<DTable> {
-        let chunks = match predicate {
-            Some(p) => {
-                self.chunk_stats()
-                    .chunks_maybe_matching(&self.planner_state(), table, schema, p)
-                    .await?
-            }
-            None => table.chunks().cloned().collect(),
-        };
-        Ok(DTable::new(table.schema().clone(), vec![chunks]))
-    }
-
-    /// `UPDATE name SET columns[k] = exprs[k] WHERE predicate`: the expressions are over
-    /// `schema` (the table's columns, qualified as the statement names them). Returns the
-    /// number of rows updated.
-    pub(crate) async fn update_rows(
-        &self,
-        name: &str,
-        schema: &DFSchema,
-        predicate: Option<Expr>,
-        assignments: Vec<(usize, Expr)>,
-    ) -> Result<u64> {
-        let _one_at_a_time = self.mutation_lock().lock().await;
-        let table = self.table(name)?;
-        if assignments.is_empty() {
-            return Ok(0);
+/// The chunks of `table` a statement with `predicate` must visit, as one partition: all of
+/// them, less those their statistics rule out.
+async fn candidates(
+    core: &SessionCore,
+    table: &DTable,
+    schema: &DFSchema,
+    predicate: Option<&Expr>,
+) -> Result<DTable> {
+    let chunks = match predicate {
+        Some(p) => {
+            core.chunk_stats()
+                .chunks_maybe_matching(&core.planner_state(), table, schema, p)
+                .await?
         }
-        let columns: Vec<usize> = assignments.iter().map(|(c, _)| *c).collect();
-        let table = match table.hash_keys() {
-            // New key values would hash elsewhere; the rows stay where they are, so the table's
-            // partitioning is no longer known. Dropped before any row changes.
-            Some(keys)
-                if columns
-                    .iter()
-                    .any(|&c| keys.contains(table.schema().field(c).name())) =>
-            {
-                let plain = table.without_hash_keys();
-                self.register_replacing(name, plain.clone())?;
-                plain
-            }
-            _ => table,
-        };
-        let exprs = assignments
-            .into_iter()
-            .map(|(c, e)| (e, table.schema().field(c).name().clone()))
-            .collect();
-        let candidates = self.candidates(&table, schema, predicate.as_ref()).await?;
-        let plan = mutation_plan(self, schema, predicate, exprs)?;
-        let step = Step::UpdatePrepare {
-            columns: columns.clone(),
-        };
-        let prepared = self.per_chunk(&candidates, &step, &plan).await?;
-        let pending: Vec<(ChunkRef, ChunkRef)> = prepared
-            .into_iter()
-            .filter_map(|(c, p)| Some((c, p?)))
-            .collect();
-        let rows = pending.iter().map(|(_, p)| p.rows).sum();
-        let apply = Step::UpdateApply {
-            columns: columns.clone(),
-        };
-        let params = encode_with_header(&apply, &[]);
-        let handles: Vec<_> = self.with_catalog_locked(|| {
-            pending
+        None => table.chunks().cloned().collect(),
+    };
+    Ok(DTable::new(table.schema().clone(), vec![chunks]))
+}
+
+/// `UPDATE name SET columns[k] = exprs[k] WHERE predicate`: the expressions are over
+/// `schema` (the table's columns, qualified as the statement names them). Returns the
+/// number of rows updated.
+pub(crate) async fn update_rows(
+    core: &SessionCore,
+    name: &str,
+    schema: &DFSchema,
+    predicate: Option<Expr>,
+    assignments: Vec<(usize, Expr)>,
+) -> Result<u64> {
+    let _one_at_a_time = core.mutation_lock().lock().await;
+    let table = core.table(name)?;
+    if assignments.is_empty() {
+        return Ok(0);
+    }
+    let columns: Vec<usize> = assignments.iter().map(|(c, _)| *c).collect();
+    let table = match table.hash_keys() {
+        // New key values would hash elsewhere; the rows stay where they are, so the table's
+        // partitioning is no longer known. Dropped before any row changes.
+        Some(keys)
+            if columns
                 .iter()
-                .map(|(target, values)| {
-                    self.engine().spawn(
-                        MUTATE_KERNEL,
-                        vec![Arg::read_write(target), Arg::read(values)],
-                        TaskOptions::new()
-                            .params(params.clone())
-                            .label("UpdateApply"),
-                    )
+                .any(|&c| keys.contains(table.schema().field(c).name())) =>
+        {
+            let plain = table.without_hash_keys();
+            core.register_replacing(name, plain.clone())?;
+            plain
+        }
+        _ => table,
+    };
+    let exprs = assignments
+        .into_iter()
+        .map(|(c, e)| (e, table.schema().field(c).name().clone()))
+        .collect();
+    let candidates = candidates(core, &table, schema, predicate.as_ref()).await?;
+    let plan = mutation_plan(core, schema, predicate, exprs)?;
+    let step = Step::UpdatePrepare {
+        columns: columns.clone(),
+    };
+    let prepared = per_chunk(core, &candidates, &step, &plan).await?;
+    let pending: Vec<(ChunkRef, ChunkRef)> = prepared
+        .into_iter()
+        .filter_map(|(c, p)| Some((c, p?)))
+        .collect();
+    let rows = pending.iter().map(|(_, p)| p.rows).sum();
+    let apply = Step::UpdateApply {
+        columns: columns.clone(),
+    };
+    let params = encode_with_header(&apply, &[]);
+    let handles: Vec<_> = core.with_catalog_locked(|| {
+        pending
+            .iter()
+            .map(|(target, values)| {
+                core.engine().spawn(
+                    MUTATE_KERNEL,
+                    vec![Arg::read_write(target), Arg::read(values)],
+                    TaskOptions::new()
+                        .params(params.clone())
+                        .label("UpdateApply"),
+                )
+            })
+            .collect()
+    });
+    let mut failure = None;
+    for h in handles {
+        if let Err(e) = h.join().await {
+            failure.get_or_insert(e);
+        }
+    }
+    core.chunk_stats()
+        .forget_stats(pending.iter().map(|(t, _)| t.id), &columns);
+    let values: Vec<ChunkRef> = pending.into_iter().map(|(_, v)| v).collect();
+    core.engine().free(&values)?;
+    match failure {
+        // The prepared values were checked (types, overflow) in the first phase; an apply
+        // task fails only when the engine does (a lost worker).
+        Some(e) => Err(e.into()),
+        None => Ok(rows),
+    }
+}
+
+/// `DELETE FROM name WHERE predicate` (over `schema`); without a predicate, every row.
+/// Returns the number of rows deleted.
+pub(crate) async fn delete_rows(
+    core: &SessionCore,
+    name: &str,
+    schema: &DFSchema,
+    predicate: Option<Expr>,
+) -> Result<u64> {
+    let _one_at_a_time = core.mutation_lock().lock().await;
+    let table = core.table(name)?;
+    let Some(predicate) = predicate else {
+        return truncate_locked(core, name, table);
+    };
+    let candidates = candidates(core, &table, schema, Some(&predicate)).await?;
+    let plan = mutation_plan(core, schema, Some(predicate), Vec::new())?;
+    let kept = per_chunk(core, &candidates, &Step::Delete, &plan).await?;
+    let mut deleted = 0;
+    let mut empty = Vec::new();
+    let replaced: HashMap<_, _> = kept
+        .into_iter()
+        .filter_map(|(old, new)| {
+            let new = new?;
+            deleted += old.rows - new.rows;
+            if new.rows == 0 {
+                empty.push(new);
+                return Some((old.id, None));
+            }
+            core.chunk_stats().inherit_stats(old.id, new.id, &[]);
+            Some((old.id, Some(new)))
+        })
+        .collect();
+    core.engine().free(&empty)?;
+    if deleted == 0 {
+        return Ok(0);
+    }
+    let partitions = table
+        .partitions()
+        .iter()
+        .map(|p| {
+            p.iter()
+                .filter_map(|c| match replaced.get(&c.id) {
+                    Some(new) => new.clone(),
+                    None => Some(c.clone()),
                 })
                 .collect()
+        })
+        .collect();
+    core.register_replacing(name, table.with_subsets(partitions))?;
+    Ok(deleted)
+}
+
+/// `TRUNCATE name`: every row goes; the table keeps its schema and partition count.
+pub(crate) async fn truncate_rows(core: &SessionCore, name: &str) -> Result<u64> {
+    let _one_at_a_time = core.mutation_lock().lock().await;
+    let table = core.table(name)?;
+    truncate_locked(core, name, table)
+}
+
+fn truncate_locked(core: &SessionCore, name: &str, table: DTable) -> Result<u64> {
+    let rows = table.num_rows();
+    let partitions = vec![Vec::new(); table.num_partitions()];
+    core.register_replacing(name, table.with_subsets(partitions))?;
+    Ok(rows)
+}
+
+/// Replaces the table's columns by `exprs` (over `schema`), evaluated chunk by chunk where
+/// the chunks live: what `ADD COLUMN` and `DROP COLUMN` do. Columns passed through as they
+/// are share their buffers with the old chunks: nothing is copied.
+pub(crate) async fn project_columns(
+    core: &SessionCore,
+    name: &str,
+    schema: &DFSchema,
+    exprs: Vec<(Expr, String)>,
+    nullable: Vec<bool>,
+) -> Result<()> {
+    let _one_at_a_time = core.mutation_lock().lock().await;
+    let table = core.table(name)?;
+    let plan = mutation_plan(core, schema, None, exprs)?;
+    let computed =
+        crate::kernels::fragment::decode_fragment(&plan, &core.planner().task_ctx())?.schema();
+    let fields: Vec<Field> = computed
+        .fields()
+        .iter()
+        .zip(&nullable)
+        .map(|(f, n)| f.as_ref().clone().with_nullable(f.is_nullable() || *n))
+        .collect();
+    let new_schema = Arc::new(Schema::new(fields));
+    let step = Step::Project { nullable };
+    let projected = per_chunk(core, &table, &step, &plan).await?;
+    let replaced: HashMap<_, _> = projected
+        .into_iter()
+        .filter_map(|(old, new)| Some((old.id, new?)))
+        .collect();
+    let partitions = table
+        .partitions()
+        .iter()
+        .map(|p| {
+            p.iter()
+                .filter_map(|c| replaced.get(&c.id).cloned())
+                .collect()
+        })
+        .collect();
+    core.register_replacing(name, DTable::new(new_schema, partitions))?;
+    Ok(())
+}
+
+/// Adds column `column` = `value` (over `schema`); the existing columns keep their buffers.
+/// `nullable` makes the new column nullable even where `value` is not (a literal default).
+pub(crate) async fn add_column(
+    core: &SessionCore,
+    table: &str,
+    schema: &DFSchema,
+    value: Expr,
+    column: String,
+    nullable: bool,
+) -> Result<()> {
+    let mut exprs = as_they_are(schema);
+    exprs.push((value, column));
+    let mut flags = vec![false; exprs.len()];
+    *flags.last_mut().expect("the new column") = nullable;
+    project_columns(core, table, schema, exprs, flags).await
+}
+
+/// Renames a column: only the catalog changes (chunks are read by position).
+pub(crate) async fn rename_column_in(
+    core: &SessionCore,
+    name: &str,
+    from: &str,
+    to: &str,
+) -> Result<()> {
+    let _one_at_a_time = core.mutation_lock().lock().await;
+    let table = core.table(name)?;
+    let schema = table.schema();
+    let i = schema.index_of(from)?;
+    if schema.index_of(to).is_ok() {
+        return Err(DirkError::SchemaMismatch {
+            detail: format!("table `{name}` already has a column `{to}`"),
         });
-        let mut failure = None;
-        for h in handles {
-            if let Err(e) = h.join().await {
-                failure.get_or_insert(e);
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(j, f)| {
+            let f = f.as_ref().clone();
+            if j == i {
+                f.with_name(to)
+            } else {
+                f
             }
-        }
-        self.chunk_stats()
-            .forget_stats(pending.iter().map(|(t, _)| t.id), &columns);
-        let values: Vec<ChunkRef> = pending.into_iter().map(|(_, v)| v).collect();
-        self.engine().free(&values)?;
-        match failure {
-            // The prepared values were checked (types, overflow) in the first phase; an apply
-            // task fails only when the engine does (a lost worker).
-            Some(e) => Err(e.into()),
-            None => Ok(rows),
-        }
-    }
+        })
+        .collect();
+    let new_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let partitions = table.partitions().to_vec();
+    core.register_replacing(name, DTable::new(new_schema, partitions))
+}
 
-    /// `DELETE FROM name WHERE predicate` (over `schema`); without a predicate, every row.
-    /// Returns the number of rows deleted.
-    pub(crate) async fn delete_rows(
-        &self,
-        name: &str,
-        schema: &DFSchema,
-        predicate: Option<Expr>,
-    ) -> Result<u64> {
-        let _one_at_a_time = self.mutation_lock().lock().await;
-        let table = self.table(name)?;
-        let Some(predicate) = predicate else {
-            return self.truncate_locked(name, table);
-        };
-        let candidates = self.candidates(&table, schema, Some(&predicate)).await?;
-        let plan = mutation_plan(self, schema, Some(predicate), Vec::new())?;
-        let kept = self.per_chunk(&candidates, &Step::Delete, &plan).await?;
-        let mut deleted = 0;
-        let mut empty = Vec::new();
-        let replaced: HashMap<_, _> = kept
-            .into_iter()
-            .filter_map(|(old, new)| {
-                let new = new?;
-                deleted += old.rows - new.rows;
-                if new.rows == 0 {
-                    empty.push(new);
-                    return Some((old.id, None));
-                }
-                self.chunk_stats().inherit_stats(old.id, new.id, &[]);
-                Some((old.id, Some(new)))
-            })
-            .collect();
-        self.engine().free(&empty)?;
-        if deleted == 0 {
-            return Ok(0);
-        }
-        let partitions = table
-            .partitions()
-            .iter()
-            .map(|p| {
-                p.iter()
-                    .filter_map(|c| match replaced.get(&c.id) {
-                        Some(new) => new.clone(),
-                        None => Some(c.clone()),
-                    })
-                    .collect()
-            })
-            .collect();
-        self.register_replacing(name, table.with_subsets(partitions))?;
-        Ok(deleted)
+/// Renames a table: only the catalog changes.
+pub(crate) async fn rename_table_to(core: &SessionCore, from: &str, to: &str) -> Result<()> {
+    let _one_at_a_time = core.mutation_lock().lock().await;
+    let table = core.table(from)?;
+    if core.table(to).is_ok() {
+        return Err(DirkError::TableExists { name: to.into() });
     }
-
-    /// `TRUNCATE name`: every row goes; the table keeps its schema and partition count.
-    pub(crate) async fn truncate_rows(&self, name: &str) -> Result<u64> {
-        let _one_at_a_time = self.mutation_lock().lock().await;
-        let table = self.table(name)?;
-        self.truncate_locked(name, table)
-    }
-
-    fn truncate_locked(&self, name: &str, table: DTable) -> Result<u64> {
-        let rows = table.num_rows();
-        let partitions = vec![Vec::new(); table.num_partitions()];
-        self.register_replacing(name, table.with_subsets(partitions))?;
-        Ok(rows)
-    }
-
-    /// Replaces the table's columns by `exprs` (over `schema`), evaluated chunk by chunk where
-    /// the chunks live: what `ADD COLUMN` and `DROP COLUMN` do. Columns passed through as they
-    /// are share their buffers with the old chunks: nothing is copied.
-    pub(crate) async fn project_columns(
-        &self,
-        name: &str,
-        schema: &DFSchema,
-        exprs: Vec<(Expr, String)>,
-        nullable: Vec<bool>,
-    ) -> Result<()> {
-        let _one_at_a_time = self.mutation_lock().lock().await;
-        let table = self.table(name)?;
-        let plan = mutation_plan(self, schema, None, exprs)?;
-        let computed =
-            crate::kernels::fragment::decode_fragment(&plan, &self.planner().task_ctx())?.schema();
-        let fields: Vec<Field> = computed
-            .fields()
-            .iter()
-            .zip(&nullable)
-            .map(|(f, n)| f.as_ref().clone().with_nullable(f.is_nullable() || *n))
-            .collect();
-        let new_schema = Arc::new(Schema::new(fields));
-        let step = Step::Project { nullable };
-        let projected = self.per_chunk(&table, &step, &plan).await?;
-        let replaced: HashMap<_, _> = projected
-            .into_iter()
-            .filter_map(|(old, new)| Some((old.id, new?)))
-            .collect();
-        let partitions = table
-            .partitions()
-            .iter()
-            .map(|p| {
-                p.iter()
-                    .filter_map(|c| replaced.get(&c.id).cloned())
-                    .collect()
-            })
-            .collect();
-        self.register_replacing(name, DTable::new(new_schema, partitions))?;
-        Ok(())
-    }
-
-    /// Adds column `column` = `value` (over `schema`); the existing columns keep their buffers.
-    /// `nullable` makes the new column nullable even where `value` is not (a literal default).
-    async fn add_column(
-        &self,
-        table: &str,
-        schema: &DFSchema,
-        value: Expr,
-        column: String,
-        nullable: bool,
-    ) -> Result<()> {
-        let mut exprs = as_they_are(schema);
-        exprs.push((value, column));
-        let mut flags = vec![false; exprs.len()];
-        *flags.last_mut().expect("the new column") = nullable;
-        self.project_columns(table, schema, exprs, flags).await
-    }
-
-    /// Renames a column: only the catalog changes (chunks are read by position).
-    pub(crate) async fn rename_column_in(&self, name: &str, from: &str, to: &str) -> Result<()> {
-        let _one_at_a_time = self.mutation_lock().lock().await;
-        let table = self.table(name)?;
-        let schema = table.schema();
-        let i = schema.index_of(from)?;
-        if schema.index_of(to).is_ok() {
-            return Err(DirkError::SchemaMismatch {
-                detail: format!("table `{name}` already has a column `{to}`"),
-            });
-        }
-        let fields: Vec<Field> = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(j, f)| {
-                let f = f.as_ref().clone();
-                if j == i {
-                    f.with_name(to)
-                } else {
-                    f
-                }
-            })
-            .collect();
-        let new_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
-        let partitions = table.partitions().to_vec();
-        self.register_replacing(name, DTable::new(new_schema, partitions))
-    }
-
-    /// Renames a table: only the catalog changes.
-    pub(crate) async fn rename_table_to(&self, from: &str, to: &str) -> Result<()> {
-        let _one_at_a_time = self.mutation_lock().lock().await;
-        let table = self.table(from)?;
-        if self.table(to).is_ok() {
-            return Err(DirkError::TableExists { name: to.into() });
-        }
-        self.register_moved(from, to, table)
-    }
+    core.register_moved(from, to, table)
 }
 
 /// Every column of `schema` as it is, under its own name: the start of a projection that adds
@@ -413,187 +407,206 @@ fn unsupported(what: impl Into<String>) -> DirkError {
     DirkError::Unsupported { what: what.into() }
 }
 
-impl Session {
-    /// `INSERT INTO name <plan>`: the new rows become new chunks of the table.
-    pub(crate) async fn insert_plan(&self, name: &str, input: LogicalPlan) -> Result<u64> {
-        let _one_at_a_time = self.mutation_lock().lock().await;
-        let mut table = self.table(name)?;
-        let new = self.run_plan(input).await?;
-        let rows = new.num_rows();
-        table.append(new)?;
-        self.register_replacing(name, table)?;
-        Ok(rows)
-    }
+/// `INSERT INTO name <plan>`: the new rows become new chunks of the table.
+pub(crate) async fn insert_plan(core: &SessionCore, name: &str, input: LogicalPlan) -> Result<u64> {
+    let _one_at_a_time = core.mutation_lock().lock().await;
+    let mut table = core.table(name)?;
+    let new = core.run_plan(input).await?;
+    let rows = new.num_rows();
+    table.append(new)?;
+    core.register_replacing(name, table)?;
+    Ok(rows)
+}
 
-    /// `UPDATE`, from DataFusion's plan: a projection of every column (assigned ones replaced
-    /// by their new value, cast to the column's type) over the `WHERE` filter over the scan.
-    pub(crate) async fn update_from_plan(&self, name: &str, input: &LogicalPlan) -> Result<u64> {
-        let LogicalPlan::Projection(p) = input else {
-            return Err(unsupported(format!(
-                "UPDATE planned as {}",
-                input.display()
-            )));
+/// An `UPDATE` or `DELETE` that reads only its target's rows, each row on its own (no join, no
+/// subquery): it runs chunk by chunk where the chunks live.
+#[derive(Debug)]
+pub(crate) struct Chunkwise {
+    table: String,
+    /// The target's columns, qualified as the statement names them.
+    schema: DFSchemaRef,
+    predicate: Option<Expr>,
+    /// For an `UPDATE`: each assigned column and its new value, cast to the column's type.
+    assignments: Option<Vec<(usize, Expr)>>,
+}
+
+impl Chunkwise {
+    /// `plan` (an `UPDATE` or `DELETE` as DataFusion plans it) as a chunkwise change, or `None`
+    /// when it reads more than its target's rows one by one.
+    ///
+    /// DataFusion plans `UPDATE` as a projection of every column (assigned ones replaced by
+    /// their new value) over the `WHERE` filter over the scan, and `DELETE` as the filter over
+    /// the scan.
+    pub(crate) fn of(plan: &LogicalPlan) -> Option<Chunkwise> {
+        let LogicalPlan::Dml(dml) = plan else {
+            return None;
         };
-        let (predicate, source) = match p.input.as_ref() {
+        let (projection, filtered) = match (&dml.op, dml.input.as_ref()) {
+            (WriteOp::Update, LogicalPlan::Projection(p)) => (Some(p), p.input.as_ref()),
+            (WriteOp::Delete, input) => (None, input),
+            _ => return None,
+        };
+        let (predicate, source) = match filtered {
             LogicalPlan::Filter(f) => (Some(f.predicate.clone()), f.input.as_ref()),
             other => (None, other),
         };
-        let Some(source) = target_scan(source) else {
-            return Err(unsupported(
-                "UPDATE ... FROM another table (a join): only the target table's own columns \
-                 may be read",
-            ));
-        };
-        let schema = source.schema();
-        let mut assignments = Vec::new();
-        for (i, e) in p.expr.iter().enumerate() {
-            let e = e.clone().unalias();
-            if let Expr::Column(c) = &e {
-                if schema.index_of_column(c).ok() == Some(i) {
-                    continue;
+        let source = target_scan(source)?;
+        let schema = Arc::clone(source.schema());
+        let assignments = match projection {
+            None => None,
+            Some(p) => {
+                let mut assignments = Vec::new();
+                for (i, e) in p.expr.iter().enumerate() {
+                    let e = e.clone().unalias();
+                    if let Expr::Column(c) = &e {
+                        if schema.index_of_column(c).ok() == Some(i) {
+                            continue;
+                        }
+                    }
+                    assignments.push((i, e));
                 }
+                Some(assignments)
             }
-            assignments.push((i, e));
-        }
-        if predicate
+        };
+        let reads_other_tables = predicate
             .iter()
-            .chain(assignments.iter().map(|(_, e)| e))
-            .any(has_subquery)
-        {
-            return Err(unsupported("UPDATE with a subquery"));
+            .chain(assignments.iter().flatten().map(|(_, e)| e))
+            .any(has_subquery);
+        if reads_other_tables {
+            return None;
         }
-        self.update_rows(name, schema, predicate, assignments).await
+        Some(Chunkwise {
+            table: dml.table_name.table().to_string(),
+            schema,
+            predicate,
+            assignments,
+        })
     }
+}
 
-    /// `DELETE`, from DataFusion's plan: the `WHERE` filter over the scan.
-    pub(crate) async fn delete_from_plan(&self, name: &str, input: &LogicalPlan) -> Result<u64> {
-        let (predicate, source) = match input {
-            LogicalPlan::Filter(f) => (Some(f.predicate.clone()), f.input.as_ref()),
-            other => (None, other),
-        };
-        let Some(source) = target_scan(source) else {
-            return Err(unsupported(format!(
-                "DELETE planned as {}",
-                input.display()
-            )));
-        };
-        if predicate.as_ref().is_some_and(has_subquery) {
-            return Err(unsupported("DELETE with a subquery"));
+/// Runs a [`Chunkwise`] change; returns the rows it changed.
+pub(crate) async fn run_chunkwise(core: &SessionCore, change: Chunkwise) -> Result<u64> {
+    let Chunkwise {
+        table,
+        schema,
+        predicate,
+        assignments,
+    } = change;
+    match assignments {
+        Some(assignments) => update_rows(core, &table, &schema, predicate, assignments).await,
+        None => delete_rows(core, &table, &schema, predicate).await,
+    }
+}
+
+/// `ALTER TABLE`: `ADD [COLUMN]`, `DROP [COLUMN]`, `RENAME [COLUMN]`, `RENAME TO`. Returns
+/// the rows whose shape changed (every row for `ADD`/`DROP`; none for renames).
+pub(crate) async fn alter_table(core: &SessionCore, alter: &ast::AlterTable) -> Result<u64> {
+    let mut name = object_name(&alter.name)?;
+    if core.table(&name).is_err() {
+        if alter.if_exists {
+            return Ok(0);
         }
-        self.delete_rows(name, source.schema(), predicate).await
+        return Err(DirkError::TableNotFound { name });
     }
-
-    /// `ALTER TABLE`: `ADD [COLUMN]`, `DROP [COLUMN]`, `RENAME [COLUMN]`, `RENAME TO`. Returns
-    /// the rows whose shape changed (every row for `ADD`/`DROP`; none for renames).
-    pub(crate) async fn alter_table(&self, alter: &ast::AlterTable) -> Result<u64> {
-        let mut name = object_name(&alter.name)?;
-        if self.table(&name).is_err() {
-            if alter.if_exists {
-                return Ok(0);
+    let mut rows = 0;
+    for op in &alter.operations {
+        match op {
+            ast::AlterTableOperation::AddColumn {
+                if_not_exists,
+                column_def,
+                ..
+            } => {
+                let column = ident_name(&column_def.name);
+                let table = core.table(&name)?;
+                if table.schema().index_of(&column).is_ok() {
+                    if *if_not_exists {
+                        continue;
+                    }
+                    return Err(DirkError::SchemaMismatch {
+                        detail: format!("table `{name}` already has a column `{column}`"),
+                    });
+                }
+                let mut default = None;
+                let mut not_null = false;
+                for o in &column_def.options {
+                    match &o.option {
+                        ast::ColumnOption::Default(e) => default = Some(e.to_string()),
+                        ast::ColumnOption::NotNull => not_null = true,
+                        ast::ColumnOption::Null => {}
+                        other => {
+                            return Err(unsupported(format!("ADD COLUMN ... {other}")));
+                        }
+                    }
+                }
+                if not_null && default.is_none() && table.num_rows() > 0 {
+                    return Err(DirkError::SchemaMismatch {
+                        detail: format!(
+                            "column `{column}` is NOT NULL and has no DEFAULT for the \
+                             table's {} rows",
+                            table.num_rows()
+                        ),
+                    });
+                }
+                // DataFusion turns the SQL type and the default into an expression.
+                let sql = format!(
+                    "SELECT CAST({} AS {})",
+                    default.as_deref().unwrap_or("NULL"),
+                    column_def.data_type
+                );
+                let plan = core.planner_state().create_logical_plan(&sql).await?;
+                let LogicalPlan::Projection(p) = plan else {
+                    return Err(unsupported(format!("default {sql}")));
+                };
+                let value = p.expr[0].clone().unalias();
+                let schema = DFSchema::try_from_qualified_schema(name.as_str(), table.schema())?;
+                add_column(core, &name, &schema, value, column, !not_null).await?;
+                rows = rows.max(table.num_rows());
             }
-            return Err(DirkError::TableNotFound { name });
-        }
-        let mut rows = 0;
-        for op in &alter.operations {
-            match op {
-                ast::AlterTableOperation::AddColumn {
-                    if_not_exists,
-                    column_def,
-                    ..
-                } => {
-                    let column = ident_name(&column_def.name);
-                    let table = self.table(&name)?;
-                    if table.schema().index_of(&column).is_ok() {
-                        if *if_not_exists {
+            ast::AlterTableOperation::DropColumn {
+                column_names,
+                if_exists,
+                ..
+            } => {
+                let table = core.table(&name)?;
+                let mut gone = Vec::new();
+                for c in column_names {
+                    let c = ident_name(c);
+                    if table.schema().index_of(&c).is_err() {
+                        if *if_exists {
                             continue;
                         }
                         return Err(DirkError::SchemaMismatch {
-                            detail: format!("table `{name}` already has a column `{column}`"),
+                            detail: format!("table `{name}` has no column `{c}`"),
                         });
                     }
-                    let mut default = None;
-                    let mut not_null = false;
-                    for o in &column_def.options {
-                        match &o.option {
-                            ast::ColumnOption::Default(e) => default = Some(e.to_string()),
-                            ast::ColumnOption::NotNull => not_null = true,
-                            ast::ColumnOption::Null => {}
-                            other => {
-                                return Err(unsupported(format!("ADD COLUMN ... {other}")));
-                            }
-                        }
-                    }
-                    if not_null && default.is_none() && table.num_rows() > 0 {
-                        return Err(DirkError::SchemaMismatch {
-                            detail: format!(
-                                "column `{column}` is NOT NULL and has no DEFAULT for the \
-                                 table's {} rows",
-                                table.num_rows()
-                            ),
-                        });
-                    }
-                    // DataFusion turns the SQL type and the default into an expression.
-                    let sql = format!(
-                        "SELECT CAST({} AS {})",
-                        default.as_deref().unwrap_or("NULL"),
-                        column_def.data_type
-                    );
-                    let plan = self.planner_state().create_logical_plan(&sql).await?;
-                    let LogicalPlan::Projection(p) = plan else {
-                        return Err(unsupported(format!("default {sql}")));
-                    };
-                    let value = p.expr[0].clone().unalias();
-                    let schema =
-                        DFSchema::try_from_qualified_schema(name.as_str(), table.schema())?;
-                    self.add_column(&name, &schema, value, column, !not_null)
-                        .await?;
-                    rows = rows.max(table.num_rows());
+                    gone.push(c);
                 }
-                ast::AlterTableOperation::DropColumn {
-                    column_names,
-                    if_exists,
-                    ..
-                } => {
-                    let table = self.table(&name)?;
-                    let mut gone = Vec::new();
-                    for c in column_names {
-                        let c = ident_name(c);
-                        if table.schema().index_of(&c).is_err() {
-                            if *if_exists {
-                                continue;
-                            }
-                            return Err(DirkError::SchemaMismatch {
-                                detail: format!("table `{name}` has no column `{c}`"),
-                            });
-                        }
-                        gone.push(c);
-                    }
-                    let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
-                    rows = rows.max(self.drop_columns(&name, &refs).await?);
-                }
-                ast::AlterTableOperation::RenameColumn {
-                    old_column_name,
-                    new_column_name,
-                } => {
-                    self.rename_column(
-                        &name,
-                        &ident_name(old_column_name),
-                        &ident_name(new_column_name),
-                    )
-                    .await?;
-                }
-                ast::AlterTableOperation::RenameTable { table_name } => {
-                    let to = match table_name {
-                        ast::RenameTableNameKind::As(n) | ast::RenameTableNameKind::To(n) => {
-                            object_name(n)?
-                        }
-                    };
-                    self.rename_table_to(&name, &to).await?;
-                    name = to;
-                }
-                other => return Err(unsupported(format!("ALTER TABLE ... {other}"))),
+                let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
+                rows = rows.max(inplace::drop_columns(core, &name, &refs).await?);
             }
+            ast::AlterTableOperation::RenameColumn {
+                old_column_name,
+                new_column_name,
+            } => {
+                rename_column_in(
+                    core,
+                    &name,
+                    &ident_name(old_column_name),
+                    &ident_name(new_column_name),
+                )
+                .await?;
+            }
+            ast::AlterTableOperation::RenameTable { table_name } => {
+                let to = match table_name {
+                    ast::RenameTableNameKind::As(n) | ast::RenameTableNameKind::To(n) => {
+                        object_name(n)?
+                    }
+                };
+                rename_table_to(core, &name, &to).await?;
+                name = to;
+            }
+            other => return Err(unsupported(format!("ALTER TABLE ... {other}"))),
         }
-        Ok(rows)
     }
+    Ok(rows)
 }
