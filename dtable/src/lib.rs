@@ -15,6 +15,8 @@ mod dml;
 pub mod error;
 pub mod exec;
 mod executor;
+#[cfg(test)]
+mod fuzz;
 mod ingest;
 mod kernels;
 mod layout;
@@ -28,6 +30,7 @@ mod steps;
 pub mod stream;
 pub mod table;
 pub mod tpch;
+mod wire;
 
 pub use builder::{SessionBuilder, Workers};
 pub use dataframe::{DataFrame, GroupBy};

@@ -20,13 +20,54 @@ use datafusion_proto::physical_plan::{
     PhysicalProtoConverterExtension,
 };
 use datafusion_proto::protobuf::{
-    physical_expr_node::ExprType, PhysicalExprNode, PhysicalExtensionExprNode, PhysicalPlanNode,
+    physical_expr_node::ExprType, physical_plan_node::PhysicalPlanType, PhysicalExprNode,
+    PhysicalExtensionExprNode, PhysicalPlanNode,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// The converter Dirk encodes and decodes fragments with.
 pub(crate) struct FieldPreservingConverter;
+
+/// Checks that `bytes` is an Arrow IPC stream whose messages fit in it, before arrow's stream
+/// reader sees it: the reader allocates each message's metadata and body by the lengths the
+/// message claims, so a fragment with a bogus length in a memory scan (a `VALUES` list) would
+/// abort the worker on a failed allocation instead of failing its task.
+fn check_ipc_stream(mut bytes: &[u8]) -> Result<()> {
+    let bad = |what: &str| {
+        DataFusionError::Plan(format!(
+            "a memory scan in the plan fragment is not valid Arrow IPC: {what}"
+        ))
+    };
+    let read_i32 = |b: &[u8]| -> Result<i32> {
+        let four = b.get(..4).ok_or_else(|| bad("truncated length"))?;
+        Ok(i32::from_le_bytes(four.try_into().expect("4 bytes")))
+    };
+    while !bytes.is_empty() {
+        let mut len = read_i32(bytes)?;
+        bytes = &bytes[4..];
+        if len == -1 {
+            len = read_i32(bytes)?;
+            bytes = &bytes[4..];
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = usize::try_from(len).map_err(|_| bad("negative length"))?;
+        let meta = bytes
+            .get(..len)
+            .ok_or_else(|| bad("metadata past the end"))?;
+        let meta = arrow::buffer::Buffer::from_slice_ref(meta);
+        let message =
+            arrow::ipc::root_as_message(&meta).map_err(|e| bad(&format!("metadata: {e}")))?;
+        let body = usize::try_from(message.bodyLength()).map_err(|_| bad("negative body"))?;
+        if body > bytes.len() - len {
+            return Err(bad("body past the end"));
+        }
+        bytes = &bytes[len + body..];
+    }
+    Ok(())
+}
 
 /// A Dirk expression node inside a fragment (the payload of a proto extension expression).
 #[derive(Serialize, Deserialize)]
@@ -41,6 +82,11 @@ impl PhysicalProtoConverterExtension for FieldPreservingConverter {
         proto: &PhysicalPlanNode,
         ctx: &PhysicalPlanDecodeContext<'_>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(PhysicalPlanType::MemoryScan(scan)) = &proto.physical_plan_type {
+            for partition in &scan.partitions {
+                check_ipc_stream(partition)?;
+            }
+        }
         self.default_proto_to_execution_plan(proto, ctx)
     }
 

@@ -55,7 +55,7 @@ pub use error::{EngineError, ErrorKind, Result};
 pub use eventlog::{EventLog, EventLogSnapshot, TaskRecord, TaskStatus, Transfer};
 pub use ids::{ChunkId, TaskId, WorkerId};
 pub use kernel::{FnKernel, Kernel, KernelCall, KernelInput, KernelRef, KernelRegistry};
-pub use processor::{CpuProcessor, FakeProcessor, Processor, ProcessorRef};
+pub use processor::{CpuProcessor, FakeProcessor, Processor, ProcessorRef, PROCESSOR_STACK};
 pub use scheduler::{ChunkEntry, Lineage};
 pub use scope::{ProcessorId, ProcessorKind, Scope};
 pub use task::{Access, Arg, TaskHandle, TaskJoin, TaskOptions, TaskOutput};

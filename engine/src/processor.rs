@@ -24,6 +24,11 @@ pub trait Processor: Send + Sync {
 /// Shared processor handle.
 pub type ProcessorRef = Arc<dyn Processor>;
 
+/// The stack of each processor thread. Kernels decode and run plans by recursion over their
+/// nodes (a 64-table join is hundreds of nodes deep); the memory is only reserved, and pages are
+/// touched as the stack grows.
+pub const PROCESSOR_STACK: usize = 64 << 20;
+
 /// A fixed pool of OS threads that runs jobs in arrival order.
 struct ThreadPool {
     sender: Option<Sender<Job>>,
@@ -40,6 +45,7 @@ impl ThreadPool {
                 let receiver = receiver.clone();
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
+                    .stack_size(PROCESSOR_STACK)
                     .spawn(move || {
                         while let Ok(job) = receiver.recv() {
                             job();

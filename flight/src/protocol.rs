@@ -34,6 +34,19 @@ pub const ATTACHMENT_HEADER: &str = "dirk-attachment";
 /// The environment variable the shell and `dirk worker` read the token from.
 pub const TOKEN_ENV: &str = "DIRK_TOKEN";
 
+/// The token to use: `given` (a `--token` flag), else [`TOKEN_ENV`], else none. The one place
+/// the token is read from the environment. An empty token is an error, not "no token".
+pub fn resolve_token(given: Option<String>) -> Result<Option<String>, EngineError> {
+    let token = given.or_else(|| std::env::var(TOKEN_ENV).ok());
+    match token {
+        Some(t) if t.trim().is_empty() => Err(EngineError::failed(
+            dirk_engine::ErrorKind::User,
+            format!("the token is empty (--token or {TOKEN_ENV}): give a secret, or none"),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// Action names.
 pub(crate) mod action {
     pub(crate) const HELLO: &str = "dirk.hello";
@@ -95,6 +108,24 @@ pub struct StatusReply {
     /// Its wall clock (µs since the Unix epoch) when it answered: each heartbeat refines the
     /// driver's estimate of the offset between the two clocks.
     pub clock_us: u64,
+}
+
+/// The next batch of a stream of Arrow data from the network. Malformed data is an error, never
+/// a panic: arrow's IPC reader slices buffers by the lengths a message claims before it
+/// validates them, and panics where they do not fit.
+pub(crate) async fn next_batch(
+    decoded: &mut arrow_flight::decode::FlightRecordBatchStream,
+) -> Option<Result<arrow::array::RecordBatch, arrow_flight::error::FlightError>> {
+    use futures::{FutureExt, StreamExt};
+    match std::panic::AssertUnwindSafe(decoded.next())
+        .catch_unwind()
+        .await
+    {
+        Ok(next) => next,
+        Err(_) => Some(Err(arrow_flight::error::FlightError::DecodeError(
+            "malformed Arrow data: a buffer is shorter than its message says".into(),
+        ))),
+    }
 }
 
 /// Encodes a message body.

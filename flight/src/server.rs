@@ -8,7 +8,7 @@
 use crate::client::{ClientOptions, RemoteWorker};
 use crate::protocol::{
     self, action, Hello, HelloReply, Peer, StatusReply, ATTACHMENT_HEADER, PROTOCOL_VERSION,
-    TOKEN_HEADER,
+    TOKEN_ENV, TOKEN_HEADER,
 };
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -36,8 +36,11 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct WorkerOptions {
     /// CPU threads for tasks (default: one per core).
     pub threads: Option<usize>,
-    /// The shared token every call must carry; `None` accepts every caller.
+    /// The shared token every call must carry. Without one the worker starts only when
+    /// [`insecure`](Self::insecure) is set and it listens on a loopback address.
     pub token: Option<String>,
+    /// Accept callers without a token (loopback addresses only): for a single machine's tests.
+    pub insecure: bool,
     /// TLS: the worker's certificate and key (PEM). Without them the worker speaks plain HTTP/2.
     pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     /// TLS: the certificate authority (PEM) to verify other workers by when fetching from them.
@@ -51,7 +54,21 @@ pub struct WorkerOptions {
     /// An attachment whose driver has not called for this long is dropped with its chunks
     /// (a driver that died); drivers send a heartbeat every second. Default 60 s.
     pub attachment_idle_timeout: Option<Duration>,
+    /// Drivers (sessions) attached at once; a `hello` beyond it is refused. Default
+    /// [`DEFAULT_MAX_ATTACHMENTS`].
+    pub max_attachments: Option<usize>,
+    /// The largest chunk one `do_put` may carry, in bytes of Arrow memory; a bigger one is
+    /// refused as soon as it passes the limit. Default [`DEFAULT_MAX_PUT_BYTES`].
+    pub max_put_bytes: Option<u64>,
 }
+
+/// Default of [`WorkerOptions::max_attachments`].
+pub const DEFAULT_MAX_ATTACHMENTS: usize = 64;
+/// Default of [`WorkerOptions::max_put_bytes`]: 16 GiB.
+pub const DEFAULT_MAX_PUT_BYTES: u64 = 16 << 30;
+/// Concurrent calls (HTTP/2 streams) per connection: a driver runs at most a few per task slot,
+/// a peer at most 8 fetches.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 impl WorkerOptions {
     /// CPU threads for tasks: [`WorkerOptions::threads`], else one per core.
@@ -113,12 +130,26 @@ impl WorkerServer {
             peer: format!("dirk worker --listen {listen}"),
             message,
         };
+        if options
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(bind_error("the token is empty: give a secret".into()));
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| bind_error(format!("cannot listen: {e}")))?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| bind_error(e.to_string()))?;
+        if options.token.is_none() && !(options.insecure && local_addr.ip().is_loopback()) {
+            return Err(bind_error(format!(
+                "a worker needs a token (--token or {TOKEN_ENV}); without one it accepts anyone \
+                 who reaches {local_addr} and runs what they send. `--insecure` allows no token \
+                 on a loopback address only"
+            )));
+        }
         let cpu: ProcessorRef = Arc::new(CpuProcessor::new(options.cpu_threads(), "dirk-worker"));
         let state = Arc::new(WorkerState {
             peer_client: ClientOptions {
@@ -142,7 +173,8 @@ impl WorkerServer {
             .initial_connection_window_size(protocol::CONNECTION_WINDOW)
             .max_frame_size(protocol::MAX_FRAME)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
         if let Some((cert, key)) = &state.options.tls_identity {
             builder = builder
                 .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
@@ -316,6 +348,17 @@ impl WorkerService {
                 hello.protocol, PROTOCOL_VERSION
             )));
         }
+        let max = self
+            .state
+            .options
+            .max_attachments
+            .unwrap_or(DEFAULT_MAX_ATTACHMENTS);
+        if self.state.attachments.lock().len() >= max {
+            return Err(Status::resource_exhausted(format!(
+                "this worker already serves {max} drivers (its limit); one must detach, or its \
+                 attachment expire, before another attaches"
+            )));
+        }
         let peers = PeerDirectory::default();
         let worker = Arc::new(
             InProcessWorker::with_processors(
@@ -468,9 +511,30 @@ impl FlightService for WorkerService {
             .chain(incoming)
             .map_err(|s| FlightError::Tonic(Box::new(s)));
         let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+        let max_bytes = self
+            .state
+            .options
+            .max_put_bytes
+            .unwrap_or(DEFAULT_MAX_PUT_BYTES);
+        let (mut rows, mut bytes) = (0u64, 0u64);
         let mut batches = Vec::new();
-        while let Some(batch) = decoded.next().await {
-            batches.push(batch.map_err(flight_status)?);
+        while let Some(batch) = protocol::next_batch(&mut decoded).await {
+            let batch = batch.map_err(flight_status)?;
+            rows += batch.num_rows() as u64;
+            bytes += batch.get_array_memory_size() as u64;
+            // Refused as soon as it is too big: nothing more is buffered.
+            if rows > header.rows {
+                return Err(Status::invalid_argument(format!(
+                    "do_put carried more than the {} rows its header announced",
+                    header.rows
+                )));
+            }
+            if bytes > max_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "do_put carried more than this worker's limit of {max_bytes} bytes per chunk"
+                )));
+            }
+            batches.push(batch);
         }
         let schema = decoded
             .schema()

@@ -52,6 +52,7 @@ async fn server(token: Option<&str>) -> WorkerServer {
         WorkerOptions {
             threads: Some(1),
             token: token.map(str::to_string),
+            insecure: token.is_none(),
             memory_limit: Some(1 << 30),
             ..WorkerOptions::default()
         },
@@ -139,6 +140,116 @@ async fn every_call_without_the_token_is_refused() {
     .expect("a wrong token is refused")
     .to_string();
     assert!(wrong.contains("wrong token"), "{wrong}");
+    srv.stop().await;
+}
+
+async fn start(listen: &str, options: WorkerOptions) -> Result<WorkerServer, String> {
+    WorkerServer::start(listen, registry(), options)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_needs_a_token_unless_insecure_on_loopback() {
+    let no_token = start("127.0.0.1:0", WorkerOptions::default())
+        .await
+        .err()
+        .expect("no token, not insecure");
+    assert!(no_token.contains("needs a token"), "{no_token}");
+    let open_wide = start(
+        "0.0.0.0:0",
+        WorkerOptions {
+            insecure: true,
+            ..WorkerOptions::default()
+        },
+    )
+    .await
+    .err()
+    .expect("insecure off loopback");
+    assert!(open_wide.contains("loopback address only"), "{open_wide}");
+    let empty = start(
+        "127.0.0.1:0",
+        WorkerOptions {
+            token: Some(" ".into()),
+            ..WorkerOptions::default()
+        },
+    )
+    .await
+    .err()
+    .expect("an empty token");
+    assert!(empty.contains("token is empty"), "{empty}");
+    assert!(dirk_flight::resolve_token(Some(String::new())).is_err());
+    assert_eq!(
+        dirk_flight::resolve_token(Some("t".into())).unwrap(),
+        Some("t".to_string())
+    );
+    let open = start(
+        "127.0.0.1:0",
+        WorkerOptions {
+            insecure: true,
+            ..WorkerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let w = RemoteWorker::connect(
+        &open.local_addr().to_string(),
+        WorkerId(0),
+        &ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    drop(w);
+    open.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_inputs_past_its_limits_and_keeps_serving() {
+    let srv = start(
+        "127.0.0.1:0",
+        WorkerOptions {
+            token: Some(TOKEN.into()),
+            max_attachments: Some(2),
+            max_put_bytes: Some(1 << 20),
+            ..WorkerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let addr = srv.local_addr().to_string();
+    let first = RemoteWorker::connect(&addr, WorkerId(0), &options())
+        .await
+        .unwrap();
+    let _second = RemoteWorker::connect(&addr, WorkerId(1), &options())
+        .await
+        .unwrap();
+    let third = RemoteWorker::connect(&addr, WorkerId(2), &options())
+        .await
+        .err()
+        .expect("a third driver past the limit of 2")
+        .to_string();
+    assert!(third.contains("already serves 2 drivers"), "{third}");
+    let first = Arc::new(first);
+    let (big, small) = (
+        Chunk::from_batch(ints((0..1_000_000).map(Some))),
+        Chunk::from_batch(ints((0..100).map(Some))),
+    );
+    let w = first.clone();
+    let (refused, kept) = tokio::task::spawn_blocking(move || {
+        let refused = w.store_chunk(None, Arc::new(big)).map(|_| ());
+        let kept = w
+            .store_chunk(None, Arc::new(small))
+            .and_then(|meta| w.fetch_chunk(meta.id));
+        (refused, kept)
+    })
+    .await
+    .unwrap();
+    let refused = refused
+        .expect_err("an 8 MB chunk past the 1 MiB limit")
+        .to_string();
+    assert!(refused.contains("limit of 1048576 bytes"), "{refused}");
+    assert_eq!(kept.unwrap().rows(), 100);
+    drop(first);
     srv.stop().await;
 }
 

@@ -17,19 +17,16 @@ pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let tls_ca = args.tls_ca.as_deref().map(read).transpose()?;
-    let token = args
-        .token
-        .clone()
-        .or_else(|| std::env::var(flight::TOKEN_ENV).ok())
-        .filter(|t| !t.is_empty());
+    let token = flight::resolve_token(args.token.clone())?;
     let options = WorkerOptions {
         threads: args.threads,
         token,
+        insecure: args.insecure,
         tls_identity,
         tls_ca,
         memory_limit: args.memory_limit,
         spill_dir: args.spill_dir.clone(),
-        attachment_idle_timeout: None,
+        ..WorkerOptions::default()
     };
     let registry = Arc::new(dirk_engine::KernelRegistry::with_builtins());
     dirk_dtable::register_kernels(&registry);
@@ -38,18 +35,15 @@ pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         .thread_name("dirk-worker-io")
         .enable_all()
         .build()?;
+    let open = options.token.is_none();
     runtime.block_on(async move {
-        let open = options.token.is_none();
         let server = WorkerServer::start(&args.listen, registry, options).await?;
         let addr = server.local_addr();
         let mut out = std::io::stdout();
         writeln!(out, "{}", flight::listening_line(addr))?;
         out.flush()?;
-        if open && !addr.ip().is_loopback() {
-            eprintln!(
-                "warning: no token (--token or {}): anyone who reaches {addr} can run tasks here",
-                flight::TOKEN_ENV
-            );
+        if open {
+            eprintln!("warning: --insecure: any user of this machine can run tasks on {addr}");
         }
         if args.exit_with_stdin {
             std::thread::spawn(|| {

@@ -112,8 +112,13 @@ struct WorkerArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Refuse calls that do not carry this token (default: the DIRK_TOKEN environment variable).
+    /// A worker needs one, unless `--insecure` on a loopback address.
     #[arg(long)]
     token: Option<String>,
+    /// Accept calls without a token. Allowed only on a loopback address (127.0.0.1, ::1), where
+    /// only this machine's users reach the worker.
+    #[arg(long)]
+    insecure: bool,
     /// TLS: this worker's certificate (PEM file).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -194,10 +199,7 @@ fn run_shell(cli: ShellArgs, local: Option<&cluster::LocalCluster>) -> anyhow::R
     if let Some(n) = cli.local_workers {
         builder = builder.workers(n);
     }
-    let token = cli
-        .token
-        .clone()
-        .or_else(|| std::env::var(dirk_dtable::flight::TOKEN_ENV).ok());
+    let token = dirk_dtable::flight::resolve_token(cli.token.clone())?;
     if let Some(cluster) = local {
         builder = builder.workers(cluster.addresses()).token(cluster.token());
     } else if !cli.workers.is_empty() {

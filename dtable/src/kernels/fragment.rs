@@ -116,6 +116,8 @@ pub(crate) fn decode_fragment(
     bytes: &[u8],
     ctx: &TaskContext,
 ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    crate::wire::nesting_depth(bytes, crate::wire::MAX_FRAGMENT_DEPTH)
+        .map_err(datafusion::error::DataFusionError::ResourcesExhausted)?;
     physical_plan_from_bytes_with_proto_converter(bytes, ctx, &DirkCodec, &FieldPreservingConverter)
         .and_then(restore_empty_grouping_set)
 }
