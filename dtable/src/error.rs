@@ -46,6 +46,35 @@ pub enum DirkError {
         /// What differs.
         detail: String,
     },
+    /// Code under Dirk (the planner) panicked on a statement; the session goes on.
+    #[error("internal error while {during}: {message}")]
+    Panicked {
+        /// What was being done.
+        during: String,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// Runs `work`, turning a panic inside it (DataFusion's planner panics on some malformed
+/// statements) into [`DirkError::Panicked`], so one statement cannot take the session down.
+pub(crate) async fn unless_panicked<T>(
+    during: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(DirkError::Panicked {
+            during: during.to_string(),
+            message: panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into())
+                .replace('\n', " "),
+        }),
+    }
 }
 
 impl DirkError {
@@ -56,6 +85,7 @@ impl DirkError {
             DirkError::DataFusion(e) => datafusion_kind(e),
             DirkError::Engine(e) => e.kind(),
             DirkError::TableChanged { .. } => ErrorKind::Retryable,
+            DirkError::Panicked { .. } => ErrorKind::Internal,
             DirkError::TableNotFound { .. }
             | DirkError::TableExists { .. }
             | DirkError::Unsupported { .. }

@@ -9,17 +9,19 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{internal_err, ColumnStatistics, Result, Statistics};
+use datafusion::common::{internal_err, ColumnStatistics, DataFusionError, Result, Statistics};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -32,9 +34,20 @@ pub type LeafId = u32;
 #[derive(Debug, Default)]
 pub struct TaskInputs {
     batches: HashMap<(LeafId, usize), Vec<RecordBatch>>,
+    /// The task's cancellation, checked by the leaves before each batch: a fragment whose
+    /// operators hold their output to the end (a join under an aggregate) still stops soon.
+    cancellation: Option<dirk_engine::Cancellation>,
 }
 
 impl TaskInputs {
+    /// Inputs of a task whose leaves stop with an error once `cancellation` says so.
+    pub fn cancelled_by(cancellation: dirk_engine::Cancellation) -> Self {
+        TaskInputs {
+            batches: HashMap::new(),
+            cancellation: Some(cancellation),
+        }
+    }
+
     /// Adds batches for partition `partition` of leaf `leaf`.
     pub fn add(&mut self, leaf: LeafId, partition: usize, batches: Vec<RecordBatch>) {
         self.batches
@@ -75,11 +88,20 @@ fn leaf_stream(
             Ok(with_schema(&b, schema)?)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Box::pin(MemoryStream::try_new(
-        batches,
+    let memory = MemoryStream::try_new(batches, schema.clone(), None)?;
+    let Some(cancellation) = inputs.cancellation.clone() else {
+        return Ok(Box::pin(memory));
+    };
+    let checked = memory.map(move |batch| {
+        if cancellation.is_cancelled() {
+            return Err(DataFusionError::Execution("the task was cancelled".into()));
+        }
+        batch
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
         schema.clone(),
-        None,
-    )?))
+        checked,
+    )))
 }
 
 fn leaf_properties(schema: &SchemaRef, partitions: usize) -> Arc<PlanProperties> {

@@ -6,7 +6,7 @@ use crate::builder::SessionBuilder;
 use crate::core::SessionCore;
 use crate::dataframe::DataFrame;
 use crate::dml::inplace;
-use crate::error::{DirkError, Result};
+use crate::error::{unless_panicked, DirkError, Result};
 use crate::stream::RecordBatchStream;
 use crate::table::DTable;
 use crate::tpch::TpchLayout;
@@ -92,7 +92,11 @@ impl Session {
     /// and return their result (for DML, the row count). See `router.rs` for where each kind of
     /// statement goes.
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
-        let df = crate::router::run_sql(&self.core, sql).await?;
+        let df = unless_panicked(
+            "planning the statement",
+            crate::router::run_sql(&self.core, sql),
+        )
+        .await?;
         Ok(self.frame(df))
     }
 
@@ -265,7 +269,11 @@ impl Session {
 
     /// Plans and runs a logical plan, streaming its result to the caller.
     pub(crate) async fn execute_stream(&self, plan: LogicalPlan) -> Result<RecordBatchStream> {
-        self.core.executor.execute_stream(plan).await
+        unless_panicked(
+            "planning the query",
+            self.core.executor.execute_stream(plan),
+        )
+        .await
     }
 
     /// The staged plan of `df`, as `EXPLAIN` shows it.

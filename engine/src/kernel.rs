@@ -128,8 +128,28 @@ pub struct KernelCall<'a> {
     pub processor: ProcessorKind,
     params: &'a [u8],
     inputs: Vec<KernelInput>,
-    cancels: &'a CancelSet,
+    cancels: &'a Arc<CancelSet>,
     env: &'a WorkerEnv,
+}
+
+/// Whether one task has been cancelled: see [`KernelCall::cancellation`].
+#[derive(Clone)]
+pub struct Cancellation {
+    cancels: Arc<CancelSet>,
+    task: TaskId,
+}
+
+impl Cancellation {
+    /// True once the task has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancels.is_cancelled(self.task)
+    }
+}
+
+impl std::fmt::Debug for Cancellation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cancellation({:?})", self.task)
+    }
 }
 
 impl<'a> KernelCall<'a> {
@@ -140,7 +160,7 @@ impl<'a> KernelCall<'a> {
         processor: ProcessorKind,
         params: &'a [u8],
         inputs: Vec<KernelInput>,
-        cancels: &'a CancelSet,
+        cancels: &'a Arc<CancelSet>,
         env: &'a WorkerEnv,
     ) -> Self {
         KernelCall {
@@ -200,6 +220,15 @@ impl<'a> KernelCall<'a> {
             )));
         }
         Ok(&mut input.chunk)
+    }
+
+    /// A handle that answers [`is_cancelled`](Self::is_cancelled) for this task and may be
+    /// kept beyond the call's borrow (by the streams of a plan the kernel runs, say).
+    pub fn cancellation(&self) -> Cancellation {
+        Cancellation {
+            cancels: Arc::clone(self.cancels),
+            task: self.task,
+        }
     }
 
     /// True once the task has been cancelled; long kernels should check it and stop early.

@@ -54,7 +54,9 @@ pub use env::{WorkerEnv, WorkerEnvBuilder, WorkerEnvRef};
 pub use error::{EngineError, ErrorKind, Result};
 pub use eventlog::{EventLog, EventLogSnapshot, TaskRecord, TaskStatus, Transfer};
 pub use ids::{ChunkId, TaskId, WorkerId};
-pub use kernel::{FnKernel, Kernel, KernelCall, KernelInput, KernelRef, KernelRegistry};
+pub use kernel::{
+    Cancellation, FnKernel, Kernel, KernelCall, KernelInput, KernelRef, KernelRegistry,
+};
 pub use processor::{CpuProcessor, FakeProcessor, Processor, ProcessorRef, PROCESSOR_STACK};
 pub use scheduler::{ChunkEntry, Lineage};
 pub use scope::{ProcessorId, ProcessorKind, Scope};

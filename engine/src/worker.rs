@@ -250,7 +250,7 @@ struct WorkerCore {
     peers: PeerDirectory,
     running: AtomicUsize,
     finished: AtomicU64,
-    cancels: CancelSet,
+    cancels: Arc<CancelSet>,
 }
 
 /// Tasks asked to stop. Kept apart from the per-task path: a kernel pays one relaxed load to
@@ -325,7 +325,7 @@ impl InProcessWorker {
                 peers,
                 running: AtomicUsize::new(0),
                 finished: AtomicU64::new(0),
-                cancels: CancelSet::default(),
+                cancels: Arc::default(),
             }),
             processors,
         }

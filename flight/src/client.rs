@@ -400,6 +400,14 @@ pub struct RemoteWorker {
 }
 
 impl RemoteWorker {
+    /// The worker process's whole status answer (its attachments, memory limit and clock as
+    /// well as this attachment's tasks and chunks). Blocks: call it off the async runtime.
+    pub fn status_reply(&self) -> Result<StatusReply, EngineError> {
+        let link = self.link.clone();
+        let limit = self.options.connect_timeout;
+        block(async move { link.status(limit).await })
+    }
+
     /// Starts fetching chunk `id` on the client runtime; the caller waits when it needs it.
     fn fetch_in_background(&self, id: ChunkId) -> PendingChunk {
         let link = self.link.clone();

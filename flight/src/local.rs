@@ -123,6 +123,25 @@ impl LocalWorkers {
         &self.token
     }
 
+    /// Stops worker `i` without closing its connections (SIGSTOP), as a hung machine or a
+    /// network that drops packets would: nothing answers, and nothing resets.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a paused worker go on (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        if let Some(c) = self.children.get(i) {
+            let _ = Command::new("kill")
+                .args([signal, &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// Kills worker `i` at once (SIGKILL), as a crash would.
     pub fn kill(&mut self, i: usize) {
         if let Some(c) = self.children.get_mut(i) {

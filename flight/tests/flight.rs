@@ -253,6 +253,67 @@ async fn a_worker_refuses_inputs_past_its_limits_and_keeps_serving() {
     srv.stop().await;
 }
 
+/// A driver that attaches and then goes silent (it died) loses its attachment after the idle
+/// timeout, while a driver that keeps calling keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attachment_whose_driver_went_silent_expires() {
+    use dirk_flight::protocol::{Hello, StatusReply, TOKEN_HEADER};
+    let srv = start(
+        "127.0.0.1:0",
+        WorkerOptions {
+            token: Some(TOKEN.into()),
+            attachment_idle_timeout: Some(std::time::Duration::from_secs(1)),
+            ..WorkerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", srv.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = FlightServiceClient::new(channel);
+    let mut hello = tonic::Request::new(Action {
+        r#type: "dirk.hello".into(),
+        body: postcard::to_stdvec(&Hello {
+            protocol: dirk_flight::PROTOCOL_VERSION,
+            worker: WorkerId(5),
+        })
+        .unwrap()
+        .into(),
+    });
+    hello
+        .metadata_mut()
+        .insert(TOKEN_HEADER, format!("Bearer {TOKEN}").parse().unwrap());
+    raw.do_action(hello).await.unwrap();
+    // A live driver: its heartbeat keeps its attachment.
+    let live = Arc::new(
+        RemoteWorker::connect(&srv.local_addr().to_string(), WorkerId(6), &options())
+            .await
+            .unwrap(),
+    );
+    let attachments = |w: Arc<RemoteWorker>| async move {
+        let reply = tokio::task::spawn_blocking(move || w.status_reply())
+            .await
+            .unwrap()
+            .unwrap();
+        let reply: StatusReply = reply;
+        reply.attachments
+    };
+    assert_eq!(attachments(live.clone()).await, 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while attachments(live.clone()).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent driver's attachment never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(live);
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_go_and_come_back_whole() {
     let srv = server(Some(TOKEN)).await;

@@ -304,7 +304,7 @@ impl Kernel for FragmentKernel {
 
     fn run(&self, call: &mut KernelCall<'_>) -> dirk_engine::Result<Vec<Chunk>> {
         let (header, plan_bytes): (FragmentHeader, _) = decode_with_header(call.params())?;
-        let mut inputs = TaskInputs::default();
+        let mut inputs = TaskInputs::cancelled_by(call.cancellation());
         for f in &header.feeds {
             for i in f.start..f.end {
                 if i >= call.num_inputs() {

@@ -82,6 +82,49 @@ fn an_unreachable_worker_is_a_clear_error_at_connect_time() {
     assert!(message.contains("cannot connect"), "{message}");
 }
 
+/// A worker that stops answering without closing its connections (SIGSTOP: a hung machine) is
+/// declared lost by the heartbeat, and the query fails instead of waiting for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_declared_lost_and_the_query_fails_promptly() {
+    let mut workers = start(3);
+    let s = Session::builder()
+        .workers(workers.addresses())
+        .token(workers.token())
+        .partitions(6)
+        .build()
+        .unwrap();
+    s.load_tpch(0.01).await.unwrap();
+    let s = std::sync::Arc::new(s);
+    let q = s.clone();
+    let query = tokio::spawn(async move {
+        try_dirk(
+            &q,
+            "SELECT sum(a.l_quantity * b.l_quantity) FROM lineitem a \
+             JOIN lineitem b ON a.l_suppkey % 10 = b.l_suppkey % 10",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    workers.pause(1);
+    let paused = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(60), query)
+        .await
+        .expect("a hung worker never hangs a query")
+        .unwrap();
+    let error = result.expect_err("worker 1 hangs");
+    assert_eq!(error.kind(), dirk_engine::ErrorKind::Retryable, "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("worker 1"), "names the worker: {message}");
+    assert!(message.contains("lost"), "{message}");
+    // The heartbeat gives up after 5 s without an answer.
+    assert!(
+        paused.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        paused.elapsed()
+    );
+    workers.resume(1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_query_is_a_clear_error_and_the_session_goes_on() {
     let mut workers = start(3);
@@ -126,6 +169,20 @@ async fn a_worker_killed_mid_query_is_a_clear_error_and_the_session_goes_on() {
     assert!(message.contains("worker 2"), "names the worker: {message}");
     assert!(message.contains("lost"), "{message}");
     assert!(!message.contains('\n'), "one line: {message}");
+    // The query's tasks on the other workers were cancelled: they stop between batches
+    // instead of grinding through seconds of a join nobody will read (asked of the workers).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = s.engine().worker_status();
+        if status.iter().all(|w| w.running == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks still run on the workers left, 3 s after the query failed: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The session goes on with the two workers left.
     let deadline = Instant::now() + Duration::from_secs(10);
