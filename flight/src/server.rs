@@ -143,7 +143,13 @@ impl WorkerServer {
         let local_addr = listener
             .local_addr()
             .map_err(|e| bind_error(e.to_string()))?;
-        if options.token.is_none() && !(options.insecure && local_addr.ip().is_loopback()) {
+        if options.token.is_none() && options.insecure && !local_addr.ip().is_loopback() {
+            return Err(bind_error(format!(
+                "--insecure is allowed on a loopback address only; {local_addr} can be reached \
+                 from other machines: give a token (--token or {TOKEN_ENV})"
+            )));
+        }
+        if options.token.is_none() && !options.insecure {
             return Err(bind_error(format!(
                 "a worker needs a token (--token or {TOKEN_ENV}); without one it accepts anyone \
                  who reaches {local_addr} and runs what they send. `--insecure` allows no token \

@@ -167,6 +167,7 @@ async fn a_worker_needs_a_token_unless_insecure_on_loopback() {
     .err()
     .expect("insecure off loopback");
     assert!(open_wide.contains("loopback address only"), "{open_wide}");
+    assert!(!open_wide.contains("needs a token"), "{open_wide}");
     let empty = start(
         "127.0.0.1:0",
         WorkerOptions {

@@ -183,3 +183,42 @@ fn merge_and_update_from_in_the_shell() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_worker_needs_a_token_unless_insecure_on_loopback() {
+    let worker = |args: &[&str], token: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dirk"));
+        c.arg("worker").args(args).stdin(Stdio::null());
+        match token {
+            Some(t) => c.env("DIRK_TOKEN", t),
+            None => c.env_remove("DIRK_TOKEN"),
+        };
+        c.output().unwrap()
+    };
+    for (args, token, expected) in [
+        (&["--listen", "127.0.0.1:0"][..], None, "needs a token"),
+        (
+            &["--listen", "0.0.0.0:0", "--insecure"][..],
+            None,
+            "loopback address only",
+        ),
+        (&["--listen", "127.0.0.1:0"][..], Some(""), "token is empty"),
+    ] {
+        let out = worker(args, token);
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    // On loopback with --insecure it starts (and, told to, exits when its standard input ends).
+    let out = worker(
+        &["--listen", "127.0.0.1:0", "--insecure", "--exit-with-stdin"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("dirk worker listening on 127.0.0.1:"),
+        "{}",
+        text(&out.stdout)
+    );
+}
