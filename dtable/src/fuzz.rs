@@ -16,7 +16,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightData, FlightDescriptor, Ticket};
 use dirk_engine::{Access, ChunkId, InputSpec, ProcessorKind, TaskAssignment, TaskId, WorkerId};
-use dirk_flight::protocol::{Hello, Peer, ATTACHMENT_HEADER, PROTOCOL_VERSION, TOKEN_HEADER};
+use dirk_flight::protocol::{
+    Hello, Peer, PutHeader, ATTACHMENT_HEADER, PROTOCOL_VERSION, TOKEN_HEADER,
+};
 use dirk_flight::{WorkerOptions, WorkerServer};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -28,6 +30,17 @@ const DEFAULT_SQL_INPUTS: usize = 3000;
 const TOKEN: &str = "fuzz-token";
 /// A call that takes longer has hung.
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The seed when `DIRK_FUZZ_SEED` is not set: fixed, so a CI failure can be replayed.
+const DEFAULT_SEED: u64 = 0x5eed_d1e5;
+
+/// The environment variable `name` as a number, else `default`.
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// xorshift64*: enough randomness to pick mutations, and reproducible from its seed.
 struct Rng(u64);
@@ -139,11 +152,6 @@ fn batch() -> RecordBatch {
 
 /// The Flight messages of one valid `do_put` of [`batch`].
 async fn put_messages(rows: u64) -> Vec<FlightData> {
-    #[derive(serde::Serialize)]
-    struct PutHeader {
-        chunk: Option<ChunkId>,
-        rows: u64,
-    }
     let encoder = arrow_flight::encode::FlightDataEncoderBuilder::new()
         .build(futures::stream::iter([Ok(batch())]));
     let mut messages: Vec<FlightData> = encoder.map(|m| m.unwrap()).collect().await;
@@ -212,14 +220,8 @@ impl Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
-    let inputs: usize = std::env::var("DIRK_FUZZ_INPUTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_INPUTS);
-    let seed: u64 = std::env::var("DIRK_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_d1e5);
+    let inputs: usize = setting("DIRK_FUZZ_INPUTS", DEFAULT_INPUTS);
+    let seed: u64 = setting("DIRK_FUZZ_SEED", DEFAULT_SEED);
     let registry = Arc::new(dirk_engine::KernelRegistry::with_builtins());
     crate::register_kernels(&registry);
     let server = WorkerServer::start(
@@ -307,6 +309,7 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
     let verbose = std::env::var_os("DIRK_FUZZ_VERBOSE").is_some();
     let mut rng = Rng(seed | 1);
     let (mut refused, mut answered) = (0usize, 0usize);
+    let mut codes = std::collections::BTreeMap::new();
     for i in 0..inputs {
         let outcome = match rng.below(seeds.len() + 2) {
             // `do_put`: one message of a valid put changed, or the row count in the header.
@@ -355,10 +358,24 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
         match outcome {
             Err(_) => panic!("input {i} (seed {seed}) hung the worker for {DEADLINE:?}"),
             Ok(Ok(())) => answered += 1,
-            Ok(Err(_)) => refused += 1,
+            Ok(Err(status)) => {
+                refused += 1;
+                *codes
+                    .entry(format!("{:?}", status.code()))
+                    .or_insert(0usize) += 1;
+                // A refusal is an answer the worker chose; a handler that panicked shows as a
+                // dropped stream or connection instead.
+                assert!(
+                    !matches!(
+                        status.code(),
+                        tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+                    ),
+                    "input {i} (seed {seed}) broke a call instead of being refused: {status:?}"
+                );
+            }
         }
     }
-    eprintln!("{inputs} malformed inputs: {refused} refused, {answered} answered, none crashed or hung the worker");
+    eprintln!("{inputs} malformed inputs: {refused} refused ({codes:?}), {answered} answered, none crashed or hung the worker");
 
     // The worker still serves: a new attachment stores, runs and returns.
     client.attachment = None;
@@ -482,14 +499,8 @@ fn mutate_sql(rng: &mut Rng, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_sql_is_an_error_never_a_crash_or_a_hang() {
-    let inputs: usize = std::env::var("DIRK_FUZZ_SQL_INPUTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SQL_INPUTS);
-    let seed: u64 = std::env::var("DIRK_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_d1e5);
+    let inputs: usize = setting("DIRK_FUZZ_SQL_INPUTS", DEFAULT_SQL_INPUTS);
+    let seed: u64 = setting("DIRK_FUZZ_SEED", DEFAULT_SEED);
     let verbose = std::env::var_os("DIRK_FUZZ_VERBOSE").is_some();
     let session = crate::Session::builder().workers(2).build().unwrap();
     let reset = "CREATE OR REPLACE TABLE t (k INT, s VARCHAR, v DOUBLE) AS VALUES \

@@ -82,8 +82,17 @@ pub(crate) async fn route(state: &SessionState, statement: DfStatement) -> Resul
             _ => {}
         }
     }
+    // Kept only for the statements that may take the row-targeted path (a large `INSERT` is
+    // not copied for nothing).
     let parsed = match &statement {
-        DfStatement::Statement(s) => Some(s.clone()),
+        DfStatement::Statement(s)
+            if matches!(
+                s.as_ref(),
+                ast::Statement::Merge(_) | ast::Statement::Update(_) | ast::Statement::Delete(_)
+            ) =>
+        {
+            Some(s.clone())
+        }
         _ => None,
     };
     let plan = state.statement_to_plan(statement).await?;

@@ -58,22 +58,24 @@ fn varint(bytes: &mut &[u8]) -> Option<u64> {
 /// make the measure larger than the truth, never smaller. Takes no recursion, and time
 /// proportional to the size times the depth.
 pub(crate) fn nesting_depth(bytes: &[u8], limit: usize) -> Result<usize, String> {
-    let mut deepest = 0;
-    let mut pending = vec![(bytes, 1usize)];
-    while let Some((message, depth)) = pending.pop() {
-        if depth > limit {
-            return Err(format!(
-                "the plan fragment nests more than {limit} messages deep"
-            ));
-        }
-        deepest = deepest.max(depth);
-        let Some(fields) = length_delimited_fields(message) else {
-            continue;
-        };
-        for field in fields {
-            if !field.is_empty() && length_delimited_fields(field).is_some() {
-                pending.push((field, depth + 1));
+    // Each message is parsed once: the fields that parse as messages are kept with their depth.
+    let Some(top) = length_delimited_fields(bytes) else {
+        return Ok(1);
+    };
+    let mut deepest = 1;
+    let mut pending = vec![(top, 1usize)];
+    while let Some((fields, depth)) = pending.pop() {
+        for field in fields.into_iter().filter(|f| !f.is_empty()) {
+            let Some(nested) = length_delimited_fields(field) else {
+                continue;
+            };
+            if depth + 1 > limit {
+                return Err(format!(
+                    "the plan fragment nests more than {limit} messages deep"
+                ));
             }
+            deepest = deepest.max(depth + 1);
+            pending.push((nested, depth + 1));
         }
     }
     Ok(deepest)

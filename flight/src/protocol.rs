@@ -38,13 +38,21 @@ pub const TOKEN_ENV: &str = "DIRK_TOKEN";
 /// the token is read from the environment. An empty token is an error, not "no token".
 pub fn resolve_token(given: Option<String>) -> Result<Option<String>, EngineError> {
     let token = given.or_else(|| std::env::var(TOKEN_ENV).ok());
-    match token {
-        Some(t) if t.trim().is_empty() => Err(EngineError::failed(
+    if let Some(t) = &token {
+        check_not_empty(t)?;
+    }
+    Ok(token)
+}
+
+/// An error for an empty (or all-blank) token: a mistake, never a way to turn checks off.
+pub(crate) fn check_not_empty(token: &str) -> Result<(), EngineError> {
+    if token.trim().is_empty() {
+        return Err(EngineError::failed(
             dirk_engine::ErrorKind::User,
             format!("the token is empty (--token or {TOKEN_ENV}): give a secret, or none"),
-        )),
-        other => Ok(other),
+        ));
     }
+    Ok(())
 }
 
 /// Action names.
@@ -146,9 +154,11 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
 /// The descriptor command of `do_put`: which chunk (none: the worker mints an id) and how many
 /// rows it has, so a stream cut short is refused instead of stored as half a chunk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PutHeader {
-    pub(crate) chunk: Option<ChunkId>,
-    pub(crate) rows: u64,
+pub struct PutHeader {
+    /// The chunk's id, or none for the worker to mint one.
+    pub chunk: Option<ChunkId>,
+    /// Its rows.
+    pub rows: u64,
 }
 
 /// gRPC messages may be large: a chunk's batches are cut into 2 MiB Flight messages, but one

@@ -130,12 +130,8 @@ impl WorkerServer {
             peer: format!("dirk worker --listen {listen}"),
             message,
         };
-        if options
-            .token
-            .as_deref()
-            .is_some_and(|t| t.trim().is_empty())
-        {
-            return Err(bind_error("the token is empty: give a secret".into()));
+        if let Some(token) = &options.token {
+            protocol::check_not_empty(token).map_err(|e| bind_error(e.to_string()))?;
         }
         let listener = tokio::net::TcpListener::bind(listen)
             .await

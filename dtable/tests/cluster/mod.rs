@@ -82,11 +82,18 @@ fn an_unreachable_worker_is_a_clear_error_at_connect_time() {
     assert!(message.contains("cannot connect"), "{message}");
 }
 
-/// A worker that stops answering without closing its connections (SIGSTOP: a hung machine) is
-/// declared lost by the heartbeat, and the query fails instead of waiting for it forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_worker_is_declared_lost_and_the_query_fails_promptly() {
-    let mut workers = start(3);
+/// Three worker processes, a session over them with TPC-H SF 0.01, and a query running on them
+/// for a few seconds (a join with hundreds of millions of output rows: seconds of work on every
+/// worker), 700 ms in; the query's task yields its result and how long it ran.
+async fn a_long_query_on_three_workers() -> (
+    dirk_dtable::flight::LocalWorkers,
+    std::sync::Arc<Session>,
+    tokio::task::JoinHandle<(
+        dirk_dtable::Result<Vec<arrow::array::RecordBatch>>,
+        Duration,
+    )>,
+) {
+    let workers = start(3);
     let s = Session::builder()
         .workers(workers.addresses())
         .token(workers.token())
@@ -97,17 +104,27 @@ async fn a_hung_worker_is_declared_lost_and_the_query_fails_promptly() {
     let s = std::sync::Arc::new(s);
     let q = s.clone();
     let query = tokio::spawn(async move {
-        try_dirk(
+        let started = Instant::now();
+        let r = try_dirk(
             &q,
             "SELECT sum(a.l_quantity * b.l_quantity) FROM lineitem a \
              JOIN lineitem b ON a.l_suppkey % 10 = b.l_suppkey % 10",
         )
-        .await
+        .await;
+        (r, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
+    (workers, s, query)
+}
+
+/// A worker that stops answering without closing its connections (SIGSTOP: a hung machine) is
+/// declared lost by the heartbeat, and the query fails instead of waiting for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_declared_lost_and_the_query_fails_promptly() {
+    let (mut workers, _s, query) = a_long_query_on_three_workers().await;
     workers.pause(1);
     let paused = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(60), query)
+    let (result, _) = tokio::time::timeout(Duration::from_secs(60), query)
         .await
         .expect("a hung worker never hangs a query")
         .unwrap();
@@ -127,28 +144,7 @@ async fn a_hung_worker_is_declared_lost_and_the_query_fails_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_query_is_a_clear_error_and_the_session_goes_on() {
-    let mut workers = start(3);
-    let s = Session::builder()
-        .workers(workers.addresses())
-        .token(workers.token())
-        .partitions(6)
-        .build()
-        .unwrap();
-    s.load_tpch(0.01).await.unwrap();
-    let s = std::sync::Arc::new(s);
-    // A join with hundreds of millions of output rows: seconds of work on every worker.
-    let q = s.clone();
-    let query = tokio::spawn(async move {
-        let started = Instant::now();
-        let r = try_dirk(
-            &q,
-            "SELECT sum(a.l_quantity * b.l_quantity) FROM lineitem a \
-             JOIN lineitem b ON a.l_suppkey % 10 = b.l_suppkey % 10",
-        )
-        .await;
-        (r, started.elapsed())
-    });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (mut workers, s, query) = a_long_query_on_three_workers().await;
     workers.kill(2);
     let killed = Instant::now();
     let (result, ran) = tokio::time::timeout(Duration::from_secs(30), query)
