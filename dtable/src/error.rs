@@ -62,19 +62,14 @@ pub(crate) async fn unless_panicked<T>(
     during: &str,
     work: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
-    use futures::FutureExt;
-    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => Err(DirkError::Panicked {
-            during: during.to_string(),
-            message: panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into())
-                .replace('\n', " "),
-        }),
-    }
+    dirk_engine::panics::catch_async(work)
+        .await
+        .unwrap_or_else(|panic| {
+            Err(DirkError::Panicked {
+                during: during.to_string(),
+                message: panic.to_string(),
+            })
+        })
 }
 
 impl DirkError {

@@ -39,6 +39,7 @@ pub mod error;
 pub mod eventlog;
 pub mod ids;
 pub mod kernel;
+pub mod panics;
 pub mod placement;
 pub mod processor;
 pub mod scheduler;

@@ -17,7 +17,6 @@ use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -546,15 +545,9 @@ impl WorkerCore {
             &self.cancels,
             &self.env,
         );
-        let outcome =
-            catch_unwind(AssertUnwindSafe(|| kernel.run(&mut call))).unwrap_or_else(|panic| {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(EngineError::internal(format!("kernel panicked: {msg}")))
-            });
+        let outcome = crate::panics::catch(|| kernel.run(&mut call)).unwrap_or_else(|panic| {
+            Err(EngineError::internal(format!("kernel panicked: {panic}")))
+        });
         let inputs = call.into_inputs();
         match outcome {
             Ok(outs) => {

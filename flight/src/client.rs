@@ -291,14 +291,13 @@ impl Link {
         // Validated like any input: a peer is named by the driver, and the network between
         // may carry no TLS, so nothing decoded from it is trusted to be well formed.
         let decoder = FlightDataDecoder::new(data);
-        let mut decoded = FlightRecordBatchStream::new(decoder);
+        let mut decoded = protocol::ChunkReader::new(FlightRecordBatchStream::new(decoder));
         let mut batches = Vec::new();
-        while let Some(batch) = protocol::next_batch(&mut decoded).await {
+        while let Some(batch) = decoded.next().await {
             batches.push(batch.map_err(|e| self.error(format!("fetching {id}: {}", flight(e))))?);
         }
         let schema = decoded
             .schema()
-            .cloned()
             .ok_or_else(|| self.error(format!("fetching {id}: the stream carried no schema")))?;
         Ok(Chunk::new(schema, batches))
     }

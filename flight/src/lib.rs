@@ -16,4 +16,6 @@ mod server;
 pub use client::{connect_cluster, connect_cluster_blocking, ClientOptions, RemoteWorker};
 pub use local::{dirk_binary_of_this_build, listening_line, random_token, LocalWorkers};
 pub use protocol::{resolve_token, PROTOCOL_VERSION, TOKEN_ENV};
-pub use server::{WorkerOptions, WorkerServer, DEFAULT_MAX_ATTACHMENTS, DEFAULT_MAX_PUT_BYTES};
+pub use server::{
+    WorkerOptions, WorkerServer, DEFAULT_MAX_ATTACHMENTS, DEFAULT_MAX_CALLS, DEFAULT_MAX_PUT_BYTES,
+};

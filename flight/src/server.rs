@@ -60,12 +60,21 @@ pub struct WorkerOptions {
     /// The largest chunk one `do_put` may carry, in bytes of Arrow memory; a bigger one is
     /// refused as soon as it passes the limit. Default [`DEFAULT_MAX_PUT_BYTES`].
     pub max_put_bytes: Option<u64>,
+    /// Calls that take work (task runs, chunk fetches and stores, attachments) the worker serves
+    /// at once, over all connections and drivers (a fetch counts until its chunk is sent); one
+    /// past it is refused with `RESOURCE_EXHAUSTED`. Heartbeats, cancels and frees are not
+    /// counted. Default
+    /// [`DEFAULT_MAX_CALLS`].
+    pub max_calls: Option<usize>,
 }
 
 /// Default of [`WorkerOptions::max_attachments`].
 pub const DEFAULT_MAX_ATTACHMENTS: usize = 64;
 /// Default of [`WorkerOptions::max_put_bytes`]: 16 GiB.
 pub const DEFAULT_MAX_PUT_BYTES: u64 = 16 << 30;
+/// Default of [`WorkerOptions::max_calls`]: a driver has a few calls per task slot in flight
+/// and a peer at most 8 fetches, so this is far above what a cluster of 64 drivers needs.
+pub const DEFAULT_MAX_CALLS: usize = 4096;
 /// Concurrent calls (HTTP/2 streams) per connection: a driver runs at most a few per task slot,
 /// a peer at most 8 fetches.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
@@ -103,6 +112,8 @@ struct WorkerState {
     attachments: Mutex<HashMap<u64, Arc<Attachment>>>,
     next_attachment: AtomicU64,
     peer_client: ClientOptions,
+    /// One permit per call being served ([`WorkerOptions::max_calls`]).
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 /// The Flight service of one worker process.
@@ -163,6 +174,9 @@ impl WorkerServer {
                 .memory_limit(options.memory_limit.map(|m| m as usize))
                 .spill_dir(options.spill_dir.clone())
                 .build(),
+            calls: Arc::new(tokio::sync::Semaphore::new(
+                options.max_calls.unwrap_or(DEFAULT_MAX_CALLS),
+            )),
             options,
             registry,
             processors: vec![cpu],
@@ -313,6 +327,17 @@ fn flight_status(e: FlightError) -> Status {
 }
 
 impl WorkerService {
+    /// A permit to serve one call, held until the call's answer is sent.
+    #[allow(clippy::result_large_err)]
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.state.calls.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this worker is serving its limit of {} calls at once; try again",
+                self.state.options.max_calls.unwrap_or(DEFAULT_MAX_CALLS)
+            ))
+        })
+    }
+
     #[allow(clippy::result_large_err)]
     fn attachment<T>(&self, req: &Request<T>) -> Result<Arc<Attachment>, Status> {
         let key = req
@@ -481,13 +506,19 @@ impl FlightService for WorkerService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        let permit = self.admit()?;
         let a = self.attachment(&request)?;
         let id: Option<ChunkId> = protocol::decode(&request.get_ref().ticket, "ticket")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = id.ok_or_else(|| Status::invalid_argument("a do_get ticket names a chunk"))?;
         let chunk = a.worker.fetch_chunk(id).map_err(to_status)?;
         let stream = protocol::encode_chunk(chunk.schema().clone(), chunk.batches(), None)
-            .map_err(flight_status);
+            .map_err(flight_status)
+            // The call lasts until its last message is sent or the caller goes away.
+            .map(move |message| {
+                let _serving = &permit;
+                message
+            });
         Ok(Response::new(stream.boxed()))
     }
 
@@ -495,6 +526,7 @@ impl FlightService for WorkerService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
+        let _serving = self.admit()?;
         let a = self.attachment(&request)?;
         let mut incoming = request.into_inner();
         let first = incoming
@@ -512,7 +544,9 @@ impl FlightService for WorkerService {
         let data = stream::once(async { Ok(first) })
             .chain(incoming)
             .map_err(|s| FlightError::Tonic(Box::new(s)));
-        let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+        let mut decoded = protocol::ChunkReader::new(
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data),
+        );
         let max_bytes = self
             .state
             .options
@@ -520,7 +554,7 @@ impl FlightService for WorkerService {
             .unwrap_or(DEFAULT_MAX_PUT_BYTES);
         let (mut rows, mut bytes) = (0u64, 0u64);
         let mut batches = Vec::new();
-        while let Some(batch) = protocol::next_batch(&mut decoded).await {
+        while let Some(batch) = decoded.next().await {
             let batch = batch.map_err(flight_status)?;
             rows += batch.num_rows() as u64;
             bytes += batch.get_array_memory_size() as u64;
@@ -540,7 +574,6 @@ impl FlightService for WorkerService {
         }
         let schema = decoded
             .schema()
-            .cloned()
             .ok_or_else(|| Status::invalid_argument("do_put carried no schema"))?;
         let chunk = Chunk::new(schema, batches);
         if chunk.rows() != header.rows {
@@ -565,6 +598,12 @@ impl FlightService for WorkerService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let kind = request.get_ref().r#type.clone();
+        // Heartbeats, cancels and frees are answered at once and hold nothing: a busy worker
+        // must still answer them, or its driver would think it lost.
+        let _serving = match kind.as_str() {
+            action::HELLO | action::PEERS | action::RUN => Some(self.admit()?),
+            _ => None,
+        };
         if kind == action::HELLO {
             let reply = self.hello(&request.get_ref().body)?;
             return one(body(protocol::encode(&reply)));

@@ -254,6 +254,98 @@ async fn a_worker_refuses_inputs_past_its_limits_and_keeps_serving() {
     srv.stop().await;
 }
 
+/// A worker serves a bounded number of calls at once, over all its connections: one more is
+/// refused with a clear answer, heartbeats are still answered, and once the calls in flight end
+/// it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_calls_past_its_limit_in_flight_and_still_answers_heartbeats() {
+    use dirk_engine::{ProcessorKind, TaskAssignment, TaskId};
+    use dirk_flight::protocol::{Hello, HelloReply, ATTACHMENT_HEADER, TOKEN_HEADER};
+    use futures::StreamExt;
+    let registry = registry();
+    registry.register(FnKernel::new("sleep", |_| {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        Ok(vec![])
+    }));
+    let srv = WorkerServer::start(
+        "127.0.0.1:0",
+        registry,
+        WorkerOptions {
+            threads: Some(2),
+            token: Some(TOKEN.into()),
+            max_calls: Some(2),
+            ..WorkerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", srv.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let call = move |kind: &str, body: Vec<u8>, attachment: Option<u64>| {
+        let mut client = FlightServiceClient::new(channel.clone());
+        let mut request = tonic::Request::new(Action {
+            r#type: kind.to_string(),
+            body: body.into(),
+        });
+        let metadata = request.metadata_mut();
+        metadata.insert(TOKEN_HEADER, format!("Bearer {TOKEN}").parse().unwrap());
+        if let Some(a) = attachment {
+            metadata.insert(ATTACHMENT_HEADER, a.to_string().parse().unwrap());
+        }
+        async move {
+            let mut answers = client.do_action(request).await?.into_inner();
+            let mut last = Vec::new();
+            while let Some(answer) = answers.next().await {
+                last = answer?.body.to_vec();
+            }
+            Ok::<_, tonic::Status>(last)
+        }
+    };
+    let hello = postcard::to_stdvec(&Hello {
+        protocol: dirk_flight::PROTOCOL_VERSION,
+        worker: WorkerId(3),
+    })
+    .unwrap();
+    let reply: HelloReply =
+        postcard::from_bytes(&call("dirk.hello", hello, None).await.unwrap()).unwrap();
+    let attachment = Some(reply.attachment);
+    let sleep = |task: u64| {
+        postcard::to_stdvec(&TaskAssignment {
+            task: TaskId(task),
+            kernel: "sleep".into(),
+            params: Vec::new(),
+            processor: ProcessorKind::Cpu,
+            inputs: Vec::new(),
+        })
+        .unwrap()
+    };
+    let running: Vec<_> = (1..=2)
+        .map(|t| tokio::spawn(call("dirk.run", sleep(t), attachment)))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let refused = call("dirk.run", sleep(3), attachment)
+        .await
+        .expect_err("a third call past the limit of 2");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("limit of 2 calls at once"),
+        "{refused:?}"
+    );
+    call("dirk.status", Vec::new(), attachment)
+        .await
+        .expect("a heartbeat is answered while the worker is at its limit");
+    for r in running {
+        r.await.unwrap().expect("the calls within the limit run");
+    }
+    call("dirk.run", sleep(4), attachment)
+        .await
+        .expect("served again once the calls in flight ended");
+    srv.stop().await;
+}
+
 /// A driver that attaches and then goes silent (it died) loses its attachment after the idle
 /// timeout, while a driver that keeps calling keeps its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,6 +439,9 @@ async fn chunks_go_and_come_back_whole() {
         // nested) and 64-bit list offsets, whole and sliced.
         Chunk::from_batch(nested_types()),
         Chunk::from_batch(nested_types().slice(1, 2)),
+        // String views (sent as offsets) beside binary views: short and long strings, nulls,
+        // field metadata, several batches and a slice.
+        Chunk::new(views().schema(), vec![views(), views().slice(3, 40_000)]),
     ];
     let w = Arc::new(w);
     for chunk in chunks {
@@ -376,6 +471,25 @@ async fn chunks_go_and_come_back_whole() {
     assert!(missing.contains("not found"), "{missing}");
     drop(w);
     srv.stop().await;
+}
+
+/// 50,000 rows of string views (inlined and not, with nulls and field metadata) and binary
+/// views.
+fn views() -> RecordBatch {
+    use arrow::array::{BinaryViewArray, StringViewArray};
+    let strings: StringViewArray = (0..50_000)
+        .map(|i| (i % 5 != 0).then(|| "é".repeat(i % 20)))
+        .collect();
+    let binary: BinaryViewArray = (0..50_000u32)
+        .map(|i| Some(i.to_le_bytes().repeat(i as usize % 6)))
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("s", DataType::Utf8View, true).with_metadata(std::collections::HashMap::from([
+            ("unit".to_string(), "name".to_string()),
+        ])),
+        Field::new("b", DataType::BinaryView, true),
+    ]));
+    RecordBatch::try_new(schema, vec![Arc::new(strings), Arc::new(binary)]).unwrap()
 }
 
 /// Three rows of a dictionary column, a large list, a list of dictionaries, and a union whose
