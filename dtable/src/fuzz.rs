@@ -5,6 +5,13 @@
 //! input may crash the worker or hang a call: each call answers within its deadline, and
 //! afterwards the worker still stores and runs what a driver sends it.
 //!
+//! The corpus lives in `dtable/fuzz/`: `sql/*.sql` holds the statements the SQL fuzz starts
+//! from (one a line), `worker/<entry>.<name>` raw bodies for a worker entry point (an action's
+//! name, or `get` for a `do_get` ticket). Every corpus input is sent as it is first, then used as
+//! a base for mutations beside the seeds built here. An input that fails the test is written to
+//! `$DIRK_FUZZ_FOUND` (default: `dirk-fuzz-found` in the system's temporary directory) under the
+//! name the corpus uses, ready to be copied into it.
+//!
 //! `DIRK_FUZZ_INPUTS=N` sets the number of inputs (default [`DEFAULT_INPUTS`]); `DIRK_FUZZ_SEED`
 //! the seed (default: a fixed one, so a CI failure can be replayed); `DIRK_FUZZ_VERBOSE=1`
 //! prints each input before it is sent.
@@ -40,6 +47,40 @@ fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The corpus directory of `kind` (`sql` or `worker`).
+fn corpus_dir(kind: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join(kind)
+}
+
+/// The corpus files of `kind`, by name, in name order.
+fn corpus(kind: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(kind);
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("the fuzz corpus {}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Writes an input that failed where it can be copied into the corpus; the path it took.
+fn save_found(name: &str, bytes: &[u8]) -> String {
+    let dir = std::env::var_os("DIRK_FUZZ_FOUND")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("dirk-fuzz-found"));
+    let path = dir.join(name);
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, bytes)) {
+        Ok(()) => format!("saved as {}", path.display()),
+        Err(e) => format!("not saved ({}: {e})", path.display()),
+    }
 }
 
 /// xorshift64*: enough randomness to pick mutations, and reproducible from its seed.
@@ -277,7 +318,7 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
         owner: WorkerId(7),
         access: Access::Read,
     };
-    let seeds: Vec<(&str, Vec<u8>)> = vec![
+    let mut seeds: Vec<(&str, Vec<u8>)> = vec![
         ("dirk.hello", encode(&hello)),
         (
             "dirk.peers",
@@ -304,14 +345,39 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
         ("dirk.status", Vec::new()),
         ("get", encode(&Some(stored))),
     ];
+    // The corpus: sent as it is first, then mutated like the seeds above.
+    let entries: Vec<&str> = seeds.iter().map(|(entry, _)| *entry).collect();
+    let files: Vec<(&str, Vec<u8>)> = corpus("worker")
+        .into_iter()
+        .map(|(name, bytes)| {
+            let entry = entries
+                .iter()
+                .copied()
+                .find(|e| {
+                    name.strip_prefix(e)
+                        .is_some_and(|rest| rest.starts_with('.'))
+                })
+                .unwrap_or_else(|| panic!("fuzz/worker/{name} names no entry point ({entries:?})"));
+            (entry, bytes)
+        })
+        .collect();
+    let replayed = files.len();
+    seeds.extend(files.iter().cloned());
     let put = put_messages(100).await;
 
     let verbose = std::env::var_os("DIRK_FUZZ_VERBOSE").is_some();
     let mut rng = Rng(seed | 1);
     let (mut refused, mut answered) = (0usize, 0usize);
     let mut codes = std::collections::BTreeMap::new();
-    for i in 0..inputs {
-        let outcome = match rng.below(seeds.len() + 2) {
+    for i in 0..replayed + inputs {
+        // What was sent to an entry point other than `do_put`, to save if it fails.
+        let mut sent: Option<(&str, Vec<u8>)> = None;
+        let pick = if i < replayed {
+            seeds.len() - replayed + i
+        } else {
+            rng.below(seeds.len() + 2)
+        };
+        let outcome = match pick {
             // `do_put`: one message of a valid put changed, or the row count in the header.
             n if n >= seeds.len() => {
                 let mut messages = put.clone();
@@ -340,7 +406,12 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
             }
             n => {
                 let (name, body) = &seeds[n];
-                let body = mutate(&mut rng, body);
+                let body = if i < replayed {
+                    body.clone()
+                } else {
+                    mutate(&mut rng, body)
+                };
+                sent = Some((name, body.clone()));
                 if verbose {
                     eprintln!("input {i}: {name} {body:?}");
                 }
@@ -355,8 +426,16 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
                 }
             }
         };
+        // A `do_put` input is replayed from its seed; any other is saved for the corpus.
+        let saved = || match &sent {
+            Some((entry, body)) => save_found(&format!("{entry}.seed{seed}-input{i}"), body),
+            None => format!("replay it with DIRK_FUZZ_SEED={seed}"),
+        };
         match outcome {
-            Err(_) => panic!("input {i} (seed {seed}) hung the worker for {DEADLINE:?}"),
+            Err(_) => panic!(
+                "input {i} (seed {seed}) hung the worker for {DEADLINE:?}; {}",
+                saved()
+            ),
             Ok(Ok(())) => answered += 1,
             Ok(Err(status)) => {
                 refused += 1;
@@ -370,12 +449,13 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
                         status.code(),
                         tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
                     ),
-                    "input {i} (seed {seed}) broke a call instead of being refused: {status:?}"
+                    "input {i} (seed {seed}) broke a call instead of being refused: {status:?}; {}",
+                    saved()
                 );
             }
         }
     }
-    eprintln!("{inputs} malformed inputs: {refused} refused ({codes:?}), {answered} answered, none crashed or hung the worker");
+    eprintln!("{replayed} corpus inputs and {inputs} malformed ones: {refused} refused ({codes:?}), {answered} answered, none crashed or hung the worker");
 
     // The worker still serves: a new attachment stores, runs and returns.
     client.attachment = None;
@@ -395,22 +475,22 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
     server.stop().await;
 }
 
-/// Statements the SQL fuzz mutates: queries, DDL and DML over a small table, and TPC-H.
-const SQL_SEEDS: &[&str] = &[
-    "SELECT k, count(*), sum(v) FROM t WHERE v > 1 GROUP BY k ORDER BY k",
-    "SELECT a.k, b.v FROM t a JOIN t b ON a.k = b.k AND a.v < b.v LIMIT 5",
-    "SELECT k, v, row_number() OVER (PARTITION BY k ORDER BY v) FROM t",
-    "SELECT * FROM t WHERE k IN (SELECT k FROM t WHERE v = 2) UNION ALL SELECT 1, 'x', 2.5",
-    "UPDATE t SET v = v * 2 WHERE k = 1",
-    "DELETE FROM t WHERE v IS NULL OR s LIKE 'b%'",
-    "INSERT INTO t VALUES (9, 'z', 9.5)",
-    "MERGE INTO t USING (SELECT 1 AS k, 'q' AS s) AS src ON t.k = src.k \
-     WHEN MATCHED THEN UPDATE SET s = src.s WHEN NOT MATCHED THEN INSERT VALUES (src.k, src.s, 0)",
-    "ALTER TABLE t ADD COLUMN w INT DEFAULT 3",
-    "CREATE TABLE u AS SELECT k, CAST(v AS VARCHAR) AS c FROM t",
-    "EXPLAIN SELECT s, max(v) FROM t GROUP BY s HAVING max(v) > 1",
-    "SELECT CASE WHEN v > 1 THEN 'big' ELSE s END, coalesce(s, 'none') FROM t ORDER BY 1 NULLS FIRST",
-];
+/// The statements of the SQL corpus: every line of `fuzz/sql/*.sql` but blanks and `--` comments.
+fn sql_corpus() -> Vec<String> {
+    corpus("sql")
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".sql"))
+        .flat_map(|(_, bytes)| {
+            String::from_utf8(bytes)
+                .unwrap()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("--"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
 
 /// `sql` with one to three of its words replaced, removed, or given a neighbour: mostly still
 /// SQL, so the planner and the executor see the inputs, not only the parser.
@@ -505,14 +585,23 @@ async fn malformed_sql_is_an_error_never_a_crash_or_a_hang() {
     let session = crate::Session::builder().workers(2).build().unwrap();
     let reset = "CREATE OR REPLACE TABLE t (k INT, s VARCHAR, v DOUBLE) AS VALUES \
                  (1, 'a', 1.5), (2, 'b', NULL), (1, 'c', 3.0), (3, NULL, 2.0)";
+    let statements = sql_corpus();
+    let replayed = statements.len();
     let mut rng = Rng(seed | 1);
     let (mut refused, mut answered) = (0usize, 0usize);
-    for i in 0..inputs {
-        if i % 50 == 0 {
+    let mut panicked = std::collections::BTreeSet::new();
+    for i in 0..replayed + inputs {
+        if i % 50 == 0 || i == replayed {
             session.sql(reset).await.unwrap().collect().await.unwrap();
         }
-        let original = SQL_SEEDS[rng.below(SQL_SEEDS.len())];
-        let sql = mutate_sql(&mut rng, original);
+        // The corpus as it is, then mutations of it.
+        let sql = match statements.get(i) {
+            Some(statement) => statement.clone(),
+            None => {
+                let base = rng.below(replayed);
+                mutate_sql(&mut rng, &statements[base])
+            }
+        };
         if verbose {
             eprintln!("input {i}: {sql}");
         }
@@ -521,7 +610,10 @@ async fn malformed_sql_is_an_error_never_a_crash_or_a_hang() {
             df.collect().await
         };
         match tokio::time::timeout(DEADLINE, run).await {
-            Err(_) => panic!("input {i} (seed {seed}) hung for {DEADLINE:?}: {sql}"),
+            Err(_) => panic!(
+                "input {i} (seed {seed}) hung for {DEADLINE:?}: {sql}; {}",
+                save_found(&format!("seed{seed}-input{i}.sql"), sql.as_bytes())
+            ),
             Ok(Ok(_)) => answered += 1,
             Ok(Err(e)) => {
                 let message = e.to_string();
@@ -529,14 +621,26 @@ async fn malformed_sql_is_an_error_never_a_crash_or_a_hang() {
                     eprintln!("  refused: {message}");
                 }
                 assert!(!message.is_empty(), "input {i}: an empty error for {sql}");
+                assert!(
+                    !message.contains('\n'),
+                    "input {i}: a multi-line error for {sql}"
+                );
+                // A panic under Dirk, caught: the session goes on, but it is a bug to report.
+                if matches!(e, crate::DirkError::Panicked { .. }) {
+                    panicked.insert(format!("{sql}  =>  {message}"));
+                }
                 refused += 1;
             }
         }
     }
     eprintln!(
-        "{inputs} malformed statements: {refused} refused, {answered} answered, none crashed or \
-         hung the session"
+        "{replayed} corpus statements and {inputs} malformed ones: {refused} refused, {answered} \
+         answered, none crashed or hung the session; {} statements made code under Dirk panic, caught as errors",
+        panicked.len()
     );
+    for p in &panicked {
+        eprintln!("  caught panic: {p}");
+    }
     // The session still answers.
     session.sql(reset).await.unwrap().collect().await.unwrap();
     let n = session

@@ -100,6 +100,33 @@ fn errors_are_one_line_and_set_the_exit_code() {
     assert!(text(&out.stderr).contains("cannot read /no/such/file.sql"));
 }
 
+/// DataFusion 55's planner panics on a scalar subquery with no columns as an UPDATE's value
+/// (found by the SQL fuzz): the user sees one error line, no panic report, and the session goes on.
+#[test]
+fn a_panic_in_the_planner_is_one_error_line_and_the_session_goes_on() {
+    let out = dirk(
+        &[],
+        Some(
+            "CREATE TABLE t AS SELECT 1 AS k;\n\
+             UPDATE t SET k = (SELECT FROM t);\n\
+             SELECT k + 1 AS next FROM t;\n",
+        ),
+    );
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "a panic report: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(errors.len(), 1, "one line: {stderr}");
+    assert!(
+        errors[0].starts_with("error: internal error while planning"),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains("| 2    |"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn tpch_tables_are_loaded_and_queryable() {
     let out = dirk(
