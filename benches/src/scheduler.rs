@@ -1,5 +1,8 @@
 //! The scheduler suite: no-op task graphs of four shapes, through Dirk and through tokio and
-//! rayon, reporting tasks per second, microseconds per task and peak memory.
+//! rayon, reporting tasks per second, microseconds per task and peak memory. `--busy N` runs
+//! every case again beside N low-priority CPU-bound threads (a shared node's normal state) and
+//! reports Dirk's busy figure against its idle one; `--check US` runs Dirk alone and fails when
+//! any shape takes more than US microseconds per task.
 
 use crate::report::{peak_rss, reset_peak_rss, Report, Row};
 use dirk_engine::{Arg, Chunk, Context, TaskHandle, TaskOptions};
@@ -14,6 +17,12 @@ pub(crate) struct Args {
     /// In-process workers (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Also run every case beside this many low-priority (nice 19) CPU-bound threads.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    busy: usize,
+    /// Run Dirk only, and exit non-zero when any shape takes more µs per task than this.
+    #[arg(long, value_name = "US")]
+    check: Option<f64>,
     /// Internal: run one case (`SYSTEM:SHAPE:N`) in this process and print its result as JSON.
     /// The runner starts a child process per case so peak memory is measured per case.
     #[arg(long, hide = true)]
@@ -64,6 +73,47 @@ pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
         "{:<22} {:>10} {:>12} {:>10} {:>10} {:>12}",
         "case", "system", "tasks/s", "us/task", "vs tokio", "peak MB"
     );
+    let idle = run_cases(args, report, workers, "")?;
+    let mut worst = idle.clone();
+    if args.busy > 0 {
+        println!("\nbeside {} low-priority CPU-bound threads:", args.busy);
+        let load = BusyThreads::start(args.busy);
+        let busy = run_cases(args, report, workers, "-busy")?;
+        drop(load);
+        println!(
+            "\n{:<22} {:>10} {:>10} {:>10}",
+            "dirk", "idle us", "busy us", "busy/idle"
+        );
+        for ((case, i), (_, b)) in idle.iter().zip(&busy) {
+            println!("{case:<22} {:>10.3} {:>10.3} {:>10.2}", i, b, b / i);
+        }
+        worst = busy;
+    }
+    if let Some(bound) = args.check {
+        let over: Vec<String> = worst
+            .iter()
+            .filter(|(_, us)| *us > bound)
+            .map(|(case, us)| format!("{case} {us:.2} µs"))
+            .collect();
+        if !over.is_empty() {
+            return Err(format!(
+                "scheduler check: above {bound} µs per task: {}",
+                over.join(", ")
+            ));
+        }
+        println!("\nscheduler check: every shape within {bound} µs per task");
+    }
+    Ok(())
+}
+
+/// Runs every case (Dirk alone under `--check`); Dirk's µs per task by case.
+fn run_cases(
+    args: &Args,
+    report: &mut Report,
+    workers: usize,
+    suffix: &str,
+) -> Result<Vec<(String, f64)>, String> {
+    let mut dirk = Vec::new();
     for &n in &args.tasks {
         for shape in [
             Shape::Independent,
@@ -71,13 +121,70 @@ pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
             Shape::FanOutIn,
             Shape::Datadeps64,
         ] {
-            let case = format!("{}-{n}", shape.name());
-            let tokio_s = measure(report, &case, "tokio", None, shape, n, workers)?;
-            measure(report, &case, "rayon", Some(tokio_s), shape, n, workers)?;
-            measure(report, &case, "dirk", Some(tokio_s), shape, n, workers)?;
+            let case = format!("{}-{n}{suffix}", shape.name());
+            let tokio_s = match args.check {
+                Some(_) => None,
+                None => {
+                    let t = measure(report, &case, "tokio", None, shape, n, workers)?;
+                    measure(report, &case, "rayon", Some(t), shape, n, workers)?;
+                    Some(t)
+                }
+            };
+            let us = measure(report, &case, "dirk", tokio_s, shape, n, workers)? * 1e6;
+            dirk.push((case, us));
         }
     }
-    Ok(())
+    Ok(dirk)
+}
+
+/// CPU-bound threads at the lowest priority, spinning until dropped.
+struct BusyThreads {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyThreads {
+    fn start(n: usize) -> BusyThreads {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    lowest_priority();
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..10_000 {
+                            x = std::hint::black_box(
+                                x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        BusyThreads { stop, threads }
+    }
+}
+
+impl Drop for BusyThreads {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Gives the calling thread nice 19 (on Linux, a thread's own priority).
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    // SAFETY: plain system calls on the calling thread, with no pointers.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
 }
 
 /// Runs one case in this process and prints `{"tasks", "secs", "peak"}`.
@@ -132,7 +239,11 @@ fn measure(
     let secs = v["secs"].as_f64().unwrap_or(f64::NAN);
     let peak = v["peak"].as_u64().unwrap_or(0);
     let per_task = secs / tasks.max(1) as f64;
-    let ratio = floor_s.map_or("1.00".to_string(), |t| format!("{:.2}", per_task / t));
+    let ratio = match (system, floor_s) {
+        ("tokio", _) => "1.00".to_string(),
+        (_, Some(t)) => format!("{:.2}", per_task / t),
+        (_, None) => "-".to_string(),
+    };
     println!(
         "{case:<22} {system:>10} {:>12.0} {:>10.3} {ratio:>10} {:>12.1}",
         tasks as f64 / secs,

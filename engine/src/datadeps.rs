@@ -1,9 +1,8 @@
 //! Datadeps: from the access modes of tasks submitted in order, derive the edges that make the
 //! result equal serial execution (read-after-write, write-after-read, write-after-write).
 
-use crate::ids::{ChunkId, TaskId};
+use crate::ids::{ChunkId, IdMap, TaskId};
 use crate::task::Access;
-use std::collections::HashMap;
 
 /// The data an access is about: an existing chunk, or an output of a task that has not finished
 /// (renamed to its chunk once the task finishes).
@@ -24,7 +23,7 @@ struct KeyState {
 /// Tracks, per datum, the unfinished last writer and readers.
 #[derive(Debug, Default)]
 pub(crate) struct DataDeps {
-    keys: HashMap<DataKey, KeyState>,
+    keys: IdMap<DataKey, KeyState>,
 }
 
 impl DataDeps {
@@ -51,8 +50,14 @@ impl DataDeps {
         }
     }
 
-    /// Once `task` has finished (or will never run), nobody needs to wait for it.
-    pub(crate) fn forget(&mut self, task: TaskId, keys: &[DataKey]) {
+    /// Once `task` has finished (or will never run), nobody needs to wait for it. Calls
+    /// `unused` with each of its keys that no unfinished task accesses any more.
+    pub(crate) fn forget(
+        &mut self,
+        task: TaskId,
+        keys: &[DataKey],
+        mut unused: impl FnMut(DataKey),
+    ) {
         for key in keys {
             if let Some(st) = self.keys.get_mut(key) {
                 if st.writer == Some(task) {
@@ -61,6 +66,7 @@ impl DataDeps {
                 st.readers.retain(|r| *r != task);
                 if st.writer.is_none() && st.readers.is_empty() {
                     self.keys.remove(key);
+                    unused(*key);
                 }
             }
         }
@@ -123,8 +129,10 @@ mod tests {
     fn finished_tasks_are_forgotten() {
         let mut d = DataDeps::default();
         rec(&mut d, 1, 7, Access::Write);
-        d.forget(TaskId(1), &[DataKey::Chunk(ChunkId(7))]);
+        let mut unused = Vec::new();
+        d.forget(TaskId(1), &[DataKey::Chunk(ChunkId(7))], |k| unused.push(k));
         assert_eq!(d.tracked(), 0);
+        assert_eq!(unused, vec![DataKey::Chunk(ChunkId(7))]);
         assert!(rec(&mut d, 2, 7, Access::Read).is_empty());
     }
 
@@ -148,8 +156,10 @@ mod tests {
         assert_eq!(d.rename(out, chunk), vec![TaskId(2)]);
         assert!(d.in_use(chunk));
         // The reader forgets the key it now has (the scheduler updates it on rename).
-        d.forget(TaskId(2), &[chunk]);
+        let mut unused = Vec::new();
+        d.forget(TaskId(2), &[chunk], |k| unused.push(k));
         assert!(!d.in_use(chunk));
+        assert_eq!(unused, vec![chunk]);
         assert_eq!(d.tracked(), 0);
     }
 }

@@ -29,8 +29,11 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Builds [`IdHasher`]s.
+pub type IdBuildHasher = BuildHasherDefault<IdHasher>;
+
 /// A `HashMap` keyed by engine ids.
-pub type IdMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<IdHasher>>;
+pub type IdMap<K, V> = std::collections::HashMap<K, V, IdBuildHasher>;
 
 /// Identifies a task within one [`crate::Context`]. Assigned in submission order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

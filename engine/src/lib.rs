@@ -45,6 +45,7 @@ pub mod processor;
 pub mod scheduler;
 pub mod scope;
 pub mod task;
+mod wait;
 pub mod worker;
 
 pub use chunk::{

@@ -47,7 +47,7 @@ impl ThreadPool {
                     .name(format!("{name}-{i}"))
                     .stack_size(PROCESSOR_STACK)
                     .spawn(move || {
-                        while let Ok(job) = receiver.recv() {
+                        while let Ok(job) = crate::wait::recv(&receiver) {
                             job();
                         }
                     })

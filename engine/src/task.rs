@@ -215,15 +215,12 @@ impl TaskSlot {
         let st = self.state.lock();
         let result = st.result.as_ref()?;
         Some(match result {
-            Ok(out) => {
-                out.chunks
-                    .get(index as usize)
-                    .map(|c| c.id)
-                    .ok_or(EngineError::InvalidArgument {
-                        task: out.task,
-                        detail: format!("it has no output {index}"),
-                    })
-            }
+            Ok(out) => out.chunks.get(index as usize).map(|c| c.id).ok_or_else(|| {
+                EngineError::InvalidArgument {
+                    task: out.task,
+                    detail: format!("it has no output {index}"),
+                }
+            }),
             Err(e) => Err(e.clone()),
         })
     }

@@ -384,9 +384,11 @@ impl Worker for InProcessWorker {
         };
         self.core.running.fetch_add(1, Ordering::Relaxed);
         // Remote inputs start moving now, while the tasks queued before this one run.
+        let remote = assignment.inputs.iter().any(|s| s.owner != self.core.id);
         let pending = assignment
             .inputs
             .iter()
+            .filter(|_| remote)
             .map(|spec| {
                 if spec.owner == self.core.id {
                     return None;
@@ -459,17 +461,18 @@ impl WorkerCore {
     /// and written inputs in this worker's store.
     /// `pending` holds, per input, the fetch [`Worker::start_fetch`] began when the task came.
     fn execute(&self, a: &TaskAssignment, pending: Vec<Option<PendingChunk>>) -> TaskReport {
-        let started_us = now_us();
-        let cpu_started = crate::cputime::thread_cpu_us();
+        let clock = crate::cputime::TaskClock::start();
+        let started_us = clock.started_us();
         let mut read = InputsRead::default();
         let result = self.execute_inner(a, pending, &mut read);
-        let cpu_us = crate::cputime::thread_cpu_us().saturating_sub(cpu_started);
+        let finished_us = now_us();
+        let cpu_us = clock.cpu_us(finished_us);
         TaskReport {
             task: a.task,
             worker: self.id,
             processor: a.processor,
             started_us,
-            finished_us: now_us(),
+            finished_us,
             rows_in: read.rows,
             bytes_in: read.bytes,
             fetch_wait_us: read.fetch_wait_us,

@@ -33,14 +33,19 @@ impl Scheduler {
         self.free_now(now);
     }
 
-    pub(super) fn free_deferred(&mut self) {
-        if self.deferred_frees.is_empty() {
-            return;
-        }
-        let (later, now): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred_frees)
-            .into_iter()
-            .partition(|id| self.deps.in_use(DataKey::Chunk(*id)));
-        self.deferred_frees = later;
+    /// `task` has finished or will never run: its keys are released, and a chunk whose free
+    /// waited for the last of its readers is freed now. The work is per key of the task, not
+    /// per deferred free.
+    pub(super) fn release_keys(&mut self, task: TaskId, keys: &[DataKey]) {
+        let mut now = Vec::new();
+        let deferred = &mut self.deferred_frees;
+        self.deps.forget(task, keys, |key| {
+            if let DataKey::Chunk(c) = key {
+                if !deferred.is_empty() && deferred.remove(&c) {
+                    now.push(c);
+                }
+            }
+        });
         self.free_now(now);
     }
 

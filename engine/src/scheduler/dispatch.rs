@@ -50,7 +50,8 @@ impl Scheduler {
             // A task is dispatched once; its parameters are not needed afterwards.
             params: std::mem::take(&mut t.sub.params),
             processor: pid.kind,
-            inputs: t.inputs.clone(),
+            // Nothing reads a running task's inputs again.
+            inputs: std::mem::take(&mut t.inputs),
         };
         let worker = self.workers[&pid.worker].worker.clone();
         worker.run_task(assignment, self.sink.clone());

@@ -13,8 +13,7 @@ impl Scheduler {
             p.queue.retain(|x| *x != id);
             p.queued_s = (p.queued_s - t.est_s).max(0.0);
         }
-        self.deps.forget(id, &t.keys);
-        self.free_deferred();
+        self.release_keys(id, &t.keys);
         self.record_unrun(&t.sub, &t.deps, &e);
         self.fail_dependents(id, &t.dependents, &e);
         self.complete(&t.sub.slot, Err(e));

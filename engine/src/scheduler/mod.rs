@@ -6,7 +6,7 @@ use crate::chunk::ChunkMeta;
 use crate::datadeps::{DataDeps, DataKey};
 use crate::error::{EngineError, Result};
 use crate::eventlog::{now_us, EventLog, TaskRecord, TaskStatus};
-use crate::ids::{ChunkId, IdMap, TaskId, WorkerId};
+use crate::ids::{ChunkId, IdBuildHasher, IdMap, TaskId, WorkerId};
 use crate::placement::{self, CostModel, InputSite, ProcessorLoad, StealCandidate};
 use crate::scope::{ProcessorId, Scope};
 use crate::task::{Arg, ArgSource, TaskOutput, TaskSlot};
@@ -125,7 +125,7 @@ pub(crate) struct Scheduler {
     tasks: IdMap<TaskId, TaskState>,
     deps: DataDeps,
     chunks: IdMap<ChunkId, ChunkEntry>,
-    workers: HashMap<WorkerId, WorkerEntry>,
+    workers: IdMap<WorkerId, WorkerEntry>,
     procs: Vec<ProcState>,
     run_times: RunTimes,
     /// Scratch space for placement, reused to avoid an allocation per task.
@@ -136,7 +136,7 @@ pub(crate) struct Scheduler {
     idle_waiters: Vec<Sender<()>>,
     /// Chunks freed while unfinished tasks still access them: freed when those finish, so a
     /// reader that was submitted before the free still finds its data.
-    deferred_frees: Vec<ChunkId>,
+    deferred_frees: std::collections::HashSet<ChunkId, IdBuildHasher>,
 }
 
 /// How many queued tasks of each victim a thief looks at when stealing.
@@ -161,7 +161,7 @@ impl Scheduler {
             tasks: IdMap::default(),
             deps: DataDeps::default(),
             chunks: IdMap::default(),
-            workers: HashMap::new(),
+            workers: IdMap::default(),
             procs: Vec::new(),
             run_times: RunTimes::default(),
             loads: Vec::new(),
@@ -169,13 +169,13 @@ impl Scheduler {
             log,
             admission,
             idle_waiters: Vec::new(),
-            deferred_frees: Vec::new(),
+            deferred_frees: Default::default(),
         }
     }
 
     /// Runs until `Shutdown` (or until every sender is gone).
     pub(crate) fn run(mut self) {
-        while let Ok(ev) = self.events.recv() {
+        while let Ok(ev) = crate::wait::recv(&self.events) {
             if !self.handle(ev) {
                 break;
             }
@@ -229,7 +229,6 @@ impl Scheduler {
         match self.admit(&sub) {
             Ok((keys, deps, scope_ok)) => {
                 debug_assert!(scope_ok);
-                let est_s = self.estimate(&sub, 0);
                 let mut waiting_on = 0;
                 for d in &deps {
                     if let Some(t) = self.tasks.get_mut(d) {
@@ -246,7 +245,9 @@ impl Scheduler {
                         phase: Phase::Waiting,
                         keys,
                         deps,
-                        est_s,
+                        // Estimated when it is ready: learned run times and input sizes may
+                        // change while it waits.
+                        est_s: 0.0,
                         inputs: Vec::new(),
                         sites: Vec::new(),
                         cancel_requested: false,
@@ -275,10 +276,13 @@ impl Scheduler {
         for arg in &sub.args {
             let key = match &arg.source {
                 ArgSource::Chunk(c) => {
-                    let entry = self.chunks.get(c).ok_or(EngineError::InvalidArgument {
-                        task: id,
-                        detail: format!("unknown {c}"),
-                    })?;
+                    let entry = self
+                        .chunks
+                        .get(c)
+                        .ok_or_else(|| EngineError::InvalidArgument {
+                            task: id,
+                            detail: format!("unknown {c}"),
+                        })?;
                     if entry.lost {
                         return Err(EngineError::ChunkLost {
                             chunk: *c,
@@ -367,19 +371,22 @@ impl Scheduler {
 
     /// All dependencies are done: resolve inputs, place the task and queue it.
     fn make_ready(&mut self, id: TaskId) {
-        if !self.tasks.contains_key(&id) {
+        self.refresh_loads();
+        let Some(t) = self.tasks.get_mut(&id) else {
             return;
-        }
-        let (inputs, sites, narrowed) = match self.resolve_inputs(id) {
-            Ok(r) => r,
+        };
+        let narrowed = match resolve_inputs(&self.chunks, id, t) {
+            Ok(n) => n,
             Err(e) => return self.fail(id, e),
         };
-        self.refresh_loads();
-        let est_s = self.estimate(&self.tasks[&id].sub, placement::total_bytes(&sites));
-        let t = self.tasks.get_mut(&id).expect("checked above");
-        t.inputs = inputs;
-        t.sites = sites;
-        t.est_s = est_s;
+        t.est_s = self
+            .run_times
+            .estimate(
+                &t.sub.kernel,
+                t.sub.cost_class,
+                placement::total_bytes(&t.sites),
+            )
+            .unwrap_or(self.model.default_task_s);
         let scope = narrowed.as_ref().unwrap_or(&t.sub.scope);
         let Some(pid) = placement::place(scope, &t.sites, t.est_s, &self.loads, &self.model) else {
             let detail = format!("scope {scope} matches no live processor");
@@ -395,54 +402,6 @@ impl Scheduler {
         p.queue.push_back(id);
         p.queued_s += t.est_s;
         self.dispatch(pi);
-    }
-
-    /// Where each input lives now, and the task's scope narrowed by pinned inputs.
-    fn resolve_inputs(
-        &self,
-        id: TaskId,
-    ) -> Result<(Vec<InputSpec>, Vec<InputSite>, Option<Scope>)> {
-        let t = &self.tasks[&id];
-        let mut narrowed: Option<Scope> = None;
-        let mut inputs = Vec::with_capacity(t.sub.args.len());
-        let mut sites = Vec::with_capacity(t.sub.args.len());
-        for arg in &t.sub.args {
-            let chunk = match &arg.source {
-                ArgSource::Chunk(c) => *c,
-                ArgSource::Output { task, index, slot } => match slot.output_chunk(*index) {
-                    Some(Ok(c)) => c,
-                    Some(Err(e)) => return Err(upstream(id, *task, &e)),
-                    None => unreachable!("dependency finished before its dependent was ready"),
-                },
-            };
-            let entry = self
-                .chunks
-                .get(&chunk)
-                .ok_or(EngineError::InvalidArgument {
-                    task: id,
-                    detail: format!("{chunk} was freed"),
-                })?;
-            if entry.lost {
-                return Err(EngineError::ChunkLost {
-                    chunk,
-                    worker: entry.meta.owner,
-                });
-            }
-            if entry.pinned {
-                let s = narrowed.as_ref().unwrap_or(&t.sub.scope);
-                narrowed = Some(s.intersect(&Scope::worker(entry.meta.owner)));
-            }
-            inputs.push(InputSpec {
-                chunk,
-                owner: entry.meta.owner,
-                access: arg.access,
-            });
-            sites.push(InputSite {
-                owner: entry.meta.owner,
-                bytes: entry.meta.bytes,
-            });
-        }
-        Ok((inputs, sites, narrowed))
     }
 
     // ---- completion -------------------------------------------------------------------------
@@ -508,8 +467,8 @@ impl Scheduler {
                 name_failure(e, r.task, &t.sub.kernel, r.worker)
             }),
         };
-        let deps = std::mem::take(&mut t.deps);
-        let record = |status: TaskStatus, rows_out, bytes_out| TaskRecord {
+        let mut deps = std::mem::take(&mut t.deps);
+        let mut record = |status: TaskStatus, rows_out, bytes_out| TaskRecord {
             task: r.task,
             name: t.sub.label.clone().unwrap_or_else(|| t.sub.kernel.clone()),
             worker: Some(r.worker),
@@ -526,11 +485,10 @@ impl Scheduler {
             bytes_moved: r.transfers.iter().map(|x| x.bytes).sum(),
             fetch_wait_us: r.fetch_wait_us,
             cpu_us: r.cpu_us,
-            deps: deps.clone(),
+            deps: std::mem::take(&mut deps),
             status,
         };
-        self.deps.forget(r.task, &t.keys);
-        self.free_deferred();
+        self.release_keys(r.task, &t.keys);
         match result {
             Ok(outputs) => {
                 if self.log.enabled() {
@@ -607,4 +565,52 @@ impl Scheduler {
             let _ = w.send(());
         }
     }
+}
+
+/// Where each input of task `id` lives now (into its `inputs` and `sites`), and its scope
+/// narrowed by pinned inputs.
+fn resolve_inputs(
+    chunks: &IdMap<ChunkId, ChunkEntry>,
+    id: TaskId,
+    t: &mut TaskState,
+) -> Result<Option<Scope>> {
+    let mut narrowed: Option<Scope> = None;
+    t.inputs.clear();
+    t.sites.clear();
+    for arg in &t.sub.args {
+        let chunk = match &arg.source {
+            ArgSource::Chunk(c) => *c,
+            ArgSource::Output { task, index, slot } => match slot.output_chunk(*index) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return Err(upstream(id, *task, &e)),
+                None => unreachable!("dependency finished before its dependent was ready"),
+            },
+        };
+        let entry = chunks
+            .get(&chunk)
+            .ok_or_else(|| EngineError::InvalidArgument {
+                task: id,
+                detail: format!("{chunk} was freed"),
+            })?;
+        if entry.lost {
+            return Err(EngineError::ChunkLost {
+                chunk,
+                worker: entry.meta.owner,
+            });
+        }
+        if entry.pinned {
+            let s = narrowed.as_ref().unwrap_or(&t.sub.scope);
+            narrowed = Some(s.intersect(&Scope::worker(entry.meta.owner)));
+        }
+        t.inputs.push(InputSpec {
+            chunk,
+            owner: entry.meta.owner,
+            access: arg.access,
+        });
+        t.sites.push(InputSite {
+            owner: entry.meta.owner,
+            bytes: entry.meta.bytes,
+        });
+    }
+    Ok(narrowed)
 }

@@ -42,12 +42,20 @@ impl KernelStats {
 /// How many cost classes the scheduler keeps history for.
 const MAX_COST_CLASSES: usize = 4096;
 
+/// A kernel's history, and that of each of its cost classes.
+#[derive(Default)]
+struct KernelHistory {
+    all: KernelStats,
+    classes: IdMap<u64, KernelStats>,
+}
+
 /// What the scheduler has learned of run times: per kernel, and per (kernel, cost class) (see
-/// [`crate::TaskOptions::cost_class`]).
+/// [`crate::TaskOptions::cost_class`]). One lookup by kernel name per call: every task asks.
 #[derive(Default)]
 pub(super) struct RunTimes {
-    kernels: HashMap<Arc<str>, KernelStats>,
-    classes: HashMap<(Arc<str>, u64), KernelStats>,
+    kernels: IdMap<Arc<str>, KernelHistory>,
+    /// Cost classes kept, over all kernels.
+    classes: usize,
 }
 
 impl RunTimes {
@@ -59,21 +67,25 @@ impl RunTimes {
         dur_s: f64,
         input_bytes: u64,
     ) {
-        let stats = match self.kernels.get_mut(kernel) {
-            Some(s) => s,
+        if class.is_some() && self.classes >= MAX_COST_CLASSES {
+            // A bound on memory: the classes of a long session's past queries are dropped
+            // together, and relearned as they run again.
+            for history in self.kernels.values_mut() {
+                history.classes.clear();
+            }
+            self.classes = 0;
+        }
+        let history = match self.kernels.get_mut(kernel) {
+            Some(h) => h,
             None => self.kernels.entry(kernel.clone()).or_default(),
         };
-        stats.learn(dur_s, input_bytes);
+        history.all.learn(dur_s, input_bytes);
         if let Some(class) = class {
-            if self.classes.len() >= MAX_COST_CLASSES {
-                // A bound on memory: the classes of a long session's past queries are dropped
-                // together, and relearned as they run again.
-                self.classes.clear();
-            }
-            self.classes
-                .entry((kernel.clone(), class))
-                .or_default()
-                .learn(dur_s, input_bytes);
+            let stats = history.classes.entry(class).or_insert_with(|| {
+                self.classes += 1;
+                KernelStats::default()
+            });
+            stats.learn(dur_s, input_bytes);
         }
     }
 
@@ -85,10 +97,11 @@ impl RunTimes {
         class: Option<u64>,
         input_bytes: u64,
     ) -> Option<f64> {
+        let history = self.kernels.get(kernel)?;
         class
-            .and_then(|c| self.classes.get(&(kernel.clone(), c)))
+            .and_then(|c| history.classes.get(&c))
             .and_then(|s| s.estimate(input_bytes))
-            .or_else(|| self.kernels.get(kernel)?.estimate(input_bytes))
+            .or_else(|| history.all.estimate(input_bytes))
     }
 }
 
@@ -129,7 +142,9 @@ mod tests {
         for class in 0..(super::MAX_COST_CLASSES as u64 + 10) {
             times.learn(&kernel, Some(class), 0.01, 100);
         }
-        assert!(times.classes.len() <= super::MAX_COST_CLASSES);
-        assert!(times.classes.len() >= 10);
+        assert!(times.classes <= super::MAX_COST_CLASSES);
+        assert!(times.classes >= 10);
+        let kept = times.kernels[&kernel].classes.len();
+        assert_eq!(kept, times.classes);
     }
 }
