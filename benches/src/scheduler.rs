@@ -2,7 +2,7 @@
 //! rayon, reporting tasks per second, microseconds per task and peak memory. `--busy N` runs
 //! every case again beside N low-priority CPU-bound threads (a shared node's normal state) and
 //! reports Dirk's busy figure against its idle one; `--check US` runs Dirk alone and fails when
-//! any shape takes more than US microseconds per task.
+//! any shape takes more than US microseconds per task on an idle machine.
 
 use crate::report::{peak_rss, reset_peak_rss, Report, Row};
 use dirk_engine::{Arg, Chunk, Context, TaskHandle, TaskOptions};
@@ -20,7 +20,7 @@ pub(crate) struct Args {
     /// Also run every case beside this many low-priority (nice 19) CPU-bound threads.
     #[arg(long, value_name = "N", default_value_t = 0)]
     busy: usize,
-    /// Run Dirk only, and exit non-zero when any shape takes more µs per task than this.
+    /// Run Dirk only, and exit non-zero when any shape takes more µs per task than this, idle.
     #[arg(long, value_name = "US")]
     check: Option<f64>,
     /// Internal: run one case (`SYSTEM:SHAPE:N`) in this process and print its result as JSON.
@@ -74,7 +74,6 @@ pub(crate) fn run(args: &Args, report: &mut Report) -> Result<(), String> {
         "case", "system", "tasks/s", "us/task", "vs tokio", "peak MB"
     );
     let idle = run_cases(args, report, workers, "")?;
-    let mut worst = idle.clone();
     if args.busy > 0 {
         println!("\nbeside {} low-priority CPU-bound threads:", args.busy);
         let load = BusyThreads::start(args.busy);
