@@ -149,6 +149,11 @@ pub(crate) async fn update_rows(
         columns: columns.clone(),
     };
     let params = encode_with_header(&apply, &[]);
+    // Bounds are forgotten before any write is sent, so a write that lands after this statement
+    // failed or was dropped leaves no old bounds to prune a chunk that now matches; and again
+    // once the writes are done, for bounds a concurrent query computed while they ran.
+    core.chunk_stats()
+        .forget_stats(pending.iter().map(|(t, _)| t.id), &columns);
     let handles: Vec<_> = core.with_catalog_locked(|| {
         pending
             .iter()
