@@ -166,7 +166,7 @@ impl ChunkReader {
     /// The chunk's schema, once the stream has carried it.
     pub(crate) fn schema(&mut self) -> Option<arrow::datatypes::SchemaRef> {
         if self.schema.is_none() {
-            self.schema = self.decoded.schema().map(|wire| chunk_schema(wire));
+            self.schema = self.decoded.schema().map(chunk_schema);
         }
         self.schema.clone()
     }
