@@ -3,7 +3,7 @@
 
 use crate::broadcast::BroadcastJoinSelection;
 use crate::catalog::Catalog;
-use crate::core::{SessionCore, PINNED_OFF};
+use crate::core::{Cluster, SessionCore, PINNED_OFF};
 use crate::error::{DirkError, Result};
 use crate::executor::Executor;
 use crate::kernels::register_kernels;
@@ -114,6 +114,7 @@ impl SessionBuilder {
 
     /// Starts the engine and an empty catalog.
     pub fn build(self) -> Result<Session> {
+        let mut cluster = None;
         let engine = match &self.workers {
             Some(Workers::Remote(addresses)) => {
                 if addresses.is_empty() {
@@ -123,9 +124,13 @@ impl SessionBuilder {
                 }
                 let remote = dirk_flight::connect_cluster_blocking(addresses, &self.cluster)?;
                 let engine = Context::builder().workers(0).build()?;
-                for w in remote {
-                    engine.add_worker(w)?;
+                for w in &remote {
+                    engine.add_worker(w.clone())?;
                 }
+                cluster = Some(Cluster {
+                    options: self.cluster.clone(),
+                    workers: tokio::sync::Mutex::new(remote),
+                });
                 engine
             }
             Some(Workers::InProcess(n)) => Context::builder()
@@ -201,6 +206,7 @@ impl SessionBuilder {
             partitions,
             mutation_lock: tokio::sync::Mutex::new(()),
             chunk_stats,
+            cluster,
         }))
     }
 }

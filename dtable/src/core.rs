@@ -14,7 +14,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
-use dirk_engine::{Chunk, ChunkRef, Context};
+use dirk_engine::{Chunk, ChunkRef, Context, Worker, WorkerId};
 use std::sync::Arc;
 
 /// Planner options Dirk keeps off: each assumes the partitions of a plan share memory in one
@@ -43,11 +43,44 @@ pub(crate) struct SessionCore {
     /// Min/max statistics of table chunks, for pruning `UPDATE` and `DELETE` and for the
     /// planner (see `prune.rs`).
     pub(crate) chunk_stats: Arc<ChunkStatistics>,
+    /// The worker processes of a session on a cluster; `None` when it is embedded.
+    pub(crate) cluster: Option<Cluster>,
+}
+
+/// A session's worker processes (lost ones too: their ids are never given again) and how to
+/// reach more.
+pub(crate) struct Cluster {
+    pub(crate) options: dirk_flight::ClientOptions,
+    pub(crate) workers: tokio::sync::Mutex<Vec<Arc<dirk_flight::RemoteWorker>>>,
 }
 
 impl SessionCore {
     pub(crate) fn engine(&self) -> &Context {
         &self.engine
+    }
+
+    /// Adds the `dirk worker` at `address`: the live workers and it learn of each other, and the
+    /// scheduler may place work there from now on. Its id follows every id given before.
+    pub(crate) async fn add_worker(&self, address: &str) -> Result<WorkerId> {
+        let Some(cluster) = &self.cluster else {
+            return Err(DirkError::Unsupported {
+                what: "adding a worker process to an embedded session (start the session on \
+                       worker processes to add more)"
+                    .into(),
+            });
+        };
+        let mut workers = cluster.workers.lock().await;
+        let id = WorkerId(workers.iter().map(|w| w.id().0 + 1).max().unwrap_or(0));
+        let live = self.engine.workers();
+        let peers: Vec<_> = workers
+            .iter()
+            .filter(|w| live.contains(&w.id()))
+            .cloned()
+            .collect();
+        let joined = dirk_flight::join_worker(address, id, &peers, &cluster.options).await?;
+        self.engine.add_worker(joined.clone())?;
+        workers.push(joined);
+        Ok(id)
     }
 
     pub(crate) fn planner(&self) -> &SessionContext {

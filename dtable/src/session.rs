@@ -171,6 +171,13 @@ impl Session {
         crate::layout::repartition_by(&self.core, name, columns, n).await
     }
 
+    /// Adds the `dirk worker` at `address` to a session on worker processes: new work, and the
+    /// partitions of tables made from now on, may go there. Returns the worker's id. An embedded
+    /// session has no worker processes to add to, and says so.
+    pub async fn add_worker(&self, address: &str) -> Result<WorkerId> {
+        self.core.add_worker(address).await
+    }
+
     /// Moves every chunk of table `name` to `worker` and pins it there: tasks that read the
     /// table run on that worker, and the scheduler never moves its chunks.
     pub fn pin_table(&self, name: &str, worker: WorkerId) -> Result<DTable> {

@@ -569,6 +569,36 @@ pub async fn connect_cluster(
     Ok(workers)
 }
 
+/// Connects to one more worker, as `id`, while `existing` run: the new worker learns every
+/// peer, and each existing worker learns the new one (one that does not answer is skipped: the
+/// driver's heartbeat declares it lost).
+pub async fn join_worker(
+    address: &str,
+    id: WorkerId,
+    existing: &[Arc<RemoteWorker>],
+    options: &ClientOptions,
+) -> Result<Arc<RemoteWorker>, EngineError> {
+    let joined = Arc::new(RemoteWorker::connect(address, id, options).await?);
+    let mut peers: Vec<Peer> = existing.iter().map(|w| w.peer_info()).collect();
+    peers.push(joined.peer_info());
+    joined
+        .link
+        .control(
+            action::PEERS,
+            protocol::encode(&peers),
+            options.connect_timeout,
+        )
+        .await?;
+    let newcomer = protocol::encode(&vec![joined.peer_info()]);
+    for w in existing {
+        let _ = w
+            .link
+            .control(action::PEERS, newcomer.clone(), options.connect_timeout)
+            .await;
+    }
+    Ok(joined)
+}
+
 /// [`connect_cluster`] from synchronous code.
 pub fn connect_cluster_blocking(
     addresses: &[String],

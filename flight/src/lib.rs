@@ -13,7 +13,9 @@ mod local;
 pub mod protocol;
 mod server;
 
-pub use client::{connect_cluster, connect_cluster_blocking, ClientOptions, RemoteWorker};
+pub use client::{
+    connect_cluster, connect_cluster_blocking, join_worker, ClientOptions, RemoteWorker,
+};
 pub use local::{dirk_binary_of_this_build, listening_line, random_token, LocalWorkers};
 pub use protocol::{resolve_token, PROTOCOL_VERSION, TOKEN_ENV};
 pub use server::{

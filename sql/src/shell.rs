@@ -74,6 +74,7 @@ const HELP: &str = "\
 \\timing         toggle timing of statements
 \\mode MODE      output as table, csv or json
 \\tpch SCALE     generate TPC-H at SCALE and register its tables
+\\worker ADDR    add the `dirk worker` at ADDR (host:port) to this session's cluster
 \\?              this help
 Statements end with `;`.";
 
@@ -190,6 +191,18 @@ impl Shell {
                     }
                 };
                 true
+            }
+            ("worker", Some(address)) => {
+                match self.runtime.block_on(self.session.add_worker(address)) {
+                    Ok(id) => {
+                        eprintln!("{id} joined ({address})");
+                        true
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        false
+                    }
+                }
             }
             ("tpch", Some(sf)) => match sf.parse::<f64>() {
                 Ok(sf) => match self.load_tpch(sf) {

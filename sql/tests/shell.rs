@@ -249,3 +249,74 @@ fn a_worker_needs_a_token_unless_insecure_on_loopback() {
         text(&out.stdout)
     );
 }
+
+/// `\worker ADDR` adds a worker process to a shell on a cluster; an embedded shell says it has
+/// none to add to.
+#[test]
+fn a_worker_joins_a_running_shell() {
+    use std::io::{BufRead, BufReader};
+    let token = "shell-join-token";
+    let start_worker = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dirk"))
+            .args(["worker", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
+            .env("DIRK_TOKEN", token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "dirk worker listening on HOST:PORT (protocol N)"
+        let address = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
+        assert!(address.starts_with("127.0.0.1:"), "{line}");
+        (child, address)
+    };
+    let (first, a) = start_worker();
+    let (second, b) = start_worker();
+    let out = Command::new(env!("CARGO_BIN_EXE_dirk"))
+        .args(["--workers", &a, "--format", "csv"])
+        .env("DIRK_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut shell| {
+            shell.stdin.take().unwrap().write_all(
+                format!(
+                    "\\worker {b}\nCREATE TABLE t AS SELECT value AS v FROM \
+                     generate_series(1, 1000);\nSELECT sum(v) AS s FROM t;\n"
+                )
+                .as_bytes(),
+            )?;
+            shell.wait_with_output()
+        })
+        .unwrap();
+    for mut w in [first, second] {
+        drop(w.stdin.take());
+        let _ = w.wait();
+    }
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("worker 1 joined ({b})")),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains("s\n500500"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = dirk(&[], Some("\\worker 127.0.0.1:1\n"));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("embedded session"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}

@@ -219,3 +219,67 @@ async fn a_worker_killed_mid_query_is_a_clear_error_and_the_session_goes_on() {
     let message = lost.to_string();
     assert!(message.contains("lost with worker 2"), "{message}");
 }
+
+/// A running session takes one more worker process: the first worker and it learn of each
+/// other, a table made afterwards has partitions there, and a join over a table on the first
+/// and one on both answers as DataFusion does. An embedded session has no processes to add to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_added_to_a_running_session_takes_partitions_and_work() {
+    let workers = start(2);
+    let addresses = workers.addresses();
+    let s = Session::builder()
+        .workers(vec![addresses[0].clone()])
+        .token(workers.token())
+        .partitions(4)
+        .build()
+        .unwrap();
+    run_dirk(
+        &s,
+        "CREATE TABLE early AS SELECT value AS v FROM generate_series(1, 5000)",
+        "a table before",
+    )
+    .await;
+    let id = s.add_worker(&addresses[1]).await.unwrap();
+    assert_eq!(id, WorkerId(1));
+    assert_eq!(s.engine().workers().len(), 2);
+    run_dirk(
+        &s,
+        "CREATE TABLE late AS SELECT value AS v, value % 7 AS k FROM generate_series(1, 200000)",
+        "a table after",
+    )
+    .await;
+    let on_new: usize = s
+        .engine()
+        .worker_status()
+        .iter()
+        .filter(|w| w.id == id)
+        .map(|w| w.chunks)
+        .sum();
+    assert!(
+        on_new > 0,
+        "no partition of the new table is on the new worker"
+    );
+    let sql = "SELECT l.k, count(*) AS n, sum(l.v) AS total FROM late l JOIN early e ON l.v = e.v \
+               GROUP BY l.k ORDER BY l.k";
+    let got = run_dirk(&s, sql, "a join over both workers").await;
+    let ctx = datafusion::prelude::SessionContext::new();
+    let want = ctx
+        .sql(
+            "SELECT value % 7 AS k, count(*) AS n, sum(value) AS total \
+             FROM generate_series(1, 5000) GROUP BY value % 7 ORDER BY k",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_same(&got, &want, true, "a join over both workers");
+
+    let embedded = Session::builder().workers(2).build().unwrap();
+    let e = embedded
+        .add_worker(&addresses[1])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("embedded session"), "{e}");
+}
