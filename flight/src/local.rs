@@ -52,6 +52,8 @@ pub struct LocalWorkers {
     children: Vec<Child>,
     addresses: Vec<String>,
     token: String,
+    binary: PathBuf,
+    threads: usize,
 }
 
 impl LocalWorkers {
@@ -67,16 +69,19 @@ impl LocalWorkers {
             children: Vec::new(),
             addresses: Vec::new(),
             token,
+            binary: dirk_binary.to_path_buf(),
+            threads,
         };
         for _ in 0..n {
-            let (child, address) = workers.spawn(dirk_binary, threads)?;
+            let (child, address) = workers.spawn()?;
             workers.children.push(child);
             workers.addresses.push(address);
         }
         Ok(workers)
     }
 
-    fn spawn(&self, dirk_binary: &Path, threads: usize) -> Result<(Child, String), EngineError> {
+    fn spawn(&self) -> Result<(Child, String), EngineError> {
+        let (dirk_binary, threads) = (&self.binary, self.threads);
         let failed = |message: String| EngineError::Remote {
             peer: format!("{} worker", dirk_binary.display()),
             message,
@@ -140,6 +145,26 @@ impl LocalWorkers {
                 .args([signal, &c.id().to_string()])
                 .status();
         }
+    }
+
+    /// Starts a new worker process in the place of each one that has exited (killed, crashed);
+    /// for each, its index and new address.
+    pub fn replace_exited(&mut self) -> Result<Vec<(usize, String)>, EngineError> {
+        let mut replaced = Vec::new();
+        for i in 0..self.children.len() {
+            if let Ok(Some(_)) = self.children[i].try_wait() {
+                let (child, address) = self.spawn()?;
+                self.children[i] = child;
+                self.addresses[i] = address.clone();
+                replaced.push((i, address));
+            }
+        }
+        Ok(replaced)
+    }
+
+    /// The process id of each worker.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
     }
 
     /// Kills worker `i` at once (SIGKILL), as a crash would.

@@ -2,9 +2,13 @@
 
 use crate::WorkerArgs;
 use dirk_dtable::flight::{self, LocalWorkers, WorkerOptions, WorkerServer};
+use dirk_dtable::Session;
+use dirk_engine::WorkerId;
+use parking_lot::Mutex;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Runs a worker process until it is killed (or, with `--exit-with-stdin`, until its standard
 /// input closes).
@@ -56,10 +60,14 @@ pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     })
 }
 
-/// `dirk cluster --local N`: worker processes on loopback, stopped when the shell exits.
+/// `dirk cluster --local N`: worker processes on loopback, stopped when the shell exits. A
+/// worker process that dies is replaced (see [`LocalCluster::supervise`]).
 pub(crate) struct LocalCluster {
-    workers: LocalWorkers,
+    workers: Arc<Mutex<LocalWorkers>>,
 }
+
+/// How often the supervisor looks for worker processes that have exited.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 impl LocalCluster {
     pub(crate) fn start(n: usize, threads: Option<usize>) -> anyhow::Result<LocalCluster> {
@@ -73,14 +81,51 @@ impl LocalCluster {
             "started {n} local workers: {}",
             workers.addresses().join(", ")
         );
-        Ok(LocalCluster { workers })
+        Ok(LocalCluster {
+            workers: Arc::new(Mutex::new(workers)),
+        })
     }
 
     pub(crate) fn addresses(&self) -> Vec<String> {
-        self.workers.addresses()
+        self.workers.lock().addresses()
     }
 
     pub(crate) fn token(&self) -> String {
-        self.workers.token().to_string()
+        self.workers.lock().token().to_string()
+    }
+
+    /// Watches the worker processes of `session` (started on this cluster's addresses, in
+    /// order): one that exits is declared lost to the session at once, a new process takes its
+    /// place and joins the session. Stops when the cluster is dropped.
+    pub(crate) fn supervise(&self, session: Session, runtime: tokio::runtime::Handle) {
+        let workers = Arc::downgrade(&self.workers);
+        let mut ids: Vec<WorkerId> = (0..self.workers.lock().pids().len())
+            .map(|i| WorkerId(i as u32))
+            .collect();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(SUPERVISE_EVERY);
+            let Some(workers) = workers.upgrade() else {
+                return;
+            };
+            let replaced = workers.lock().replace_exited();
+            match replaced {
+                Ok(replaced) => {
+                    for (i, address) in replaced {
+                        let _ = session.engine().remove_worker(ids[i], "its process exited");
+                        match runtime.block_on(session.add_worker(&address)) {
+                            Ok(id) => {
+                                eprintln!(
+                                    "{} exited; a new worker process at {address} joined as {id}",
+                                    ids[i]
+                                );
+                                ids[i] = id;
+                            }
+                            Err(e) => eprintln!("error: a replacement worker did not join: {e}"),
+                        }
+                    }
+                }
+                Err(e) => eprintln!("error: cannot replace a worker process: {e}"),
+            }
+        });
     }
 }

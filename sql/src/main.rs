@@ -217,6 +217,10 @@ fn run_shell(cli: ShellArgs, local: Option<&cluster::LocalCluster>) -> anyhow::R
         builder = builder.partitions(n);
     }
     let session = builder.build()?;
+    if let Some(cluster) = local {
+        cluster.supervise(session.clone(), runtime.handle().clone());
+        eprintln!("attached; a worker process that dies is replaced");
+    }
     let mut shell = shell::Shell::new(session, runtime, cli.format);
     if let Some(sf) = cli.tpch {
         shell.load_tpch(sf)?;

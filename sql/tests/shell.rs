@@ -320,3 +320,85 @@ fn a_worker_joins_a_running_shell() {
     assert!(stderr.contains("embedded session"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
+
+/// `dirk cluster --local 2` replaces a worker process that dies: the dead one is declared lost
+/// at once, a new process joins in its place, and the statements after it run.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_local_cluster_replaces_a_worker_process_that_dies() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let mut shell = Command::new(env!("CARGO_BIN_EXE_dirk"))
+        .args(["cluster", "--local", "2", "--format", "csv"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, stderr) = mpsc::channel();
+    let err = shell.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |what: &str| -> String {
+        loop {
+            match stderr.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("no line with {what:?} on stderr: {e}"),
+            }
+        }
+    };
+    wait_for("started 2 local workers");
+    // The session is attached to both before one dies.
+    wait_for("attached");
+    let workers = children_of(shell.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    Command::new("kill")
+        .args(["-9", &workers[0].to_string()])
+        .status()
+        .unwrap();
+    let joined = wait_for("joined as worker 2");
+    assert!(joined.contains("exited"), "{joined}");
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"CREATE TABLE t AS SELECT value AS v FROM generate_series(1, 1000);\n\
+              SELECT sum(v) AS s FROM t;\n",
+        )
+        .unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}",
+        stderr.try_iter().collect::<Vec<_>>()
+    );
+    assert!(
+        text(&out.stdout).contains("s\n500500"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// The processes whose parent is `pid`.
+#[cfg(target_os = "linux")]
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces; what follows its ')' is fixed.
+            let after = stat.get(stat.rfind(')')? + 2..)?;
+            let ppid: u32 = after.split(' ').nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
