@@ -180,10 +180,18 @@ fn to_wire(
     batch: &arrow::array::RecordBatch,
     wire: &arrow::datatypes::SchemaRef,
 ) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    cast_to(batch, wire.clone())
+}
+
+/// `batch` under `schema`, each column whose type differs cast to the field's type.
+fn cast_to(
+    batch: &arrow::array::RecordBatch,
+    schema: arrow::datatypes::SchemaRef,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
     let columns = batch
         .columns()
         .iter()
-        .zip(wire.fields())
+        .zip(schema.fields())
         .map(|(column, field)| {
             if column.data_type() == field.data_type() {
                 Ok(column.clone())
@@ -193,7 +201,7 @@ fn to_wire(
         })
         .collect::<Result<Vec<_>, _>>()?;
     arrow::array::RecordBatch::try_new_with_options(
-        wire.clone(),
+        schema,
         columns,
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )
@@ -280,24 +288,7 @@ fn from_wire(
     if Arc::ptr_eq(&batch.schema(), &schema) || batch.schema() == schema {
         return Ok(batch);
     }
-    let rows = batch.num_rows();
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(column.clone())
-            } else {
-                arrow::compute::cast(column, field.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    arrow::array::RecordBatch::try_new_with_options(
-        schema,
-        columns,
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
-    )
+    cast_to(&batch, schema)
 }
 
 /// Encodes a message body.

@@ -96,11 +96,7 @@ async fn a_worker_binds_only_the_address_it_is_given() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_without_the_token_is_refused() {
     let srv = server(Some(TOKEN)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", srv.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel_to(&srv).await;
     let mut raw = FlightServiceClient::new(channel);
     let get = raw
         .do_get(Ticket {
@@ -279,11 +275,7 @@ async fn a_worker_refuses_calls_past_its_limit_in_flight_and_still_answers_heart
     )
     .await
     .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", srv.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel_to(&srv).await;
     let call = move |kind: &str, body: Vec<u8>, attachment: Option<u64>| {
         let mut client = FlightServiceClient::new(channel.clone());
         let mut request = tonic::Request::new(Action {
@@ -361,11 +353,7 @@ async fn an_attachment_whose_driver_went_silent_expires() {
     )
     .await
     .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", srv.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel_to(&srv).await;
     let mut raw = FlightServiceClient::new(channel);
     let mut hello = tonic::Request::new(Action {
         r#type: "dirk.hello".into(),
@@ -728,4 +716,13 @@ async fn tls_between_the_driver_and_workers_and_between_workers() {
     assert!(!distrusted.contains('\n'), "{distrusted}");
     a.stop().await;
     b.stop().await;
+}
+
+/// A plain gRPC channel to `srv`, for calls the client does not make.
+async fn channel_to(srv: &WorkerServer) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", srv.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }

@@ -74,7 +74,7 @@ const HELP: &str = "\
 \\timing         toggle timing of statements
 \\mode MODE      output as table, csv or json
 \\tpch SCALE     generate TPC-H at SCALE and register its tables
-\\worker ADDR    add the `dirk worker` at ADDR (host:port) to this session's cluster
+\\worker ADDR    add the `dirk worker` at ADDR (host:port) to the cluster
 \\?              this help
 Statements end with `;`.";
 
