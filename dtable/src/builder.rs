@@ -8,7 +8,9 @@ use crate::error::{DirkError, Result};
 use crate::executor::Executor;
 use crate::kernels::register_kernels;
 use crate::session::Session;
+use crate::stores::StoreRegistry;
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::object_store::DefaultObjectStoreRegistry;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionConfig;
@@ -162,11 +164,18 @@ impl SessionBuilder {
             config.options_mut().set(key, "false")?;
         }
         // Files are listed only to ingest them, and an external table follows its files (see
-        // `refresh_external`): a cached listing would hide files added since.
+        // `refresh_external`): a cached listing would hide files added since. Remote stores are
+        // made on first use (see `stores`), over the stores registered explicitly.
+        let registered = match &self.planner_state {
+            Some(state) => Arc::clone(&state.runtime_env().object_store_registry),
+            None => Arc::new(DefaultObjectStoreRegistry::new()),
+        };
+        let stores = Arc::new(StoreRegistry::over(registered));
         let runtime = |mut env: RuntimeEnvBuilder| {
             env.cache_manager.list_files_cache = None;
             env.cache_manager.list_files_cache_limit = 0;
-            env.build_arc()
+            env.with_object_store_registry(Arc::clone(&stores) as _)
+                .build_arc()
         };
         let mut state = match self.planner_state {
             // The state has its default catalog already; making a new one would replace it,
@@ -183,11 +192,13 @@ impl SessionBuilder {
         };
         // DataFusion's rules (or the given state's), with Dirk's join selection among them.
         let rules = state.physical_optimizers().take().unwrap_or_default().rules;
+        // `SELECT * FROM 's3://bucket/file.parquet'`: a quoted location names its files.
         let planner = SessionContext::new_with_state(
             state
                 .with_physical_optimizer_rules(BroadcastJoinSelection::insert_into(rules))
                 .build(),
-        );
+        )
+        .enable_url_table();
         let engine = Arc::new(engine);
         let chunk_stats = Arc::new(crate::prune::ChunkStatistics::new(Arc::clone(&engine)));
         let catalog = Arc::new(Catalog::new(Arc::clone(&engine), Arc::clone(&chunk_stats)));
@@ -197,6 +208,7 @@ impl SessionBuilder {
             Arc::clone(&catalog),
             planner.clone(),
             task_memory,
+            Arc::clone(&stores),
         );
         Ok(Session::assemble(SessionCore {
             engine,

@@ -9,6 +9,7 @@ use crate::kernels::fragment::{
     encode_params, encode_plan, FragmentHeader, LeafFeed, FRAGMENT_KERNEL,
 };
 use crate::stages::{cut, leaf_partitions, ReadMode, StageOutput, StagedPlan};
+use crate::stores::{store_keys, StoreRegistry};
 use crate::stream::RecordBatchStream;
 use crate::table::DTable;
 use arrow::array::RecordBatch;
@@ -35,6 +36,9 @@ pub(crate) struct Executor {
     planner: SessionContext,
     /// Memory one task may use, in bytes (`SessionBuilder::memory`).
     task_memory: Option<usize>,
+    /// The planner's object stores: a task that reads a store configured by a table's options
+    /// carries them to its worker.
+    stores: Arc<StoreRegistry>,
 }
 
 impl Executor {
@@ -43,13 +47,20 @@ impl Executor {
         catalog: Arc<Catalog>,
         planner: SessionContext,
         task_memory: Option<usize>,
+        stores: Arc<StoreRegistry>,
     ) -> Self {
         Executor {
             engine,
             catalog,
             planner,
             task_memory,
+            stores,
         }
+    }
+
+    /// The planner's object stores.
+    pub(crate) fn stores(&self) -> &StoreRegistry {
+        &self.stores
     }
 
     /// The planner the executor plans physical plans with.
@@ -120,6 +131,7 @@ impl Executor {
             tables: &tables,
             settings,
             task_memory: self.task_memory,
+            stores: &self.stores,
             homes,
         };
         // A run that fails to spawn is dropped here, under the lock: it is given the temporary
@@ -250,6 +262,8 @@ pub(crate) struct StageInputs<'a> {
     pub(crate) settings: Vec<(String, String)>,
     /// Memory one task may use, in bytes, out of its worker's pool.
     pub(crate) task_memory: Option<usize>,
+    /// The object stores the scans read.
+    pub(crate) stores: &'a StoreRegistry,
     /// Final task `p` runs on `homes[p % homes.len()]`; anywhere when empty.
     pub(crate) homes: &'a [WorkerId],
 }
@@ -447,6 +461,8 @@ fn spawn_stages(
     for stage in &staged.stages {
         let plan = encode_plan(&stage.fragment)?;
         let cost_class = cost_class_of(&plan);
+        let keys = store_keys(&stage.fragment);
+        let stores = inputs.stores.specs_for(keys.iter().map(String::as_str));
         let modes: HashMap<_, _> = stage
             .inputs
             .iter()
@@ -489,6 +505,7 @@ fn spawn_stages(
                 feeds,
                 settings: inputs.settings.clone(),
                 memory_limit: inputs.task_memory,
+                stores: stores.clone(),
             };
             let mut opts = TaskOptions::new()
                 .params(encode_params(&header, &plan))

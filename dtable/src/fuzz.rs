@@ -170,6 +170,7 @@ async fn fragment_params() -> Vec<u8> {
         feeds: Vec::new(),
         settings: Vec::new(),
         memory_limit: Some(64 << 20),
+        stores: Vec::new(),
     };
     encode_params(&header, &encode_plan(&plan).unwrap())
 }

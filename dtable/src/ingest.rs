@@ -5,20 +5,40 @@
 use crate::catalog::FileStamp;
 use crate::error::{DirkError, Result};
 use crate::executor::Executor;
+use crate::stores::{take_store_options, StoreRegistry};
 use crate::table::DTable;
 use datafusion::catalog::TableProvider;
 use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame as DfDataFrame;
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{CreateExternalTable, LogicalPlan};
 use futures::TryStreamExt as _;
 use std::sync::Arc;
 
 /// The file listing a `CREATE EXTERNAL TABLE` describes (schema inferred where not given).
+/// Options of its store (`'aws.region'`, ...) configure the store of its location in `stores`,
+/// for the planner and for the tasks that read it.
 pub(crate) async fn external_files(
     state: &SessionState,
+    stores: &StoreRegistry,
     cmd: &CreateExternalTable,
 ) -> Result<Arc<dyn TableProvider>> {
+    let mut cmd = cmd.clone();
+    let store_options = take_store_options(&mut cmd.options);
+    if !store_options.is_empty() {
+        // The statement's text holds the credentials: it is not kept as the definition.
+        cmd.definition = None;
+        for location in &cmd.locations {
+            let listing = ListingTableUrl::parse(location)?;
+            let url = url::Url::parse(listing.object_store().as_str()).map_err(|e| {
+                DirkError::Unsupported {
+                    what: format!("store options for the location {location}: {e}"),
+                }
+            })?;
+            stores.configure(&url, store_options.clone())?;
+        }
+    }
     let file_type = cmd.file_type.to_uppercase();
     let factory = state
         .table_factories()
@@ -27,7 +47,51 @@ pub(crate) async fn external_files(
         .ok_or_else(|| DirkError::Unsupported {
             what: format!("external tables stored as {}", cmd.file_type),
         })?;
-    Ok(factory.create(state, cmd).await?)
+    match factory.create(state, &cmd).await {
+        Ok(files) => Ok(files),
+        Err(e) => Err(name_the_bad_file(state, factory.as_ref(), &cmd, e).await.into()),
+    }
+}
+
+/// At most this many files are tried one by one to find the one a listing failed on.
+const FILES_PROBED: usize = 1000;
+
+/// A listing's schema inference fails without naming the file it failed on (a corrupt Parquet
+/// footer, say): each file is tried on its own, and the error names the first that fails.
+async fn name_the_bad_file(
+    state: &SessionState,
+    factory: &dyn datafusion::catalog::TableProviderFactory,
+    cmd: &CreateExternalTable,
+    error: datafusion::error::DataFusionError,
+) -> datafusion::error::DataFusionError {
+    let extension = format!(".{}", cmd.file_type.to_lowercase());
+    let mut probed = 0;
+    for location in &cmd.locations {
+        let Ok(listing) = ListingTableUrl::parse(location) else {
+            return error;
+        };
+        let Ok(store) = state.runtime_env().object_store(&listing) else {
+            return error;
+        };
+        let Ok(mut files) = listing.list_all_files(state, store.as_ref(), &extension).await else {
+            return error;
+        };
+        while let Ok(Some(meta)) = files.try_next().await {
+            if probed == FILES_PROBED {
+                return error;
+            }
+            probed += 1;
+            let file = format!("{}{}", listing.object_store().as_str(), meta.location);
+            let one = CreateExternalTable {
+                locations: vec![file.clone()],
+                ..cmd.clone()
+            };
+            if let Err(e) = factory.create(state, &one).await {
+                return e.context(file);
+            }
+        }
+    }
+    error
 }
 
 /// Reads the files of `files` into a DTable.

@@ -27,6 +27,7 @@ mod router;
 pub mod session;
 pub mod stages;
 mod steps;
+mod stores;
 pub mod stream;
 pub mod table;
 pub mod tpch;

@@ -143,7 +143,8 @@ async fn execute_logical(core: &SessionCore, plan: LogicalPlan) -> Result<DfData
                 }
             }
             let state = core.planner.state();
-            let files = crate::ingest::external_files(&state, &c).await?;
+            let files =
+                crate::ingest::external_files(&state, core.executor.stores(), &c).await?;
             let stamps = crate::ingest::list_files(&state, files.as_ref()).await?;
             let table =
                 crate::ingest::read_files(&core.executor, &c.name, Arc::clone(&files)).await?;

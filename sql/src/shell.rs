@@ -319,7 +319,9 @@ impl Shell {
                     let (pieces, rest) = split(&buffer);
                     if !pieces.is_empty() {
                         let entry = buffer[..buffer.len() - rest.len()].trim().to_string();
-                        let _ = editor.add_history_entry(entry);
+                        if !names_a_credential(&entry) {
+                            let _ = editor.add_history_entry(entry);
+                        }
                     }
                     buffer = rest;
                     for p in pieces {
@@ -384,3 +386,37 @@ impl Hinter for ShellHelper {
 impl Highlighter for ShellHelper {}
 impl Validator for ShellHelper {}
 impl Helper for ShellHelper {}
+
+/// Whether a statement gives a store credential in its `OPTIONS` (`'aws.secret_access_key'`,
+/// ...): such a statement is not written to the history file, where the secret would stay.
+fn names_a_credential(statement: &str) -> bool {
+    const WORDS: [&str; 6] = [
+        "secret",
+        "access_key",
+        "session_token",
+        "service_account_key",
+        "sas_key",
+        "bearer_token",
+    ];
+    let lower = statement.to_lowercase();
+    WORDS.iter().any(|w| lower.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_a_credential;
+
+    #[test]
+    fn statements_with_credentials_stay_out_of_the_history() {
+        assert!(names_a_credential(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 's3://b/' \
+             OPTIONS ('aws.secret_access_key' 'x')"
+        ));
+        assert!(names_a_credential("... OPTIONS ('AWS.SESSION_TOKEN' 'x')"));
+        assert!(!names_a_credential(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 's3://b/' \
+             OPTIONS ('aws.region' 'us-east-1')"
+        ));
+        assert!(!names_a_credential("SELECT count(*) FROM lineitem"));
+    }
+}

@@ -6,6 +6,7 @@
 
 use crate::exec::{DirkCodec, LeafId, TaskInputs};
 use crate::proto::FieldPreservingConverter;
+use crate::stores::{StoreRegistry, StoreSpec, TaskStores};
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::memory_pool::{
@@ -59,6 +60,10 @@ pub(crate) struct FragmentHeader {
     /// beyond it.
     #[serde(default)]
     pub(crate) memory_limit: Option<usize>,
+    /// The stores this task reads that a table's options configured (credentials, endpoint):
+    /// the worker makes them once and uses them for this task's reads.
+    #[serde(default)]
+    pub(crate) stores: Vec<StoreSpec>,
 }
 
 /// Serializes a fragment once per stage.
@@ -159,14 +164,19 @@ fn restore_empty_grouping_set(
 /// The DataFusion side of a worker's environment, made once per worker: the session state
 /// fragments are decoded and run with. Its runtime holds the worker's one memory pool (fair
 /// between the worker's running tasks, sized by the worker's budget), its spill directory and
-/// the object-store registry.
+/// the object stores (made on first use from the worker's environment, or from the options a
+/// task carries).
 struct WorkerDataFusion {
     state: std::result::Result<SessionState, String>,
+    stores: Arc<StoreRegistry>,
 }
 
 impl WorkerDataFusion {
     fn new(env: &WorkerEnv) -> Self {
-        let mut runtime = RuntimeEnvBuilder::new().with_temp_file_path(env.spill_dir());
+        let stores = Arc::new(StoreRegistry::new());
+        let mut runtime = RuntimeEnvBuilder::new()
+            .with_temp_file_path(env.spill_dir())
+            .with_object_store_registry(Arc::clone(&stores) as _);
         if let Some(limit) = env.memory_limit() {
             runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
         }
@@ -179,7 +189,7 @@ impl WorkerDataFusion {
                     .build()
             })
             .map_err(|e| e.to_string());
-        WorkerDataFusion { state }
+        WorkerDataFusion { state, stores }
     }
 
     /// The worker's DataFusion side, made on first use.
@@ -195,20 +205,31 @@ impl WorkerDataFusion {
     }
 }
 
-/// The worker's runtime with the task's memory capped at `cap` bytes: the same pool, spill
-/// directory, caches and object stores, reached through [`TaskMemory`].
+/// The worker's runtime as one task sees it: the same pool, spill directory, caches and object
+/// stores, with the task's memory capped (through [`TaskMemory`]) and the stores its options
+/// configure in front of the worker's.
 fn task_runtime(
-    worker: &Arc<RuntimeEnv>,
-    cap: usize,
+    worker: &WorkerDataFusion,
+    runtime: &Arc<RuntimeEnv>,
+    header: &FragmentHeader,
 ) -> datafusion::error::Result<Arc<RuntimeEnv>> {
-    let pool = Arc::new(TaskMemory {
-        pool: Arc::clone(&worker.memory_pool),
-        cap,
-        used: AtomicUsize::new(0),
-    });
-    RuntimeEnvBuilder::from_runtime_env(worker)
-        .with_memory_pool(pool)
-        .build_arc()
+    let mut builder = RuntimeEnvBuilder::from_runtime_env(runtime);
+    if let Some(cap) = header.memory_limit {
+        builder = builder.with_memory_pool(Arc::new(TaskMemory {
+            pool: Arc::clone(&runtime.memory_pool),
+            cap,
+            used: AtomicUsize::new(0),
+        }));
+    }
+    if !header.stores.is_empty() {
+        let stores = TaskStores::new(
+            &worker.stores,
+            Arc::clone(&runtime.object_store_registry),
+            &header.stores,
+        )?;
+        builder = builder.with_object_store_registry(Arc::new(stores));
+    }
+    builder.build_arc()
 }
 
 /// A task's share of its worker's memory pool: every reservation is made in the worker's pool,
@@ -330,8 +351,9 @@ impl Kernel for FragmentKernel {
                 .execution
                 .enable_file_stream_work_stealing = false;
             let mut ctx = TaskContext::from(state).with_session_config(config);
-            if let Some(cap) = header.memory_limit {
-                ctx = ctx.with_runtime(task_runtime(state.runtime_env(), cap).map_err(df_err)?);
+            if header.memory_limit.is_some() || !header.stores.is_empty() {
+                let runtime = task_runtime(&worker, state.runtime_env(), &header);
+                ctx = ctx.with_runtime(runtime.map_err(df_err)?);
             }
             let ctx = Arc::new(ctx);
             let plan = decode_fragment(plan_bytes, &ctx).map_err(df_err)?;

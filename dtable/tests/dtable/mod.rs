@@ -3,6 +3,7 @@ pub(crate) mod compare;
 mod files;
 pub(crate) mod harness;
 mod mutation;
+mod objectstore;
 mod providers;
 mod queries;
 mod statements;
