@@ -192,13 +192,11 @@ impl SessionBuilder {
         };
         // DataFusion's rules (or the given state's), with Dirk's join selection among them.
         let rules = state.physical_optimizers().take().unwrap_or_default().rules;
-        // `SELECT * FROM 's3://bucket/file.parquet'`: a quoted location names its files.
         let planner = SessionContext::new_with_state(
             state
                 .with_physical_optimizer_rules(BroadcastJoinSelection::insert_into(rules))
                 .build(),
-        )
-        .enable_url_table();
+        );
         let engine = Arc::new(engine);
         let chunk_stats = Arc::new(crate::prune::ChunkStatistics::new(Arc::clone(&engine)));
         let catalog = Arc::new(Catalog::new(Arc::clone(&engine), Arc::clone(&chunk_stats)));

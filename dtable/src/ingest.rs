@@ -49,7 +49,9 @@ pub(crate) async fn external_files(
         })?;
     match factory.create(state, &cmd).await {
         Ok(files) => Ok(files),
-        Err(e) => Err(name_the_bad_file(state, factory.as_ref(), &cmd, e).await.into()),
+        Err(e) => Err(name_the_bad_file(state, factory.as_ref(), &cmd, e)
+            .await
+            .into()),
     }
 }
 
@@ -73,7 +75,10 @@ async fn name_the_bad_file(
         let Ok(store) = state.runtime_env().object_store(&listing) else {
             return error;
         };
-        let Ok(mut files) = listing.list_all_files(state, store.as_ref(), &extension).await else {
+        let Ok(mut files) = listing
+            .list_all_files(state, store.as_ref(), &extension)
+            .await
+        else {
             return error;
         };
         while let Ok(Some(meta)) = files.try_next().await {

@@ -15,6 +15,7 @@ mod dml;
 pub mod error;
 pub mod exec;
 mod executor;
+mod export;
 #[cfg(test)]
 mod fuzz;
 mod ingest;

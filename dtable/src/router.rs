@@ -8,6 +8,7 @@
 //! | `INSERT`, `TRUNCATE`; `UPDATE`/`DELETE` of the target's own rows | `dml`, chunk by chunk |
 //! | `MERGE`, `UPDATE ... FROM`, `DELETE ... USING`, `UPDATE`/`DELETE` reading other tables | `dml::rowchange` |
 //! | `ALTER TABLE` | `dml::alter_table` |
+//! | `COPY ... TO` | `export`: the query's tasks write, the driver commits |
 //! | `SET`, `RESET`, `PREPARE`, `EXECUTE` | DataFusion, keeping Dirk's pinned options |
 //! | `EXPLAIN [ANALYZE]` | the executor's plans |
 //!
@@ -143,8 +144,7 @@ async fn execute_logical(core: &SessionCore, plan: LogicalPlan) -> Result<DfData
                 }
             }
             let state = core.planner.state();
-            let files =
-                crate::ingest::external_files(&state, core.executor.stores(), &c).await?;
+            let files = crate::ingest::external_files(&state, core.executor.stores(), &c).await?;
             let stamps = crate::ingest::list_files(&state, files.as_ref()).await?;
             let table =
                 crate::ingest::read_files(&core.executor, &c.name, Arc::clone(&files)).await?;
@@ -205,6 +205,7 @@ async fn execute_logical(core: &SessionCore, plan: LogicalPlan) -> Result<DfData
         LogicalPlan::Dml(d) => Err(DirkError::Unsupported {
             what: format!("{} on a DTable here", d.op),
         }),
+        LogicalPlan::Copy(copy) => count(core, crate::export::copy_to(&core.executor, copy).await?),
         LogicalPlan::Statement(s) => statement(core, s).await,
         LogicalPlan::Explain(e) => {
             let df = DfDataFrame::new(core.planner.state(), (*e.plan).clone());

@@ -11,7 +11,11 @@
 //! keys, not its values.
 
 use datafusion::common::{DataFusionError, Result};
-use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::file_format::csv::CsvSink;
+use datafusion::datasource::file_format::json::JsonSink;
+use datafusion::datasource::file_format::parquet::ParquetSink;
+use datafusion::datasource::physical_plan::{FileScanConfig, FileSink};
+use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::physical_plan::ExecutionPlan;
@@ -221,7 +225,7 @@ impl ObjectStoreRegistry for TaskStores {
     }
 }
 
-/// The keys of the stores the file scans of `plan` read.
+/// The keys of the stores the file scans of `plan` read and its file sinks write.
 pub(crate) fn store_keys(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut keys = Vec::new();
@@ -229,10 +233,18 @@ pub(crate) fn store_keys(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
         let scan = node
             .downcast_ref::<DataSourceExec>()
             .and_then(|d| d.data_source().downcast_ref::<FileScanConfig>());
-        if let Some(scan) = scan {
-            if let Ok(url) = Url::parse(scan.object_store_url.as_str()) {
-                keys.push(store_key(&url));
-            }
+        let sink = node.downcast_ref::<DataSinkExec>().and_then(|d| {
+            let sink = d.sink();
+            let config = sink
+                .downcast_ref::<ParquetSink>()
+                .map(FileSink::config)
+                .or_else(|| sink.downcast_ref::<CsvSink>().map(FileSink::config))
+                .or_else(|| sink.downcast_ref::<JsonSink>().map(FileSink::config));
+            config.map(|c| &c.object_store_url)
+        });
+        let url = scan.map(|s| &s.object_store_url).or(sink);
+        if let Some(url) = url.and_then(|u| Url::parse(u.as_str()).ok()) {
+            keys.push(store_key(&url));
         }
         Ok(TreeNodeRecursion::Continue)
     });
@@ -254,10 +266,7 @@ fn retry() -> RetryConfig {
 }
 
 /// Makes the store for `url` from its cloud's environment, overridden by `options`.
-fn build_store(
-    url: &Url,
-    options: &BTreeMap<String, String>,
-) -> Result<Arc<dyn ObjectStore>> {
+fn build_store(url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>> {
     let host = url.host_str().unwrap_or_default();
     let unknown = |key: &str| {
         DataFusionError::Configuration(format!(
@@ -272,10 +281,7 @@ fn build_store(
         ))
     };
     let failed = |e: object_store::Error| {
-        DataFusionError::Configuration(format!(
-            "cannot set up the store {}: {e}",
-            store_key(url)
-        ))
+        DataFusionError::Configuration(format!("cannot set up the store {}: {e}", store_key(url)))
     };
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "s3" | "s3a" => {
@@ -347,10 +353,7 @@ fn build_store(
 /// Credentials from the AWS profile files (`~/.aws/credentials`, `~/.aws/config`) for
 /// `AWS_PROFILE` (or the `default` profile), where neither the environment nor the options give
 /// an access key: object_store reads only the environment.
-fn with_aws_profile(
-    mut b: AmazonS3Builder,
-    options: &BTreeMap<String, String>,
-) -> AmazonS3Builder {
+fn with_aws_profile(mut b: AmazonS3Builder, options: &BTreeMap<String, String>) -> AmazonS3Builder {
     let given = |k: &str| std::env::var_os(k).is_some();
     if given("AWS_ACCESS_KEY_ID") || options.contains_key("aws.access_key_id") {
         return b;
@@ -364,7 +367,10 @@ fn with_aws_profile(
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| home.join(".aws").join(default))
     };
-    let credentials = read_ini_section(&file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), &profile);
+    let credentials = read_ini_section(
+        &file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+        &profile,
+    );
     let section = if profile == "default" {
         profile.clone()
     } else {

@@ -138,7 +138,7 @@ const DTABLE_LEVELS: &[&[&str]] = &[
     &["prune"],
     &["catalog"],
     &["executor"],
-    &["ingest"],
+    &["ingest", "export"],
     &["core"],
     &["layout", "dml", "tpch"],
     &["router"],

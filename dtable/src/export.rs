@@ -1,0 +1,181 @@
+//! `COPY (query) TO 'location'`: a query's result written as files, all or nothing.
+//!
+//! The query runs as any other, as stages of tasks; its last task writes the files (DataFusion's
+//! sinks, on the worker) into a hidden staging directory beside the output, `_dirk-<id>/`, which
+//! DataFusion's listings (Dirk's included) and Spark skip. Once every file is written, the driver
+//! moves them to their final names and writes `_SUCCESS`; a failed or cancelled write, or a move
+//! that fails, removes what it staged and moved, so the output is as it was. The moves are one
+//! rename per file (on S3 a server-side copy and a delete): a reader listing the output while
+//! they run can see some of the new files before the others. Store options (`'aws.region'`, ...)
+//! in the statement's `OPTIONS` configure the output's store, as a table's do.
+
+use crate::error::Result;
+use crate::executor::Executor;
+use crate::stores::take_store_options;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::dml::CopyTo;
+use datafusion::logical_expr::LogicalPlan;
+use futures::TryStreamExt as _;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Runs `copy`; returns the number of rows written.
+pub(crate) async fn copy_to(executor: &Executor, mut copy: CopyTo) -> Result<u64> {
+    let target = ListingTableUrl::parse(&copy.output_url)?;
+    let store_options = take_store_options(&mut copy.options);
+    if !store_options.is_empty() {
+        let url = url::Url::parse(target.object_store().as_str()).map_err(|e| {
+            DataFusionError::Configuration(format!("store options for {}: {e}", copy.output_url))
+        })?;
+        executor.stores().configure(&url, store_options)?;
+    }
+    let store = executor
+        .planner()
+        .runtime_env()
+        .object_store(target.object_store())?;
+    let out = Output::of(&copy.output_url, target.prefix());
+    let staging = out
+        .parent
+        .clone()
+        .join(format!("_dirk-{}", write_id()).as_str());
+    let staged_url = |p: &Path| format!("{}{p}", target.object_store().as_str());
+    let staged_target = match &out.file {
+        Some(name) => staged_url(&staging.clone().join(name.as_str())),
+        None => format!("{}/", staged_url(&staging)),
+    };
+    let staged_copy = CopyTo::new(
+        Arc::clone(&copy.input),
+        staged_target,
+        copy.partition_by.clone(),
+        Arc::clone(&copy.file_type),
+        copy.options.clone(),
+    );
+    let written = async {
+        let stream = executor
+            .execute_stream(LogicalPlan::Copy(staged_copy))
+            .await?;
+        let batches: Vec<arrow::array::RecordBatch> = stream.try_collect().await?;
+        Ok::<u64, crate::error::DirkError>(rows_counted(&batches))
+    }
+    .await;
+    let result = match written {
+        Ok(rows) => commit(store.as_ref(), &staging, &out)
+            .await
+            .map(|()| rows)
+            .map_err(|e| DataFusionError::ObjectStore(Box::new(e)).into()),
+        Err(e) => Err(e),
+    };
+    remove_all(store.as_ref(), &staging).await;
+    if target.scheme() == "file" {
+        // A local file system keeps the emptied staging directories.
+        let _ = std::fs::remove_dir_all(format!("/{staging}"));
+    }
+    result
+}
+
+/// Where a `COPY` writes: a directory, or one file in a directory.
+struct Output {
+    /// The directory the files go to (a file's directory).
+    parent: Path,
+    /// The file's name, when the output is one file.
+    file: Option<String>,
+}
+
+impl Output {
+    /// A location ending in `/`, or whose last part has no extension, is a directory (as
+    /// DataFusion decides).
+    fn of(location: &str, prefix: &Path) -> Output {
+        let last = prefix.filename().unwrap_or_default();
+        if location.ends_with('/') || !last.contains('.') {
+            return Output {
+                parent: prefix.clone(),
+                file: None,
+            };
+        }
+        let parts: Vec<_> = prefix.parts().collect();
+        Output {
+            parent: Path::from_iter(parts[..parts.len() - 1].iter().cloned()),
+            file: Some(last.to_string()),
+        }
+    }
+}
+
+/// Moves every staged file to its final name, then marks a directory output complete. On a
+/// failure, the files moved so far are removed again.
+async fn commit(store: &dyn ObjectStore, staging: &Path, out: &Output) -> object_store::Result<()> {
+    let staged: Vec<Path> = store
+        .list(Some(staging))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await?;
+    let mut moved = Vec::with_capacity(staged.len());
+    for from in &staged {
+        let relative: Vec<_> = from
+            .prefix_match(staging)
+            .map(|parts| parts.collect())
+            .unwrap_or_default();
+        let to = match &out.file {
+            Some(name) => out.parent.clone().join(name.as_str()),
+            None => relative
+                .into_iter()
+                .fold(out.parent.clone(), |p, part| p.join(part)),
+        };
+        if let Err(e) = store.rename(from, &to).await {
+            for done in &moved {
+                let _ = store.delete(done).await;
+            }
+            return Err(e);
+        }
+        moved.push(to);
+    }
+    if out.file.is_none() {
+        store
+            .put(&out.parent.clone().join("_SUCCESS"), PutPayload::default())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes every object under `prefix`; best effort (a leftover is hidden and harmless).
+async fn remove_all(store: &dyn ObjectStore, prefix: &Path) {
+    let Ok(found) = store
+        .list(Some(prefix))
+        .map_ok(|m| m.location)
+        .try_collect::<Vec<_>>()
+        .await
+    else {
+        return;
+    };
+    for p in found {
+        let _ = store.delete(&p).await;
+    }
+}
+
+/// The `count` a sink reports, summed over its batches.
+fn rows_counted(batches: &[arrow::array::RecordBatch]) -> u64 {
+    use arrow::array::{Array, UInt64Array};
+    batches
+        .iter()
+        .filter_map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>())
+        .flat_map(|a| (0..a.len()).map(move |i| a.value(i)))
+        .sum()
+}
+
+/// A name no other write of this process or another one picks.
+fn write_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:016x}", h.finish())
+}
