@@ -3,7 +3,10 @@
 //! `--workers local:N` also through Dirk on N local `dirk worker` processes (TPC-H generated on
 //! the workers, the same total threads). Runs alternate between the systems: 1 warm-up and
 //! `--runs` timed runs each; the median is reported, with ratios and their geometric means.
-//! `--explain` prints both systems' plans of each query first.
+//! `--explain` prints both systems' plans of each query first. `--source parquet:DIR` (or
+//! `s3://bucket/prefix`) reads the tables from Parquet files instead, made once with
+//! `--write-parquet DIR`: Dirk reads them into its workers at `CREATE EXTERNAL TABLE` (the load
+//! time is printed), DataFusion reads them in each query.
 
 use crate::report::{Report, Row};
 use datafusion::datasource::MemTable;
@@ -43,6 +46,52 @@ pub(crate) struct Args {
     /// not know) instead of hash-partitioned by order key: what the layout is worth.
     #[arg(long)]
     as_generated: bool,
+    /// Read the tables from Parquet files instead of generating them: `parquet:DIR` or a store
+    /// URL (`s3://bucket/prefix`), one directory per table (`DIR/lineitem/...`), as
+    /// `--write-parquet` makes them. Dirk and DataFusion each make external tables over the same
+    /// files; credentials for a store come from its environment (`AWS_*`).
+    #[arg(long, value_name = "SOURCE")]
+    source: Option<String>,
+    /// Generate the tables and write them as Parquet under this location (a directory or a store
+    /// URL), one directory per table, with Dirk's `COPY`; then exit.
+    #[arg(long, value_name = "LOCATION")]
+    write_parquet: Option<String>,
+}
+
+/// The location of the tables' directories that `--source` names.
+fn source_location(source: &str) -> Result<String, String> {
+    match source.strip_prefix("parquet:") {
+        Some(dir) => std::fs::canonicalize(dir)
+            .map(|p| p.display().to_string())
+            .map_err(|e| format!("--source {source}: {e}")),
+        None if source.contains("://") => Ok(source.trim_end_matches('/').to_string()),
+        None => Err(format!(
+            "--source {source}: give parquet:DIR or a store URL such as s3://bucket/prefix"
+        )),
+    }
+}
+
+/// Makes each TPC-H table an external table over `location/<table>/` with `sql`; seconds taken.
+async fn create_external<F, Fut, E>(location: &str, sql: F) -> Result<f64, String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let started = Instant::now();
+    for t in tpch::TABLES {
+        sql(format!(
+            "CREATE EXTERNAL TABLE {t} STORED AS PARQUET LOCATION '{location}/{t}/'"
+        ))
+        .await
+        .map_err(|e| format!("{t}: {e}"))?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs a statement on Dirk, discarding its result.
+async fn dirk_statement(session: &Session, sql: String) -> Result<(), dirk_dtable::DirkError> {
+    session.sql(&sql).await?.collect().await.map(|_| ())
 }
 
 /// Runs `sql` once on `session` with an empty event log and writes what the log then holds.
@@ -146,16 +195,46 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
     } else {
         tpch::TpchLayout::ByOrderKey
     };
+    let source = args.source.as_deref().map(source_location).transpose()?;
     let started = Instant::now();
-    let tables = session
-        .load_tpch_with(args.scale, layout)
-        .await
-        .map_err(err)?;
-    eprintln!(
-        "TPC-H SF {}: generated in {:.1} s; {workers} workers, {partitions} partitions, orders and lineitem {layout:?}",
-        args.scale,
-        started.elapsed().as_secs_f64()
-    );
+    let tables = match &source {
+        Some(location) => {
+            let s = create_external(location, |sql| dirk_statement(&session, sql)).await?;
+            eprintln!(
+                "TPC-H from {location}: external tables read into {workers} workers in {s:.1} s, {partitions} partitions"
+            );
+            Vec::new()
+        }
+        None => {
+            let tables = session
+                .load_tpch_with(args.scale, layout)
+                .await
+                .map_err(err)?;
+            eprintln!(
+                "TPC-H SF {}: generated in {:.1} s; {workers} workers, {partitions} partitions, orders and lineitem {layout:?}",
+                args.scale,
+                started.elapsed().as_secs_f64()
+            );
+            tables
+        }
+    };
+    if let Some(location) = &args.write_parquet {
+        let location = location.trim_end_matches('/');
+        for (name, _) in &tables {
+            let started = Instant::now();
+            dirk_statement(
+                &session,
+                format!("COPY {name} TO '{location}/{name}/' STORED AS PARQUET"),
+            )
+            .await
+            .map_err(|e| format!("writing {name}: {e}"))?;
+            eprintln!(
+                "{name}: written to {location}/{name}/ in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(());
+    }
     // Dirk on local worker processes: the same total threads as the embedded session.
     let mut _processes = None;
     let cluster = match local {
@@ -175,12 +254,19 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
                 .build()
                 .map_err(err)?;
             let started = Instant::now();
-            cluster
-                .load_tpch_with(args.scale, layout)
-                .await
-                .map_err(err)?;
+            match &source {
+                Some(location) => {
+                    create_external(location, |sql| dirk_statement(&cluster, sql)).await?;
+                }
+                None => {
+                    cluster
+                        .load_tpch_with(args.scale, layout)
+                        .await
+                        .map_err(err)?;
+                }
+            }
             eprintln!(
-                "on {n} worker processes ({threads} threads each): generated in {:.1} s, {} partitions",
+                "on {n} worker processes ({threads} threads each): loaded in {:.1} s, {} partitions",
                 started.elapsed().as_secs_f64(),
                 cluster.partitions()
             );
@@ -189,9 +275,28 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
         }
         None => None,
     };
-    // DataFusion gets the very same batches, partition for partition.
+    // DataFusion gets the very same batches, partition for partition; or the same files.
     let ctx =
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    if let Some(location) = &source {
+        if let Ok(url) = url::Url::parse(location) {
+            if url.scheme() == "s3" {
+                let store = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(url.host_str().unwrap_or_default())
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                ctx.register_object_store(&url, Arc::new(store));
+            }
+        }
+        let s = create_external(location, |sql| {
+            let ctx = ctx.clone();
+            async move { ctx.sql(&sql).await.map(|_| ()) }
+        })
+        .await?;
+        eprintln!(
+            "DataFusion: external tables over the same files made in {s:.1} s (read per query)"
+        );
+    }
     for (name, table) in &tables {
         let mut parts = Vec::new();
         for part in table.partitions() {

@@ -3,7 +3,7 @@
 //! The query runs as any other, as stages of tasks; its last task writes the files (DataFusion's
 //! sinks, on the worker) into a hidden staging directory beside the output, `_dirk-<id>/`, which
 //! DataFusion's listings (Dirk's included) and Spark skip. Once every file is written, the driver
-//! moves them to their final names and writes `_SUCCESS`; a failed or cancelled write, or a move
+//! moves them to their final names and writes `_SUCCESS` (not beside partition directories); a failed or cancelled write, or a move
 //! that fails, removes what it staged and moved, so the output is as it was. The moves are one
 //! rename per file (on S3 a server-side copy and a delete): a reader listing the output while
 //! they run can see some of the new files before the others. Store options (`'aws.region'`, ...)
@@ -62,7 +62,7 @@ pub(crate) async fn copy_to(executor: &Executor, mut copy: CopyTo) -> Result<u64
     }
     .await;
     let result = match written {
-        Ok(rows) => commit(store.as_ref(), &staging, &out)
+        Ok(rows) => commit(store.as_ref(), &staging, &out, copy.partition_by.is_empty())
             .await
             .map(|()| rows)
             .map_err(|e| DataFusionError::ObjectStore(Box::new(e)).into()),
@@ -103,9 +103,15 @@ impl Output {
     }
 }
 
-/// Moves every staged file to its final name, then marks a directory output complete. On a
-/// failure, the files moved so far are removed again.
-async fn commit(store: &dyn ObjectStore, staging: &Path, out: &Output) -> object_store::Result<()> {
+/// Moves every staged file to its final name, then marks a directory output complete (unless
+/// `mark` is false: DataFusion's listing of hive-style partition directories refuses a file
+/// beside them). On a failure, the files moved so far are removed again.
+async fn commit(
+    store: &dyn ObjectStore,
+    staging: &Path,
+    out: &Output,
+    mark: bool,
+) -> object_store::Result<()> {
     let staged: Vec<Path> = store
         .list(Some(staging))
         .map_ok(|m| m.location)
@@ -131,7 +137,7 @@ async fn commit(store: &dyn ObjectStore, staging: &Path, out: &Output) -> object
         }
         moved.push(to);
     }
-    if out.file.is_none() {
+    if mark && out.file.is_none() {
         store
             .put(&out.parent.clone().join("_SUCCESS"), PutPayload::default())
             .await?;

@@ -66,6 +66,10 @@ async fn name_the_bad_file(
     cmd: &CreateExternalTable,
     error: datafusion::error::DataFusionError,
 ) -> datafusion::error::DataFusionError {
+    // One file of a partitioned table is not a table.
+    if !cmd.table_partition_cols.is_empty() {
+        return error;
+    }
     let extension = format!(".{}", cmd.file_type.to_lowercase());
     let mut probed = 0;
     for location in &cmd.locations {

@@ -283,3 +283,45 @@ async fn a_worker_added_to_a_running_session_takes_partitions_and_work() {
         .to_string();
     assert!(e.contains("embedded session"), "{e}");
 }
+
+/// A worker killed while a `COPY` to a bucket runs: the statement fails and nothing is visible
+/// under the output, staged files included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_during_copy_leaves_nothing_visible() {
+    use crate::dtable::objectstore::{objects, server};
+    let Some(server) = server() else { return };
+    let bucket = "killed-copy";
+    server.create_bucket(bucket);
+    let mut workers = start(3);
+    let s = Session::builder()
+        .workers(workers.addresses())
+        .token(workers.token())
+        .partitions(6)
+        .build()
+        .unwrap();
+    s.load_tpch(0.01).await.unwrap();
+    let s = std::sync::Arc::new(s);
+    let q = s.clone();
+    let copy = format!(
+        "COPY (SELECT a.l_orderkey, b.l_quantity FROM lineitem a \
+         JOIN lineitem b ON a.l_suppkey % 10 = b.l_suppkey % 10) \
+         TO 's3://{bucket}/out/' STORED AS CSV {}",
+        server.options()
+    );
+    let run = tokio::spawn(async move { try_dirk(&q, &copy).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    workers.kill(2);
+    let result = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("a dead worker never hangs a COPY")
+        .unwrap();
+    let message = result
+        .expect_err("worker 2 was killed mid-COPY")
+        .to_string();
+    assert!(message.contains("lost"), "{message}");
+    assert_eq!(
+        objects(server, bucket, "out").await,
+        Vec::<String>::new(),
+        "a failed COPY left objects"
+    );
+}

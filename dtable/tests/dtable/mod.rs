@@ -3,7 +3,7 @@ pub(crate) mod compare;
 mod files;
 pub(crate) mod harness;
 mod mutation;
-mod objectstore;
+pub(crate) mod objectstore;
 mod providers;
 mod queries;
 mod statements;

@@ -28,7 +28,7 @@ const KEY_ID: &str = "dirk-test-key";
 const SECRET: &str = "dirk-s3cr3t-value-9f4e";
 
 /// A moto S3 server on a free loopback port, stopped when the test binary ends.
-struct S3Server {
+pub(crate) struct S3Server {
     endpoint: String,
     _process: ChildGuard,
 }
@@ -52,7 +52,7 @@ fn moto_dir() -> std::path::PathBuf {
 
 /// The shared server, or `None` (with a message) where moto is not installed and the tests
 /// are not required to run.
-fn server() -> Option<&'static S3Server> {
+pub(crate) fn server() -> Option<&'static S3Server> {
     static SERVER: OnceLock<Option<S3Server>> = OnceLock::new();
     SERVER.get_or_init(start_server).as_ref()
 }
@@ -135,7 +135,7 @@ impl S3Server {
         self.endpoint.rsplit(':').next().unwrap().parse().unwrap()
     }
 
-    fn create_bucket(&self, bucket: &str) {
+    pub(crate) fn create_bucket(&self, bucket: &str) {
         let status = http(self.port(), "PUT", &format!("/{bucket}")).unwrap();
         assert!(status.contains("200"), "create bucket {bucket}: {status}");
     }
@@ -155,7 +155,7 @@ impl S3Server {
     }
 
     /// The `OPTIONS` clause that points a table at this server.
-    fn options(&self) -> String {
+    pub(crate) fn options(&self) -> String {
         format!(
             "OPTIONS ('aws.endpoint' '{}', 'aws.allow_http' 'true', 'aws.region' '{REGION}', \
              'aws.access_key_id' '{KEY_ID}', 'aws.secret_access_key' '{SECRET}')",
@@ -479,7 +479,7 @@ async fn the_rust_api_reads_parquet_from_a_url() {
 }
 
 /// The objects under `prefix` in `bucket`.
-async fn objects(server: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
+pub(crate) async fn objects(server: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
     use futures::TryStreamExt as _;
     let mut names: Vec<String> = server
         .store(bucket)
@@ -589,5 +589,170 @@ async fn copy_to_a_bucket_is_all_or_nothing() {
     assert_eq!(
         objects(server, bucket, "one").await,
         vec!["one/nation.csv".to_string()]
+    );
+}
+
+/// What a proxy does to one connection.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Passes it through.
+    None,
+    /// Answers 503 `SlowDown`, as S3 does when a prefix is read too fast.
+    SlowDown,
+    /// Passes the request on and cuts the answer after this many bytes.
+    CutAfter(usize),
+}
+
+/// A TCP proxy to the S3 server that gives connection `i` the fault `plan(i)`; with the
+/// client's connection pool off (`'aws.pool_max_idle_per_host' '0'`) a connection is a request.
+/// Counts the faults it injected.
+fn fault_proxy(
+    upstream: u16,
+    plan: fn(usize) -> Fault,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let injected = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&injected);
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(client) = conn else { continue };
+            let fault = plan(i);
+            if !matches!(fault, Fault::None) {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            std::thread::spawn(move || serve(client, upstream, fault));
+        }
+    });
+    (port, injected)
+}
+
+fn serve(mut client: TcpStream, upstream: u16, fault: Fault) {
+    use std::net::Shutdown;
+    if let Fault::SlowDown = fault {
+        // The request's head, then the answer S3 gives a client that reads too fast.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                    <Message>Please reduce your request rate.</Message></Error>";
+        let _ = write!(
+            client,
+            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_server);
+        let _ = to_server.shutdown(Shutdown::Write);
+    });
+    let limit = match fault {
+        Fault::CutAfter(n) => n,
+        _ => usize::MAX,
+    };
+    let mut sent = 0;
+    let mut buf = [0u8; 8192];
+    while sent < limit {
+        let n = match server.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n.min(limit - sent),
+        };
+        if client.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+}
+
+/// Transient faults of the store (503 SlowDown, an answer cut mid-body) are retried and the
+/// answer is right; faults that persist are one line within the retry bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_store_faults_are_retried_and_persistent_ones_are_one_line() {
+    use std::sync::atomic::Ordering;
+    let Some(server) = server() else { return };
+    let bucket = "flaky";
+    server.create_bucket(bucket);
+    let store = server.store(bucket);
+    let mut want = 0i64;
+    for f in 0..4i64 {
+        let keys: Vec<i64> = (f * 20_000..(f + 1) * 20_000).collect();
+        want += keys.iter().sum::<i64>();
+        let batch = RecordBatch::try_from_iter([(
+            "k",
+            Arc::new(arrow::array::Int64Array::from(keys)) as _,
+        )])
+        .unwrap();
+        store
+            .put(
+                &ObjectPath::from(format!("t/part-{f}.parquet")),
+                PutPayload::from(parquet_bytes(&[batch])),
+            )
+            .await
+            .unwrap();
+    }
+    let through = |port: u16| {
+        server
+            .options()
+            .replace(&server.endpoint, &format!("http://127.0.0.1:{port}"))
+            .replace("OPTIONS (", "OPTIONS ('aws.pool_max_idle_per_host' '0', ")
+    };
+    let s = super::harness::builder(2).partitions(4).build().unwrap();
+    let (flaky, injected) = fault_proxy(server.port(), |i| match i % 10 {
+        3 => Fault::SlowDown,
+        7 => Fault::CutAfter(600),
+        _ => Fault::None,
+    });
+    run_dirk(
+        &s,
+        &format!(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 's3://{bucket}/t/' {}",
+            through(flaky)
+        ),
+        "through a flaky proxy",
+    )
+    .await;
+    let got = run_dirk(&s, "SELECT count(*) AS n, sum(k) AS s FROM t", "sum").await;
+    let text = arrow::util::pretty::pretty_format_batches(&got)
+        .unwrap()
+        .to_string();
+    assert!(text.contains(&format!("| 80000 | {want} |")), "{text}");
+    assert!(
+        injected.load(Ordering::Relaxed) > 0,
+        "no fault was injected"
+    );
+
+    let (down, _) = fault_proxy(server.port(), |_| Fault::SlowDown);
+    let started = Instant::now();
+    let e = try_dirk(
+        &s,
+        &format!(
+            "CREATE EXTERNAL TABLE d STORED AS PARQUET LOCATION 's3://{bucket}/t/' {}",
+            through(down)
+        ),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(!e.contains('\n'), "one line: {e}");
+    assert!(e.contains("SlowDown") || e.contains("503"), "{e}");
+    assert!(e.contains(bucket), "names the bucket: {e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "took {:?}",
+        started.elapsed()
     );
 }
