@@ -10,6 +10,11 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::JoinType;
 use datafusion::dataframe::DataFrame as DfDataFrame;
+use datafusion::datasource::file_format::csv::CsvFormatFactory;
+use datafusion::datasource::file_format::json::JsonFormatFactory;
+use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
+use datafusion::datasource::file_format::{format_as_file_type, FileFormatFactory};
+use datafusion::logical_expr::dml::CopyTo;
 use datafusion::logical_expr::{Expr, Partitioning, SortExpr};
 use std::sync::Arc;
 
@@ -224,6 +229,40 @@ impl DataFrame {
         self.session
             .execute_stream(self.df.logical_plan().clone())
             .await
+    }
+
+    /// Writes the result as Parquet files under `location`: a directory (a local path or a
+    /// store URL such as `s3://bucket/prefix/`), or one file when its name has an extension.
+    /// The workers write and the write is all or nothing, as `COPY ... TO` (see the README);
+    /// returns the number of rows written.
+    pub async fn write_parquet(self, location: &str) -> Result<u64> {
+        self.write(location, Arc::new(ParquetFormatFactory::new()))
+            .await
+    }
+
+    /// Writes the result as CSV files with a header line; see
+    /// [`write_parquet`](Self::write_parquet).
+    pub async fn write_csv(self, location: &str) -> Result<u64> {
+        self.write(location, Arc::new(CsvFormatFactory::new()))
+            .await
+    }
+
+    /// Writes the result as newline-delimited JSON files; see
+    /// [`write_parquet`](Self::write_parquet).
+    pub async fn write_json(self, location: &str) -> Result<u64> {
+        self.write(location, Arc::new(JsonFormatFactory::new()))
+            .await
+    }
+
+    async fn write(self, location: &str, format: Arc<dyn FileFormatFactory>) -> Result<u64> {
+        let copy = CopyTo::new(
+            Arc::new(self.df.logical_plan().clone()),
+            location.to_string(),
+            Vec::new(),
+            format_as_file_type(format),
+            std::collections::HashMap::new(),
+        );
+        self.session.copy(copy).await
     }
 
     /// Runs the query and brings the whole result to the caller (built on

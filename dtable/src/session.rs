@@ -12,6 +12,7 @@ use crate::table::DTable;
 use crate::tpch::TpchLayout;
 use arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame as DfDataFrame;
+use datafusion::logical_expr::dml::CopyTo;
 use datafusion::logical_expr::{Expr, LogicalPlan, SortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions};
@@ -261,6 +262,11 @@ impl Session {
     /// Removes every row. Returns the number removed.
     pub async fn truncate(&self, table: &str) -> Result<u64> {
         crate::dml::truncate_rows(&self.core, table).await
+    }
+
+    /// Runs a `COPY` (see `export`); the number of rows written.
+    pub(crate) async fn copy(&self, copy: CopyTo) -> Result<u64> {
+        crate::export::copy_to(&self.core.executor, copy).await
     }
 
     /// Plans and runs a logical plan; the result stays on the workers as a DTable.

@@ -476,6 +476,51 @@ async fn the_rust_api_reads_parquet_from_a_url() {
     let got = run_dirk(&s, "SELECT sum(v) AS s FROM second", "second").await;
     let want = run_dirk(&s, "SELECT sum(v) AS s FROM first", "first").await;
     assert_same(&got, &want, true, "register_parquet from a URL");
+
+    // And writes: a DataFrame's result as Parquet files and as one CSV file, read back.
+    let evens = || async {
+        s.table_df("first")
+            .await
+            .unwrap()
+            .filter(
+                (datafusion::prelude::col("k") % datafusion::prelude::lit(2))
+                    .eq(datafusion::prelude::lit(0)),
+            )
+            .unwrap()
+    };
+    let written = evens()
+        .await
+        .write_parquet(&format!("s3://{bucket}/evens/"))
+        .await
+        .unwrap();
+    assert_eq!(written, 500);
+    let csv_rows = evens()
+        .await
+        .write_csv(&format!("s3://{bucket}/evens.csv"))
+        .await
+        .unwrap();
+    assert_eq!(csv_rows, 500);
+    let want = evens().await.collect().await.unwrap();
+    let back = s
+        .read_parquet(&format!("s3://{bucket}/evens/"), Default::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_same(&back, &want, false, "write_parquet read back");
+    let csv = s
+        .read_csv(&format!("s3://{bucket}/evens.csv"), Default::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(csv.iter().map(|b| b.num_rows()).sum::<usize>(), 500);
+    assert!(objects(server, bucket, "evens")
+        .await
+        .iter()
+        .all(|n| !n.contains("_dirk-")));
 }
 
 /// The objects under `prefix` in `bucket`.
@@ -590,6 +635,39 @@ async fn copy_to_a_bucket_is_all_or_nothing() {
         objects(server, bucket, "one").await,
         vec!["one/nation.csv".to_string()]
     );
+
+    // Hive-style partition directories, written and read back with a filter on the partition
+    // column.
+    run_dirk(
+        &s,
+        &format!(
+            "COPY (SELECT n_nationkey, n_name, n_regionkey FROM nation) \
+             TO 's3://{bucket}/by_region/' STORED AS PARQUET PARTITIONED BY (n_regionkey)"
+        ),
+        "partitioned",
+    )
+    .await;
+    let names = objects(server, bucket, "by_region").await;
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("by_region/n_regionkey=3/")),
+        "{names:?}"
+    );
+    run_dirk(
+        &s,
+        &format!(
+            "CREATE EXTERNAL TABLE by_region (n_nationkey BIGINT, n_name VARCHAR, \
+             n_regionkey BIGINT) STORED AS PARQUET PARTITIONED BY (n_regionkey) \
+             LOCATION 's3://{bucket}/by_region/'"
+        ),
+        "read partitioned",
+    )
+    .await;
+    let q = "SELECT count(*) AS n FROM {t} WHERE n_regionkey = 3";
+    let want = run_dirk(&s, &q.replace("{t}", "nation"), "nation").await;
+    let got = run_dirk(&s, &q.replace("{t}", "by_region"), "by_region").await;
+    assert_same(&got, &want, true, "partition directories");
 }
 
 /// What a proxy does to one connection.
