@@ -11,7 +11,6 @@
 
 use crate::error::Result;
 use crate::executor::Executor;
-use crate::stores::take_store_options;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::dml::CopyTo;
@@ -25,13 +24,10 @@ use std::sync::Arc;
 /// Runs `copy`; returns the number of rows written.
 pub(crate) async fn copy_to(executor: &Executor, mut copy: CopyTo) -> Result<u64> {
     let target = ListingTableUrl::parse(&copy.output_url)?;
-    let store_options = take_store_options(&mut copy.options);
-    if !store_options.is_empty() {
-        let url = url::Url::parse(target.object_store().as_str()).map_err(|e| {
-            DataFusionError::Configuration(format!("store options for {}: {e}", copy.output_url))
-        })?;
-        executor.stores().configure(&url, store_options)?;
-    }
+    let location = [copy.output_url.clone()];
+    executor
+        .stores()
+        .take_options_for(&mut copy.options, &location)?;
     let store = executor
         .planner()
         .runtime_env()

@@ -5,7 +5,7 @@
 use crate::catalog::FileStamp;
 use crate::error::{DirkError, Result};
 use crate::executor::Executor;
-use crate::stores::{take_store_options, StoreRegistry};
+use crate::stores::StoreRegistry;
 use crate::table::DTable;
 use datafusion::catalog::TableProvider;
 use datafusion::common::TableReference;
@@ -25,19 +25,9 @@ pub(crate) async fn external_files(
     cmd: &CreateExternalTable,
 ) -> Result<Arc<dyn TableProvider>> {
     let mut cmd = cmd.clone();
-    let store_options = take_store_options(&mut cmd.options);
-    if !store_options.is_empty() {
+    if stores.take_options_for(&mut cmd.options, &cmd.locations)? {
         // The statement's text holds the credentials: it is not kept as the definition.
         cmd.definition = None;
-        for location in &cmd.locations {
-            let listing = ListingTableUrl::parse(location)?;
-            let url = url::Url::parse(listing.object_store().as_str()).map_err(|e| {
-                DirkError::Unsupported {
-                    what: format!("store options for the location {location}: {e}"),
-                }
-            })?;
-            stores.configure(&url, store_options.clone())?;
-        }
     }
     let file_type = cmd.file_type.to_uppercase();
     let factory = state

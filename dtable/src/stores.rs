@@ -14,6 +14,7 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::file_format::csv::CsvSink;
 use datafusion::datasource::file_format::json::JsonSink;
 use datafusion::datasource::file_format::parquet::ParquetSink;
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::physical_plan::{FileScanConfig, FileSink};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
@@ -73,9 +74,7 @@ pub(crate) fn store_key(url: &Url) -> String {
 }
 
 /// Takes the store options out of a table's `OPTIONS` (the rest configure the file format).
-pub(crate) fn take_store_options(
-    options: &mut HashMap<String, String>,
-) -> BTreeMap<String, String> {
+fn take_store_options(options: &mut HashMap<String, String>) -> BTreeMap<String, String> {
     let keys: Vec<String> = options
         .keys()
         .filter(|k| STORE_PREFIXES.iter().any(|p| k.starts_with(p)))
@@ -126,6 +125,27 @@ impl StoreRegistry {
         self.store_for(&spec)?;
         self.current.write().insert(spec.key.clone(), spec);
         Ok(())
+    }
+
+    /// Takes the store options out of a statement's `OPTIONS` (the rest configure the file
+    /// format) and configures with them the store of each of `locations`; whether there were
+    /// any.
+    pub(crate) fn take_options_for(
+        &self,
+        options: &mut HashMap<String, String>,
+        locations: &[String],
+    ) -> Result<bool> {
+        let store_options = take_store_options(options);
+        if store_options.is_empty() {
+            return Ok(false);
+        }
+        for location in locations {
+            let listing = ListingTableUrl::parse(location)?;
+            let url =
+                Url::parse(listing.object_store().as_str()).map_err(|e| bad_url(location, e))?;
+            self.configure(&url, store_options.clone())?;
+        }
+        Ok(true)
     }
 
     /// The specs of the stores (by key) that were given options, for a task that reads them.

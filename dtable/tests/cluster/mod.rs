@@ -82,6 +82,18 @@ fn an_unreachable_worker_is_a_clear_error_at_connect_time() {
     assert!(message.contains("cannot connect"), "{message}");
 }
 
+/// A session on `workers` (6 partitions per table) with TPC-H SF 0.01 loaded.
+async fn tpch_on(workers: &dirk_dtable::flight::LocalWorkers) -> std::sync::Arc<Session> {
+    let s = Session::builder()
+        .workers(workers.addresses())
+        .token(workers.token())
+        .partitions(6)
+        .build()
+        .unwrap();
+    s.load_tpch(0.01).await.unwrap();
+    std::sync::Arc::new(s)
+}
+
 /// Three worker processes, a session over them with TPC-H SF 0.01, and a query running on them
 /// for a few seconds (a join with hundreds of millions of output rows: seconds of work on every
 /// worker), 700 ms in; the query's task yields its result and how long it ran.
@@ -94,14 +106,7 @@ async fn a_long_query_on_three_workers() -> (
     )>,
 ) {
     let workers = start(3);
-    let s = Session::builder()
-        .workers(workers.addresses())
-        .token(workers.token())
-        .partitions(6)
-        .build()
-        .unwrap();
-    s.load_tpch(0.01).await.unwrap();
-    let s = std::sync::Arc::new(s);
+    let s = tpch_on(&workers).await;
     let q = s.clone();
     let query = tokio::spawn(async move {
         let started = Instant::now();
@@ -293,14 +298,7 @@ async fn a_worker_killed_during_copy_leaves_nothing_visible() {
     let bucket = "killed-copy";
     server.create_bucket(bucket);
     let mut workers = start(3);
-    let s = Session::builder()
-        .workers(workers.addresses())
-        .token(workers.token())
-        .partitions(6)
-        .build()
-        .unwrap();
-    s.load_tpch(0.01).await.unwrap();
-    let s = std::sync::Arc::new(s);
+    let s = tpch_on(&workers).await;
     let q = s.clone();
     let copy = format!(
         "COPY (SELECT a.l_orderkey, b.l_quantity FROM lineitem a \
