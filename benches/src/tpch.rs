@@ -5,8 +5,8 @@
 //! `--runs` timed runs each; the median is reported, with ratios and their geometric means.
 //! `--explain` prints both systems' plans of each query first. `--source parquet:DIR` (or
 //! `s3://bucket/prefix`) reads the tables from Parquet files instead, made once with
-//! `--write-parquet DIR`: Dirk reads them into its workers at `CREATE EXTERNAL TABLE` (the load
-//! time is printed), DataFusion reads them in each query.
+//! `--write-parquet DIR`: both systems make external tables over them and read the files in
+//! each query (Dirk's tasks on its workers, straight from the files or the store).
 
 use crate::report::{Report, Row};
 use datafusion::datasource::MemTable;
@@ -92,6 +92,17 @@ where
 /// Runs a statement on Dirk, discarding its result.
 async fn dirk_statement(session: &Session, sql: String) -> Result<(), dirk_dtable::DirkError> {
     session.sql(&sql).await?.collect().await.map(|_| ())
+}
+
+/// What one run of `sql` read from storage, summed over its tasks.
+async fn storage_read(session: &Session, sql: &str) -> Result<dirk_engine::StorageRead, String> {
+    session.engine().clear_event_log();
+    dirk_rows(session, sql).await?;
+    let mut read = dirk_engine::StorageRead::default();
+    for r in &session.engine().event_log().records {
+        read += r.storage;
+    }
+    Ok(read)
 }
 
 /// Runs `sql` once on `session` with an empty event log and writes what the log then holds.
@@ -201,7 +212,7 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
         Some(location) => {
             let s = create_external(location, |sql| dirk_statement(&session, sql)).await?;
             eprintln!(
-                "TPC-H from {location}: external tables read into {workers} workers in {s:.1} s, {partitions} partitions"
+                "TPC-H from {location}: external tables made in {s:.1} s (read per query by {workers} workers), {partitions} partitions"
             );
             Vec::new()
         }
@@ -266,7 +277,7 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
                 }
             }
             eprintln!(
-                "on {n} worker processes ({threads} threads each): loaded in {:.1} s, {} partitions",
+                "on {n} worker processes ({threads} threads each): ready in {:.1} s, {} partitions",
                 started.elapsed().as_secs_f64(),
                 cluster.partitions()
             );
@@ -315,6 +326,9 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
     if cluster.is_some() {
         println!("| query | Dirk s | Dirk cluster s | DataFusion s | Dirk / DataFusion | cluster / DataFusion | cluster / Dirk |");
         println!("|---|---|---|---|---|---|---|");
+    } else if source.is_some() {
+        println!("| query | Dirk s | DataFusion s | Dirk / DataFusion | Dirk read MB (requests) |");
+        println!("|---|---|---|---|---|");
     } else {
         println!("| query | Dirk s | DataFusion s | Dirk / DataFusion |");
         println!("|---|---|---|---|");
@@ -392,6 +406,13 @@ async fn run_async(args: &Args, report: &mut Report) -> Result<(), String> {
                 "| q{q:02} | {d:.3} | {c:.3} | {f:.3} | {ratio:.2} | {:.2} | {:.2} |",
                 c / f,
                 c / d
+            );
+        } else if source.is_some() {
+            let read = storage_read(&session, sql).await?;
+            println!(
+                "| q{q:02} | {d:.3} | {f:.3} | {ratio:.2} | {:.1} ({}) |",
+                read.bytes as f64 / 1e6,
+                read.requests
             );
         } else {
             println!("| q{q:02} | {d:.3} | {f:.3} | {ratio:.2} |");

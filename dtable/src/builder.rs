@@ -163,8 +163,8 @@ impl SessionBuilder {
         for key in PINNED_OFF {
             config.options_mut().set(key, "false")?;
         }
-        // Files are listed only to ingest them, and an external table follows its files (see
-        // `refresh_external`): a cached listing would hide files added since. Remote stores are
+        // An external table is listed afresh by each query that reads it: a cached listing
+        // would hide files added since (by another program, or by an `INSERT`). Remote stores are
         // made on first use (see `stores`), over the stores registered explicitly.
         let registered = match &self.planner_state {
             Some(state) => Arc::clone(&state.runtime_env().object_store_registry),
@@ -201,6 +201,7 @@ impl SessionBuilder {
         let chunk_stats = Arc::new(crate::prune::ChunkStatistics::new(Arc::clone(&engine)));
         let catalog = Arc::new(Catalog::new(Arc::clone(&engine), Arc::clone(&chunk_stats)));
         catalog.follow(&planner.state())?;
+        catalog.read_locations_with(planner.state_weak_ref());
         let executor = Executor::new(
             Arc::clone(&engine),
             Arc::clone(&catalog),

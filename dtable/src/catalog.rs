@@ -16,32 +16,33 @@ use datafusion::catalog::Session as DfSession;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider, TableProvider,
 };
+use datafusion::datasource::listing::{
+    ListingTable, ListingTableConfig, ListingTableConfigExt as _, ListingTableUrl,
+};
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{Expr, TableType};
+use datafusion::logical_expr::{CreateExternalTable, Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use dirk_engine::Context;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 /// Names of the tables a statement makes for itself while it runs: the planner finds them, but
 /// nothing lists them.
 const TEMP_PREFIX: &str = "__dirk_temp_";
 
-/// Where an external table's rows come from. The table is resident; before a statement reads
-/// it, its files are listed again, and if they changed (added, removed, rewritten) it is read
-/// again, as DataFusion would read the files afresh. A statement that changes the table through
-/// Dirk (`INSERT`, `UPDATE`, ...) ends this: the table then holds rows its files do not.
-pub(crate) struct ExternalSource {
+/// An external table: a listing of files that stays in its store (Dagger's `File`). Each query
+/// that reads it lists the files afresh and its tasks read their splits straight from the
+/// store; `INSERT` writes new files beside them. Nothing of it is resident.
+#[derive(Clone)]
+pub(crate) struct ExternalTable {
     /// The file listing made at `CREATE EXTERNAL TABLE`: its schema and options stay fixed.
     pub(crate) files: Arc<dyn TableProvider>,
-    /// What the last read found.
-    pub(crate) stamps: Vec<FileStamp>,
+    /// The statement that made it, less its store options: the format, options and partition
+    /// columns the files an `INSERT` writes take.
+    pub(crate) definition: CreateExternalTable,
 }
-
-/// A file's location, size and version, as its object store reports them.
-pub(crate) type FileStamp = (String, u64, i64, Option<String>);
 
 /// A session's tables. DTables live here; every other provider (views, and the tables of a
 /// planner state handed to the session builder) lives in DataFusion's own schemas, behind the
@@ -54,8 +55,11 @@ pub(crate) struct Catalog {
     /// Where new tables go: the planner's default schema as of the statement running.
     current: Mutex<Location>,
     stats: Arc<ChunkStatistics>,
-    /// The files of each external table that follows them.
-    external: Mutex<HashMap<String, ExternalSource>>,
+    /// External tables: names shared with `tables` (a name is one or the other). Locked after
+    /// `tables` and `homes` when several are.
+    external: Mutex<BTreeMap<String, ExternalTable>>,
+    /// The planner, for reading a location named in `FROM` (see [`Catalog::location_table`]).
+    planner: OnceLock<Weak<RwLock<SessionState>>>,
     temp_counter: AtomicU64,
 }
 
@@ -76,7 +80,8 @@ impl Catalog {
             homes: Mutex::new(HashMap::new()),
             current: Mutex::new((String::new(), String::new())),
             stats,
-            external: Mutex::new(HashMap::new()),
+            external: Mutex::new(BTreeMap::new()),
+            planner: OnceLock::new(),
             temp_counter: AtomicU64::new(0),
         }
     }
@@ -117,33 +122,105 @@ impl Catalog {
         self.tables.lock()
     }
 
-    /// The external tables' sources.
-    pub(crate) fn external(&self) -> MutexGuard<'_, HashMap<String, ExternalSource>> {
-        self.external.lock()
+    /// Lets queries name a location in `FROM`, planned with `planner`'s state.
+    pub(crate) fn read_locations_with(&self, planner: Weak<RwLock<SessionState>>) {
+        let _ = self.planner.set(planner);
     }
 
-    /// Names of the tables, sorted (temporary ones left out).
+    /// `SELECT * FROM 's3://bucket/file.parquet'` (or a local path, or a directory): the files
+    /// there as an external table for this one statement, format and schema inferred, as
+    /// DataFusion's URL tables are. Only names that look like a location (a scheme, a `/`, or a
+    /// file extension DataFusion reads) are tried, so a mistyped table name stays an unknown
+    /// table.
+    async fn location_table(
+        &self,
+        name: &str,
+    ) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        let looks_like_location = name.contains("://")
+            || name.contains('/')
+            || [".parquet", ".csv", ".json", ".ndjson", ".arrow", ".avro"]
+                .iter()
+                .any(|ext| name.to_lowercase().ends_with(ext));
+        if !looks_like_location {
+            return Ok(None);
+        }
+        let Some(state) = self
+            .planner
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|s| s.read().clone())
+        else {
+            return Ok(None);
+        };
+        let Ok(url) = ListingTableUrl::parse(name) else {
+            return Ok(None);
+        };
+        let config = ListingTableConfig::new(url).infer_options(&state).await?;
+        let config = config
+            .infer_partitions_from_path(&state)
+            .await?
+            .infer_schema(&state)
+            .await?;
+        Ok(Some(Arc::new(ListingTable::try_new(config)?)))
+    }
+
+    /// The external table `name`, if there is one.
+    pub(crate) fn external(&self, name: &str) -> Option<ExternalTable> {
+        self.external.lock().get(name).cloned()
+    }
+
+    /// Names of the tables, resident and external, sorted (temporary ones left out).
     pub(crate) fn names(&self) -> Vec<String> {
-        self.tables
+        let mut names: Vec<String> = self
+            .tables
             .lock()
             .keys()
             .filter(|n| !n.starts_with(TEMP_PREFIX))
             .cloned()
-            .collect()
+            .collect();
+        names.extend(self.external.lock().keys().cloned());
+        names.sort();
+        names
     }
 
-    /// A snapshot of a table.
+    /// A snapshot of a resident table; an external table has none, and says so.
     pub(crate) fn get(&self, name: &str) -> Result<DTable> {
-        self.tables
-            .lock()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| DirkError::TableNotFound { name: name.into() })
+        if let Some(table) = self.tables.lock().get(name) {
+            return Ok(table.clone());
+        }
+        if self.external.lock().contains_key(name) {
+            return Err(DirkError::ExternalTable { name: name.into() });
+        }
+        Err(DirkError::TableNotFound { name: name.into() })
     }
 
-    /// True when a DTable of that name exists.
+    /// True when a table of that name exists, resident or external.
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.tables.lock().contains_key(name)
+        self.tables.lock().contains_key(name) || self.external.lock().contains_key(name)
+    }
+
+    /// Registers the external table `name`, replacing a table of that name (resident or
+    /// external) if `replace`.
+    pub(crate) fn register_external(
+        &self,
+        name: &str,
+        table: ExternalTable,
+        replace: bool,
+    ) -> Result<()> {
+        let mut tables = self.tables.lock();
+        if !replace && (tables.contains_key(name) || self.external.lock().contains_key(name)) {
+            return Err(DirkError::TableExists { name: name.into() });
+        }
+        let home = self.current.lock().clone();
+        self.homes.lock().insert(name.to_string(), home);
+        let replaced = tables.remove(name);
+        self.external.lock().insert(name.to_string(), table);
+        drop(tables);
+        if let Some(old) = replaced {
+            self.engine
+                .free(&old.chunks().cloned().collect::<Vec<_>>())?;
+        }
+        Ok(())
     }
 
     /// Registers `table` as `name` (replacing a table of that name if `replace`) and runs
@@ -158,7 +235,7 @@ impl Catalog {
         alongside: impl FnOnce() -> T,
     ) -> Result<T> {
         let mut tables = self.tables.lock();
-        if tables.contains_key(name) && !replace {
+        if !replace && (tables.contains_key(name) || self.external.lock().contains_key(name)) {
             return Err(DirkError::TableExists { name: name.into() });
         }
         let done = alongside();
@@ -218,40 +295,50 @@ impl Catalog {
         Ok(())
     }
 
-    /// Drops a DTable and frees its chunks; false when there is no DTable of that name.
+    /// Drops a table (freeing a resident one's chunks; an external one's files stay); false
+    /// when there is no table of that name.
     pub(crate) fn remove(&self, name: &str) -> Result<bool> {
         let mut tables = self.tables.lock();
-        let Some(old) = tables.remove(name) else {
+        let old = tables.remove(name);
+        let external = self.external.lock().remove(name);
+        if old.is_none() && external.is_none() {
             return Ok(false);
-        };
+        }
         self.homes.lock().remove(name);
         drop(tables);
-        self.external.lock().remove(name);
+        let Some(old) = old else {
+            return Ok(true);
+        };
         self.engine
             .free(&old.chunks().cloned().collect::<Vec<_>>())?;
         Ok(true)
     }
 
-    /// The provider of table `name` if it lives in `home`.
+    /// The provider of table `name` if it lives in `home`: a DTable's scan, or an external
+    /// table's file listing.
     fn provider(&self, name: &str, home: &Location) -> Option<Arc<dyn TableProvider>> {
         let tables = self.tables.lock();
-        let table = tables.get(name)?;
         if self.homes.lock().get(name) != Some(home) {
             return None;
         }
-        Some(Arc::new(DTableProvider {
-            name: name.to_string(),
-            table: table.clone(),
-            stats: Arc::clone(&self.stats),
-        }))
+        if let Some(table) = tables.get(name) {
+            return Some(Arc::new(DTableProvider {
+                name: name.to_string(),
+                table: table.clone(),
+                stats: Arc::clone(&self.stats),
+            }));
+        }
+        self.external.lock().get(name).map(|e| Arc::clone(&e.files))
     }
 
     /// Names of the tables living in `home` (temporary ones left out).
     fn names_in(&self, home: &Location) -> Vec<String> {
         let tables = self.tables.lock();
         let homes = self.homes.lock();
+        let external = self.external.lock();
         tables
             .keys()
+            .chain(external.keys())
             .filter(|n| !n.starts_with(TEMP_PREFIX) && homes.get(*n) == Some(home))
             .cloned()
             .collect()
@@ -282,9 +369,12 @@ impl SchemaProvider for SchemaView {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        match self.catalog.provider(name, &self.home) {
+        if let Some(p) = self.catalog.provider(name, &self.home) {
+            return Ok(Some(p));
+        }
+        match self.others.table(name).await? {
             Some(p) => Ok(Some(p)),
-            None => self.others.table(name).await,
+            None => self.catalog.location_table(name).await,
         }
     }
 

@@ -22,6 +22,15 @@ pub enum DirkError {
         /// The name asked for.
         name: String,
     },
+    /// A statement that needs a resident table, run on an external one.
+    #[error(
+        "table `{name}` is an external table: its rows stay in its files, which queries read \
+         and INSERT adds to; CREATE TABLE <name> AS SELECT * FROM {name} makes a resident copy"
+    )]
+    ExternalTable {
+        /// The table.
+        name: String,
+    },
     /// A table name that is already taken.
     #[error("table `{name}` already exists")]
     TableExists {
@@ -82,6 +91,7 @@ impl DirkError {
             DirkError::TableChanged { .. } => ErrorKind::Retryable,
             DirkError::Panicked { .. } => ErrorKind::Internal,
             DirkError::TableNotFound { .. }
+            | DirkError::ExternalTable { .. }
             | DirkError::TableExists { .. }
             | DirkError::Unsupported { .. }
             | DirkError::SchemaMismatch { .. } => ErrorKind::User,

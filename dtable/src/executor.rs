@@ -506,6 +506,7 @@ fn spawn_stages(
                 settings: inputs.settings.clone(),
                 memory_limit: inputs.task_memory,
                 stores: stores.clone(),
+                uses_storage: !keys.is_empty(),
             };
             let mut opts = TaskOptions::new()
                 .params(encode_params(&header, &plan))
@@ -606,11 +607,23 @@ pub(crate) fn explain_analyze_text(
             let moved: u64 = records.iter().map(|r| r.bytes_moved).sum();
             let fetch_wait: u64 = records.iter().map(|r| r.fetch_wait_us).sum();
             let cpu: u64 = records.iter().map(|r| r.cpu_us).sum();
+            let mut storage = dirk_engine::StorageRead::default();
+            for r in &records {
+                storage += r.storage;
+            }
+            let storage = if storage == Default::default() {
+                String::new()
+            } else {
+                format!(
+                    ", storage_bytes={}, storage_requests={}",
+                    storage.bytes, storage.requests
+                )
+            };
             moved_total += moved;
             format!(
                 "workers={workers:?}, wall={:.3} ms, task_time={:.3} ms, task_cpu={:.3} ms, \
                  rows_in={rows_in}, rows_out={rows_out}, bytes_out={bytes_out}, \
-                 bytes_moved={moved}, fetch_wait={:.3} ms{}",
+                 bytes_moved={moved}, fetch_wait={:.3} ms{storage}{}",
                 last.saturating_sub(first) as f64 / 1000.0,
                 busy as f64 / 1000.0,
                 cpu as f64 / 1000.0,

@@ -1,4 +1,5 @@
-//! `COPY (query) TO 'location'`: a query's result written as files, all or nothing.
+//! `COPY (query) TO 'location'` and `INSERT` into an external table: a query's result written
+//! as files, all or nothing.
 //!
 //! The query runs as any other, as stages of tasks; its last task writes the files (DataFusion's
 //! sinks, on the worker) into a hidden staging directory beside the output, `_dirk-<id>/`, which
@@ -9,11 +10,13 @@
 //! they run can see some of the new files before the others. Store options (`'aws.region'`, ...)
 //! in the statement's `OPTIONS` configure the output's store, as a table's do.
 
-use crate::error::Result;
+use crate::catalog::ExternalTable;
+use crate::error::{DirkError, Result};
 use crate::executor::Executor;
+use datafusion::datasource::file_format::format_as_file_type;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::dml::CopyTo;
+use datafusion::logical_expr::dml::{CopyTo, InsertOp};
 use datafusion::logical_expr::LogicalPlan;
 use futures::TryStreamExt as _;
 use object_store::path::Path;
@@ -22,7 +25,76 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Runs `copy`; returns the number of rows written.
-pub(crate) async fn copy_to(executor: &Executor, mut copy: CopyTo) -> Result<u64> {
+pub(crate) async fn copy_to(executor: &Executor, copy: CopyTo) -> Result<u64> {
+    write_files(executor, copy, Commit::Copy).await
+}
+
+/// `INSERT [OVERWRITE] INTO` an external table: the rows of `input` written as new files of the
+/// table's format into its directory (into partition directories for a partitioned table), all
+/// or nothing. `OVERWRITE` then removes the files that were there before.
+pub(crate) async fn insert_files(
+    executor: &Executor,
+    table: &ExternalTable,
+    input: LogicalPlan,
+    op: InsertOp,
+) -> Result<u64> {
+    let definition = &table.definition;
+    let name = definition.name.table();
+    let commit = match op {
+        InsertOp::Append => Commit::Append,
+        InsertOp::Overwrite => Commit::Overwrite,
+        InsertOp::Replace => {
+            return Err(DirkError::Unsupported {
+                what: "REPLACE INTO (a table has no key to replace rows by)".into(),
+            })
+        }
+    };
+    let [location] = definition.locations.as_slice() else {
+        return Err(DirkError::Unsupported {
+            what: format!("INSERT into `{name}`, an external table over several locations"),
+        });
+    };
+    if !ListingTableUrl::parse(location)?.is_collection() {
+        return Err(DirkError::Unsupported {
+            what: format!("INSERT into `{name}`, an external table over one file ({location})"),
+        });
+    }
+    let state = executor.planner().state();
+    let format = state
+        .get_file_format_factory(&definition.file_type.to_lowercase())
+        .ok_or_else(|| DirkError::Unsupported {
+            what: format!("writing files stored as {}", definition.file_type),
+        })?;
+    let directory = if location.ends_with('/') {
+        location.clone()
+    } else {
+        format!("{location}/")
+    };
+    let copy = CopyTo::new(
+        Arc::new(input),
+        directory,
+        definition.table_partition_cols.clone(),
+        format_as_file_type(format),
+        definition.options.clone(),
+    );
+    write_files(executor, copy, commit).await
+}
+
+/// How a write's staged files become its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// `COPY`: moved into place, then `_SUCCESS` beside them (unless partition directories).
+    Copy,
+    /// `INSERT`: moved into place beside the files there.
+    Append,
+    /// `INSERT OVERWRITE`: moved into place, then the files there before are removed.
+    Overwrite,
+}
+
+/// Writes `copy`'s rows into staging, then commits them as `commit` says; returns the number of
+/// rows written.
+async fn write_files(executor: &Executor, mut copy: CopyTo, commit: Commit) -> Result<u64> {
+    crate::ingest::refuse_compression(&copy.file_type.get_ext(), &copy.options)?;
     let target = ListingTableUrl::parse(&copy.output_url)?;
     let location = [copy.output_url.clone()];
     executor
@@ -58,10 +130,16 @@ pub(crate) async fn copy_to(executor: &Executor, mut copy: CopyTo) -> Result<u64
     }
     .await;
     let result = match written {
-        Ok(rows) => commit(store.as_ref(), &staging, &out, copy.partition_by.is_empty())
-            .await
-            .map(|()| rows)
-            .map_err(|e| DataFusionError::ObjectStore(Box::new(e)).into()),
+        Ok(rows) => move_into_place(
+            store.as_ref(),
+            &staging,
+            &out,
+            commit,
+            copy.partition_by.is_empty(),
+        )
+        .await
+        .map(|()| rows)
+        .map_err(|e| DataFusionError::ObjectStore(Box::new(e)).into()),
         Err(e) => Err(e),
     };
     remove_all(store.as_ref(), &staging).await;
@@ -99,20 +177,33 @@ impl Output {
     }
 }
 
-/// Moves every staged file to its final name, then marks a directory output complete (unless
-/// `mark` is false: DataFusion's listing of hive-style partition directories refuses a file
-/// beside them). On a failure, the files moved so far are removed again.
-async fn commit(
+/// Moves every staged file to its final name, then, as `commit` says, marks a `COPY`'s
+/// directory complete (not beside partition directories, `flat` false: DataFusion's listing of
+/// hive-style partition directories refuses a file there) or removes what an overwrite
+/// replaces. On a failure, the files moved so far are removed again and the old ones stay.
+async fn move_into_place(
     store: &dyn ObjectStore,
     staging: &Path,
     out: &Output,
-    mark: bool,
+    commit: Commit,
+    flat: bool,
 ) -> object_store::Result<()> {
     let staged: Vec<Path> = store
         .list(Some(staging))
         .map_ok(|m| m.location)
         .try_collect()
         .await?;
+    let replaced: Vec<Path> = match commit {
+        Commit::Overwrite => {
+            store
+                .list(Some(&out.parent))
+                .map_ok(|m| m.location)
+                .try_filter(|p| std::future::ready(visible_under(p, &out.parent)))
+                .try_collect()
+                .await?
+        }
+        Commit::Copy | Commit::Append => Vec::new(),
+    };
     let mut moved = Vec::with_capacity(staged.len());
     for from in &staged {
         let relative: Vec<_> = from
@@ -133,12 +224,23 @@ async fn commit(
         }
         moved.push(to);
     }
-    if mark && out.file.is_none() {
+    if commit == Commit::Copy && flat && out.file.is_none() {
         store
             .put(&out.parent.clone().join("_SUCCESS"), PutPayload::default())
             .await?;
     }
+    for old in &replaced {
+        store.delete(old).await?;
+    }
     Ok(())
+}
+
+/// Whether a listing of `dir` shows `path`: no part below `dir` is hidden (`_` or `.` first,
+/// as staging directories and markers are).
+fn visible_under(path: &Path, dir: &Path) -> bool {
+    path.prefix_match(dir).is_some_and(|mut parts| {
+        parts.all(|p| !p.as_ref().starts_with('_') && !p.as_ref().starts_with('.'))
+    })
 }
 
 /// Deletes every object under `prefix`; best effort (a leftover is hidden and harmless).

@@ -171,6 +171,7 @@ async fn fragment_params() -> Vec<u8> {
         settings: Vec::new(),
         memory_limit: Some(64 << 20),
         stores: Vec::new(),
+        uses_storage: false,
     };
     encode_params(&header, &encode_plan(&plan).unwrap())
 }

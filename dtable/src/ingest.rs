@@ -1,34 +1,34 @@
-//! Reading files into DTables: the file listing a `CREATE EXTERNAL TABLE` describes, run as a
-//! scan whose splits (byte ranges, one group per partition) are read by the tasks of the
-//! workers that then keep them (Dagger's `File`); the data never passes through the driver.
+//! Files as tables: the file listing a `CREATE EXTERNAL TABLE` describes (an external table,
+//! read by the tasks of each query), and files read into a resident DTable, each split (a byte
+//! range, or row groups) by the task of the worker that then keeps it. Either way the data
+//! never passes through the driver.
 
-use crate::catalog::FileStamp;
+use crate::catalog::ExternalTable;
 use crate::error::{DirkError, Result};
 use crate::executor::Executor;
 use crate::stores::StoreRegistry;
 use crate::table::DTable;
-use datafusion::catalog::TableProvider;
-use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame as DfDataFrame;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{CreateExternalTable, LogicalPlan};
 use futures::TryStreamExt as _;
-use std::sync::Arc;
+use std::collections::HashMap;
 
-/// The file listing a `CREATE EXTERNAL TABLE` describes (schema inferred where not given).
+/// The external table a `CREATE EXTERNAL TABLE` describes (schema inferred where not given).
 /// Options of its store (`'aws.region'`, ...) configure the store of its location in `stores`,
 /// for the planner and for the tasks that read it.
-pub(crate) async fn external_files(
+pub(crate) async fn external_table(
     state: &SessionState,
     stores: &StoreRegistry,
     cmd: &CreateExternalTable,
-) -> Result<Arc<dyn TableProvider>> {
+) -> Result<ExternalTable> {
     let mut cmd = cmd.clone();
     if stores.take_options_for(&mut cmd.options, &cmd.locations)? {
         // The statement's text holds the credentials: it is not kept as the definition.
         cmd.definition = None;
     }
+    refuse_compression(&cmd.file_type, &cmd.options)?;
     let file_type = cmd.file_type.to_uppercase();
     let factory = state
         .table_factories()
@@ -38,10 +38,32 @@ pub(crate) async fn external_files(
             what: format!("external tables stored as {}", cmd.file_type),
         })?;
     match factory.create(state, &cmd).await {
-        Ok(files) => Ok(files),
+        Ok(files) => Ok(ExternalTable {
+            files,
+            definition: cmd,
+        }),
         Err(e) => Err(name_the_bad_file(state, factory.as_ref(), &cmd, e)
             .await
             .into()),
+    }
+}
+
+/// Compressed CSV and JSON files need DataFusion's compression codecs, which Dirk is built
+/// without (they are C builds); without this check such files would be read as if
+/// uncompressed. (Parquet's `format.compression` is the codec inside the file.)
+pub(crate) fn refuse_compression(format: &str, options: &HashMap<String, String>) -> Result<()> {
+    if !["csv", "json", "ndjson"].contains(&format.to_lowercase().as_str()) {
+        return Ok(());
+    }
+    match options.get("format.compression").map(|c| c.to_lowercase()) {
+        None => Ok(()),
+        Some(c) if c.is_empty() || c == "uncompressed" => Ok(()),
+        Some(c) => Err(DirkError::Unsupported {
+            what: format!(
+                "compressed files ('format.compression' '{c}'): Dirk reads and writes \
+                 uncompressed CSV and JSON (Parquet compresses inside the file)"
+            ),
+        }),
     }
 }
 
@@ -93,21 +115,6 @@ async fn name_the_bad_file(
     error
 }
 
-/// Reads the files of `files` into a DTable.
-pub(crate) async fn read_files(
-    executor: &Executor,
-    name: &TableReference,
-    files: Arc<dyn TableProvider>,
-) -> Result<DTable> {
-    let scan = datafusion::logical_expr::LogicalPlanBuilder::scan(
-        name.clone(),
-        datafusion::datasource::provider_as_source(files),
-        None,
-    )?
-    .build()?;
-    read_plan(executor, scan).await
-}
-
 /// Runs a plan that reads files into a DTable. DataFusion lists the files and splits them
 /// into byte ranges, one group per partition; each group is read by one task, on the worker
 /// that then owns the partition (Dagger's `File`): the data never passes through the driver.
@@ -121,31 +128,4 @@ pub(crate) async fn read_plan(executor: &Executor, plan: LogicalPlan) -> Result<
         .repartition_file_min_size = 0;
     let physical = DfDataFrame::new(state, plan).create_physical_plan().await?;
     executor.run_physical(physical, &[]).await
-}
-
-/// The files a file listing reads now, sorted; `None` for a table that is not a file listing.
-pub(crate) async fn list_files(
-    state: &SessionState,
-    files: &dyn TableProvider,
-) -> Result<Option<Vec<FileStamp>>> {
-    use datafusion::datasource::listing::ListingTable;
-    let Some(listing) = files.downcast_ref::<ListingTable>() else {
-        return Ok(None);
-    };
-    let extension = &listing.options().file_extension;
-    let mut stamps = Vec::new();
-    for url in listing.table_paths() {
-        let store = state.runtime_env().object_store(url)?;
-        let mut found = url.list_all_files(state, store.as_ref(), extension).await?;
-        while let Some(meta) = found.try_next().await? {
-            stamps.push((
-                meta.location.to_string(),
-                meta.size,
-                meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
-                meta.e_tag,
-            ));
-        }
-    }
-    stamps.sort();
-    Ok(Some(stamps))
 }

@@ -28,6 +28,7 @@ mod router;
 pub mod session;
 pub mod stages;
 mod steps;
+mod storage_meter;
 mod stores;
 pub mod stream;
 pub mod table;

@@ -3,9 +3,10 @@
 //! | statement | runs in |
 //! |---|---|
 //! | a query | a DataFrame, run by the executor when collected or streamed |
-//! | `CREATE TABLE [AS]`, `CREATE EXTERNAL TABLE`, `DROP TABLE` | the catalog; data made by tasks |
+//! | `CREATE TABLE [AS]`, `CREATE EXTERNAL TABLE`, `DROP TABLE` | the catalog; data made by tasks (an external table's stays in its files) |
 //! | other DDL (views, schemas, functions) | DataFusion's catalog: no data moves |
 //! | `INSERT`, `TRUNCATE`; `UPDATE`/`DELETE` of the target's own rows | `dml`, chunk by chunk |
+//! | `INSERT` into an external table | `export`: new files beside its files, all or nothing |
 //! | `MERGE`, `UPDATE ... FROM`, `DELETE ... USING`, `UPDATE`/`DELETE` reading other tables | `dml::rowchange` |
 //! | `ALTER TABLE` | `dml::alter_table` |
 //! | `COPY ... TO` | `export`: the query's tasks write, the driver commits |
@@ -15,7 +16,6 @@
 //! DataFusion plans every statement it can (so a statement it rejects fails with its error);
 //! the route is chosen once, from that plan where there is one.
 
-use crate::catalog::ExternalSource;
 use crate::core::{SessionCore, PINNED_OFF};
 use crate::dml::rowchange::ChangeStatement;
 use crate::dml::Chunkwise;
@@ -27,7 +27,6 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, Statement, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Where a statement runs.
@@ -53,7 +52,6 @@ pub(crate) async fn run_sql(core: &SessionCore, sql: &str) -> Result<DfDataFrame
     core.catalog.follow(&state)?;
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect)?;
-    refresh_external(core, &state, &statement).await?;
     match route(&state, statement).await? {
         Route::Alter(alter) => count(core, crate::dml::alter_table(core, &alter).await?),
         Route::RowChange(statement) => {
@@ -144,16 +142,8 @@ async fn execute_logical(core: &SessionCore, plan: LogicalPlan) -> Result<DfData
                 }
             }
             let state = core.planner.state();
-            let files = crate::ingest::external_files(&state, core.executor.stores(), &c).await?;
-            let stamps = crate::ingest::list_files(&state, files.as_ref()).await?;
-            let table =
-                crate::ingest::read_files(&core.executor, &c.name, Arc::clone(&files)).await?;
-            core.register(&name, table, c.or_replace)?;
-            if let Some(stamps) = stamps {
-                core.catalog
-                    .external()
-                    .insert(name, ExternalSource { files, stamps });
-            }
+            let table = crate::ingest::external_table(&state, core.executor.stores(), &c).await?;
+            core.catalog.register_external(&name, table, c.or_replace)?;
             empty(core)
         }
         LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
@@ -184,15 +174,19 @@ async fn execute_logical(core: &SessionCore, plan: LogicalPlan) -> Result<DfData
         }
         LogicalPlan::Dml(DmlStatement {
             table_name,
-            op: WriteOp::Insert(_),
+            op: WriteOp::Insert(op),
             input,
             ..
         }) => {
-            let name = table_name.table().to_string();
-            count(
-                core,
-                crate::dml::insert_plan(core, &name, (*input).clone()).await?,
-            )
+            let name = table_name.table();
+            let input = (*input).clone();
+            let rows = match core.catalog.external(name) {
+                Some(files) => {
+                    crate::export::insert_files(&core.executor, &files, input, op).await?
+                }
+                None => crate::dml::insert_plan(core, name, input, op).await?,
+            };
+            count(core, rows)
         }
         LogicalPlan::Dml(DmlStatement {
             table_name,
@@ -263,62 +257,6 @@ async fn statement(core: &SessionCore, statement: Statement) -> Result<DfDataFra
         LogicalPlan::EmptyRelation(_) => empty(core),
         _ => Ok(df),
     }
-}
-
-/// Reads again each external table `statement` names whose files changed since it was last
-/// read (see [`ExternalSource`]).
-async fn refresh_external(
-    core: &SessionCore,
-    state: &SessionState,
-    statement: &DfStatement,
-) -> Result<()> {
-    if core.catalog.external().is_empty() {
-        return Ok(());
-    }
-    let mut names: Vec<String> = state
-        .resolve_table_references(statement)?
-        .iter()
-        .map(|r| r.table().to_string())
-        .collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        let Some(files) = core
-            .catalog
-            .external()
-            .get(&name)
-            .map(|s| Arc::clone(&s.files))
-        else {
-            continue;
-        };
-        let stamps = crate::ingest::list_files(state, files.as_ref()).await?;
-        let unchanged = |external: &HashMap<String, ExternalSource>| {
-            external.get(&name).is_none_or(|s| {
-                !Arc::ptr_eq(&s.files, &files) || Some(&s.stamps) == stamps.as_ref()
-            })
-        };
-        if unchanged(&core.catalog.external()) {
-            continue;
-        }
-        let _one_at_a_time = core.mutation_lock.lock().await;
-        // Another statement may have read it again, changed it or dropped it meanwhile.
-        if unchanged(&core.catalog.external()) {
-            continue;
-        }
-        let table = crate::ingest::read_files(
-            &core.executor,
-            &datafusion::common::TableReference::bare(name.as_str()),
-            Arc::clone(&files),
-        )
-        .await?;
-        core.register(&name, table, true)?;
-        if let Some(stamps) = stamps {
-            core.catalog
-                .external()
-                .insert(name, ExternalSource { files, stamps });
-        }
-    }
-    Ok(())
 }
 
 /// No rows and no columns: what a statement returns.

@@ -105,8 +105,9 @@ impl Session {
         DataFrame::new(self.clone(), df)
     }
 
-    /// Reads CSV files (a file, a directory, or a glob) into a DTable registered as `name`, as
-    /// `CREATE EXTERNAL TABLE name STORED AS CSV LOCATION path` does.
+    /// Reads CSV files (a file, a directory, or a glob) into a resident DTable registered as
+    /// `name`. (`CREATE EXTERNAL TABLE name STORED AS CSV LOCATION path` leaves the rows in
+    /// the files instead, read by each query.)
     pub async fn register_csv(
         &self,
         name: &str,
@@ -117,7 +118,7 @@ impl Session {
         self.register_ingested(name, files).await
     }
 
-    /// Reads Parquet files into a DTable registered as `name`.
+    /// Reads Parquet files into a resident DTable registered as `name`.
     pub async fn register_parquet(
         &self,
         name: &str,
@@ -227,7 +228,13 @@ impl Session {
     /// were made). Returns the rows added.
     pub async fn append_df(&self, table: &str, df: DataFrame) -> Result<u64> {
         let plan = df.inner().logical_plan().clone();
-        crate::dml::insert_plan(&self.core, table, plan).await
+        crate::dml::insert_plan(
+            &self.core,
+            table,
+            plan,
+            datafusion::logical_expr::dml::InsertOp::Append,
+        )
+        .await
     }
 
     /// Sets column `name` to `value` on every row: in place when the column exists, as a new

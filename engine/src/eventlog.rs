@@ -65,10 +65,29 @@ pub struct TaskRecord {
     pub fetch_wait_us: u64,
     /// CPU time its thread spent on it, in µs.
     pub cpu_us: u64,
+    /// What it read from storage outside the engine (files, object stores).
+    pub storage: StorageRead,
     /// Tasks it waited for.
     pub deps: Vec<TaskId>,
     /// How it ended.
     pub status: TaskStatus,
+}
+
+/// Bytes and requests a task read from storage outside the engine (files, object stores), as
+/// its kernel counted them: the engine itself reads none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageRead {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Requests made (reads, heads, listings).
+    pub requests: u64,
+}
+
+impl std::ops::AddAssign for StorageRead {
+    fn add_assign(&mut self, other: StorageRead) {
+        self.bytes += other.bytes;
+        self.requests += other.requests;
+    }
 }
 
 /// One chunk moved between workers (or to the driver).
@@ -240,7 +259,9 @@ impl EventLogSnapshot {
                     "finish_to_report_us": r.reported_us.saturating_sub(r.finished_us),
                     "rows_in": r.rows_in, "bytes_in": r.bytes_in, "rows_out": r.rows_out,
                     "bytes_out": r.bytes_out, "bytes_moved": r.bytes_moved,
-                    "fetch_wait_us": r.fetch_wait_us, "cpu_us": r.cpu_us, "status": status}
+                    "fetch_wait_us": r.fetch_wait_us, "cpu_us": r.cpu_us,
+                    "storage_bytes": r.storage.bytes, "storage_requests": r.storage.requests,
+                    "status": status}
             }));
         }
         serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"}).to_string()

@@ -4,6 +4,7 @@
 use crate::chunk::Chunk;
 use crate::env::WorkerEnv;
 use crate::error::{EngineError, Result};
+use crate::eventlog::StorageRead;
 use crate::ids::{TaskId, WorkerId};
 use crate::scope::ProcessorKind;
 use crate::task::Access;
@@ -130,6 +131,7 @@ pub struct KernelCall<'a> {
     inputs: Vec<KernelInput>,
     cancels: &'a Arc<CancelSet>,
     env: &'a WorkerEnv,
+    storage: StorageRead,
 }
 
 /// Whether one task has been cancelled: see [`KernelCall::cancellation`].
@@ -171,6 +173,7 @@ impl<'a> KernelCall<'a> {
             inputs,
             cancels,
             env,
+            storage: StorageRead::default(),
         }
     }
 
@@ -234,6 +237,17 @@ impl<'a> KernelCall<'a> {
     /// True once the task has been cancelled; long kernels should check it and stop early.
     pub fn is_cancelled(&self) -> bool {
         self.cancels.is_cancelled(self.task)
+    }
+
+    /// Counts what the kernel read from storage outside the engine (files, object stores): the
+    /// task's record, and `EXPLAIN ANALYZE`, show it.
+    pub fn add_storage_read(&mut self, read: StorageRead) {
+        self.storage += read;
+    }
+
+    /// What [`add_storage_read`](Self::add_storage_read) counted.
+    pub fn storage_read(&self) -> StorageRead {
+        self.storage
     }
 
     /// Takes the inputs back (workers do this to store written chunks).

@@ -54,7 +54,7 @@ pub use chunk::{
 pub use context::{Context, ContextBuilder, SequentialQueue, TaskCounts};
 pub use env::{WorkerEnv, WorkerEnvBuilder, WorkerEnvRef};
 pub use error::{EngineError, ErrorKind, Result};
-pub use eventlog::{EventLog, EventLogSnapshot, TaskRecord, TaskStatus, Transfer};
+pub use eventlog::{EventLog, EventLogSnapshot, StorageRead, TaskRecord, TaskStatus, Transfer};
 pub use ids::{ChunkId, TaskId, WorkerId};
 pub use kernel::{
     Cancellation, FnKernel, Kernel, KernelCall, KernelInput, KernelRef, KernelRegistry,

@@ -6,7 +6,7 @@
 use crate::chunk::{Chunk, ChunkMeta, ChunkStore};
 use crate::env::{WorkerEnv, WorkerEnvRef};
 use crate::error::{EngineError, Result};
-use crate::eventlog::{now_us, Transfer};
+use crate::eventlog::{now_us, StorageRead, Transfer};
 use crate::ids::{ChunkId, TaskId, WorkerId};
 use crate::kernel::{KernelCall, KernelInput, KernelRegistry};
 use crate::processor::{CpuProcessor, FakeProcessor, ProcessorRef};
@@ -53,6 +53,9 @@ pub struct TaskDone {
     pub outputs: Vec<ChunkMeta>,
     /// Inputs written in place, now held by the worker that ran the task.
     pub written: Vec<ChunkMeta>,
+    /// What the kernel read from storage outside the engine.
+    #[serde(default)]
+    pub storage: StorageRead,
 }
 
 /// A worker's report on one task.
@@ -551,6 +554,7 @@ impl WorkerCore {
         let outcome = crate::panics::catch(|| kernel.run(&mut call)).unwrap_or_else(|panic| {
             Err(EngineError::internal(format!("kernel panicked: {panic}")))
         });
+        let storage = call.storage_read();
         let inputs = call.into_inputs();
         match outcome {
             Ok(outs) => {
@@ -567,7 +571,11 @@ impl WorkerCore {
                         }
                     }
                 }
-                Ok(TaskDone { outputs, written })
+                Ok(TaskDone {
+                    outputs,
+                    written,
+                    storage,
+                })
             }
             Err(e) => {
                 self.restore_taken(a, inputs.into_iter().map(|i| i.chunk));

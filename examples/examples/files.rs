@@ -1,6 +1,6 @@
-//! DTables from local CSV and Parquet files. Files are split into byte ranges, one per
-//! partition; each range is read by a task on the worker that then keeps the partition. Also:
-//! repartitioning a table, and pinning one to a worker.
+//! Local CSV and Parquet files: an external table read in place by each query, and resident
+//! DTables whose byte ranges are each read by a task on the worker that then keeps the
+//! partition. Also: repartitioning a table, and pinning one to a worker.
 //!
 //! ```text
 //! cargo run -p dirk-examples --example files
@@ -26,16 +26,26 @@ async fn main() -> Result<()> {
     std::fs::write(&csv, text).expect("write csv");
 
     let session = Session::builder().workers(2).partitions(4).build()?;
+    // An external table stays in its files: each query's tasks read their byte ranges.
     session
         .sql(&format!(
-            "CREATE EXTERNAL TABLE trips STORED AS CSV LOCATION '{}' \
+            "CREATE EXTERNAL TABLE trip_files STORED AS CSV LOCATION '{}' \
              OPTIONS ('format.has_header' 'true')",
             csv.display()
         ))
         .await?
         .collect()
         .await?;
-    let trips = session.table("trips")?;
+    session
+        .sql("SELECT city, count(*) AS trips FROM trip_files GROUP BY city ORDER BY city")
+        .await?
+        .show()
+        .await?;
+    // A resident DTable: the file split into byte ranges, each read by a task on the worker
+    // that then keeps it.
+    let trips = session
+        .register_csv("trips", &csv.display().to_string(), CsvReadOptions::new())
+        .await?;
     println!(
         "trips: {} rows in {} partitions, on workers {:?}",
         trips.num_rows(),

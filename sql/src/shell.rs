@@ -174,7 +174,7 @@ impl Shell {
             ("dt", _) => self.run_sql("SHOW TABLES"),
             ("d", None) => self.run_sql("SHOW TABLES"),
             ("d", Some(t)) => {
-                if self.session.table(t).is_err() {
+                if !self.session.table_names().iter().any(|n| n == t) {
                     eprintln!("error: table `{t}` not found");
                     return false;
                 }

@@ -402,3 +402,43 @@ fn children_of(pid: u32) -> Vec<u32> {
     children.sort_unstable();
     children
 }
+
+/// A CSV directory as a new user queries it: an external table, described by `\d`, read in place
+/// by each query, appended to by `INSERT`, and named directly in `FROM`.
+#[test]
+fn an_external_table_is_described_queried_and_appended_to() {
+    let dir = std::env::temp_dir().join(format!("dirk-shell-ext-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("a.csv"),
+        "city,fare\nOslo,10\nBergen,20\nOslo,30\n",
+    )
+    .unwrap();
+    let d = dir.display();
+    let script = format!(
+        "CREATE EXTERNAL TABLE trips STORED AS CSV LOCATION '{d}/' \
+         OPTIONS ('format.has_header' 'true');\n\
+         \\d trips\n\
+         INSERT INTO trips VALUES ('Bergen', 40);\n\
+         SELECT city, sum(fare) AS total FROM trips GROUP BY city ORDER BY city;\n\
+         SELECT count(*) AS files_rows FROM '{d}/a.csv';\n\
+         UPDATE trips SET fare = 0;\n"
+    );
+    let out = dirk(&["--format", "csv"], Some(&script));
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(
+        stdout.contains("city,Utf8"),
+        "\\d lists the columns: {stdout}"
+    );
+    assert!(stdout.contains("Bergen,60\nOslo,40"), "{stdout}");
+    assert!(stdout.contains("files_rows\n3"), "{stdout}");
+    assert!(
+        stderr.contains("is an external table") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(files, 2, "the INSERT wrote one new file beside a.csv");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

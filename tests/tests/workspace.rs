@@ -131,7 +131,15 @@ fn every_crate_uses_the_workspace_lints() {
 /// level or below. The last level is the public front (the session, its builder and its
 /// DataFrames), whose modules may use each other.
 const DTABLE_LEVELS: &[&[&str]] = &[
-    &["error", "stream", "proto", "exec", "wire", "stores"],
+    &[
+        "error",
+        "stream",
+        "proto",
+        "exec",
+        "wire",
+        "stores",
+        "storage_meter",
+    ],
     &["table", "stages"],
     &["broadcast", "kernels"],
     &["steps"],

@@ -28,6 +28,7 @@ use crate::kernels::mutation::{Step, MUTATE_KERNEL};
 use crate::table::DTable;
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, LogicalPlan, WriteOp};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
@@ -412,10 +413,28 @@ fn unsupported(what: impl Into<String>) -> DirkError {
     DirkError::Unsupported { what: what.into() }
 }
 
-/// `INSERT INTO name <plan>`: the new rows become new chunks of the table.
-pub(crate) async fn insert_plan(core: &SessionCore, name: &str, input: LogicalPlan) -> Result<u64> {
+/// `INSERT INTO name <plan>`: the new rows become new chunks of the table. `INSERT OVERWRITE`
+/// replaces every row by the new ones.
+pub(crate) async fn insert_plan(
+    core: &SessionCore,
+    name: &str,
+    input: LogicalPlan,
+    op: InsertOp,
+) -> Result<u64> {
     let _one_at_a_time = core.mutation_lock().lock().await;
     let mut table = core.table(name)?;
+    match op {
+        InsertOp::Append => {}
+        InsertOp::Overwrite => {
+            let partitions = vec![Vec::new(); table.num_partitions()];
+            table = table.with_subsets(partitions);
+        }
+        InsertOp::Replace => {
+            return Err(DirkError::Unsupported {
+                what: "REPLACE INTO (a table has no key to replace rows by)".into(),
+            })
+        }
+    }
     let new = core.run_plan(input).await?;
     let rows = new.num_rows();
     table.append(new)?;

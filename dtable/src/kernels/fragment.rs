@@ -6,6 +6,7 @@
 
 use crate::exec::{DirkCodec, LeafId, TaskInputs};
 use crate::proto::FieldPreservingConverter;
+use crate::storage_meter::{MeteredStores, StorageMeter};
 use crate::stores::{StoreRegistry, StoreSpec, TaskStores};
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
@@ -64,6 +65,9 @@ pub(crate) struct FragmentHeader {
     /// the worker makes them once and uses them for this task's reads.
     #[serde(default)]
     pub(crate) stores: Vec<StoreSpec>,
+    /// Whether the fragment reads or writes files: its reads are then counted.
+    #[serde(default)]
+    pub(crate) uses_storage: bool,
 }
 
 /// Serializes a fragment once per stage.
@@ -206,12 +210,13 @@ impl WorkerDataFusion {
 }
 
 /// The worker's runtime as one task sees it: the same pool, spill directory, caches and object
-/// stores, with the task's memory capped (through [`TaskMemory`]) and the stores its options
-/// configure in front of the worker's.
+/// stores, with the task's memory capped (through [`TaskMemory`]), the stores its options
+/// configure in front of the worker's, and every store's reads counted in `meter`.
 fn task_runtime(
     worker: &WorkerDataFusion,
     runtime: &Arc<RuntimeEnv>,
     header: &FragmentHeader,
+    meter: &Arc<StorageMeter>,
 ) -> datafusion::error::Result<Arc<RuntimeEnv>> {
     let mut builder = RuntimeEnvBuilder::from_runtime_env(runtime);
     if let Some(cap) = header.memory_limit {
@@ -221,14 +226,12 @@ fn task_runtime(
             used: AtomicUsize::new(0),
         }));
     }
+    let mut stores = Arc::clone(&runtime.object_store_registry);
     if !header.stores.is_empty() {
-        let stores = TaskStores::new(
-            &worker.stores,
-            Arc::clone(&runtime.object_store_registry),
-            &header.stores,
-        )?;
-        builder = builder.with_object_store_registry(Arc::new(stores));
+        stores = Arc::new(TaskStores::new(&worker.stores, stores, &header.stores)?);
     }
+    builder =
+        builder.with_object_store_registry(Arc::new(MeteredStores::new(stores, Arc::clone(meter))));
     builder.build_arc()
 }
 
@@ -338,7 +341,8 @@ impl Kernel for FragmentKernel {
         }
         let worker = WorkerDataFusion::of(call.env());
         let state = worker.state()?;
-        LOCAL.with(|runtime| {
+        let meter = Arc::new(StorageMeter::default());
+        let outputs = LOCAL.with(|runtime| {
             let mut config = state.config().clone().with_extension(Arc::new(inputs));
             for (key, value) in &header.settings {
                 config.options_mut().set(key, value).map_err(df_err)?;
@@ -351,15 +355,17 @@ impl Kernel for FragmentKernel {
                 .execution
                 .enable_file_stream_work_stealing = false;
             let mut ctx = TaskContext::from(state).with_session_config(config);
-            if header.memory_limit.is_some() || !header.stores.is_empty() {
-                let runtime = task_runtime(&worker, state.runtime_env(), &header);
+            if header.memory_limit.is_some() || !header.stores.is_empty() || header.uses_storage {
+                let runtime = task_runtime(&worker, state.runtime_env(), &header, &meter);
                 ctx = ctx.with_runtime(runtime.map_err(df_err)?);
             }
             let ctx = Arc::new(ctx);
             let plan = decode_fragment(plan_bytes, &ctx).map_err(df_err)?;
             let cancelled = || call.is_cancelled();
             runtime.block_on(run_fragment(plan, &header, ctx, &cancelled))
-        })
+        });
+        call.add_storage_read(meter.read());
+        outputs
     }
 }
 

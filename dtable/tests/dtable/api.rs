@@ -1,6 +1,6 @@
 //! The DataFrame API, table layout (repartition, pinning), EXPLAIN, SET and the memory limit.
 
-use super::compare::{assert_same, run_dirk};
+use super::compare::{assert_same, run_dirk, text_of};
 use super::queries::{reference, session};
 use dirk_dtable::prelude::*;
 use dirk_engine::WorkerId;
@@ -260,12 +260,6 @@ async fn a_pinned_table_stays_on_its_worker_and_its_scans_run_there() {
         .expect("stage 0 stats");
     assert!(stage0.contains("workers={2}"), "{text}");
     assert!(s.pin_table("t", WorkerId(9)).is_err());
-}
-
-fn text_of(batches: &[arrow::array::RecordBatch]) -> String {
-    arrow::util::pretty::pretty_format_batches(batches)
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

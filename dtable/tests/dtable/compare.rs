@@ -58,6 +58,27 @@ fn rows(batches: &[RecordBatch], ordered: bool) -> Vec<Vec<Cell>> {
     out
 }
 
+/// Batches as the table a shell prints (for plans: `EXPLAIN`'s text).
+pub(crate) fn text_of(batches: &[RecordBatch]) -> String {
+    pretty_format_batches(batches).unwrap().to_string()
+}
+
+/// `storage_bytes=` and `storage_requests=` of the stage that scans, in `EXPLAIN ANALYZE`.
+pub(crate) fn storage_read(analyzed: &str) -> (u64, u64) {
+    let line = analyzed
+        .lines()
+        .find(|l| l.contains("storage_requests="))
+        .unwrap_or_else(|| panic!("no storage read counted: {analyzed}"));
+    let field = |name: &str| -> u64 {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    (field("storage_bytes"), field("storage_requests"))
+}
+
 pub(crate) fn assert_same(got: &[RecordBatch], want: &[RecordBatch], ordered: bool, what: &str) {
     let names = |bs: &[RecordBatch]| {
         bs.first().map(|b| {

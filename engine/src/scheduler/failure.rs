@@ -66,6 +66,7 @@ impl Scheduler {
             bytes_moved: 0,
             fetch_wait_us: 0,
             cpu_us: 0,
+            storage: Default::default(),
             deps: deps.to_vec(),
             status: match e {
                 EngineError::Cancelled { .. } => TaskStatus::Cancelled,

@@ -429,6 +429,7 @@ impl Scheduler {
         self.run_times
             .learn(&t.sub.kernel, t.sub.cost_class, dur_s, input_bytes);
 
+        let storage = r.result.as_ref().map(|d| d.storage).unwrap_or_default();
         let result = match r.result {
             Ok(done) => {
                 let lineage = || Lineage::Task {
@@ -485,6 +486,7 @@ impl Scheduler {
             bytes_moved: r.transfers.iter().map(|x| x.bytes).sum(),
             fetch_wait_us: r.fetch_wait_us,
             cpu_us: r.cpu_us,
+            storage,
             deps: std::mem::take(&mut deps),
             status,
         };
