@@ -101,6 +101,15 @@ pub(crate) fn assert_same(got: &[RecordBatch], want: &[RecordBatch], ordered: bo
     assert!(equal, "{what}\ngot:\n{}\nwant:\n{}", show(got), show(want));
 }
 
+/// Runs a query through the DataFusion reference and collects its result.
+pub(crate) async fn run_datafusion(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> Vec<RecordBatch> {
+    let df = ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    df.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Runs a statement through Dirk and collects its result, or its error.
 pub(crate) async fn try_dirk(
     s: &dirk_dtable::Session,

@@ -2,7 +2,7 @@
 //! worker that owns them; results equal DataFusion's over the same files; malformed and
 //! truncated files are clear errors that leave the session usable and the catalog unchanged.
 
-use super::compare::{assert_same, run_dirk, storage_read, text_of};
+use super::compare::{assert_same, run_datafusion, run_dirk, storage_read, text_of, try_dirk};
 use super::queries::tables;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use dirk_dtable::Session;
@@ -125,15 +125,11 @@ async fn external_tables_are_split_over_workers_and_equal_datafusion() {
         for (location, registered) in [(one_file.clone(), "f"), (format!("{dir_s}/csv/"), "d")] {
             let sql = format!("SELECT count(*), sum(a), min(b) FROM '{location}'");
             let got = run_dirk(&s, &sql, &sql).await;
-            let want = by_location
-                .sql(&format!(
-                    "SELECT count(*), sum(a), min(b) FROM {registered}"
-                ))
-                .await
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
+            let want = run_datafusion(
+                &by_location,
+                &format!("SELECT count(*), sum(a), min(b) FROM {registered}"),
+            )
+            .await;
             assert_same(&got, &want, true, &sql);
         }
         // A name that is neither a table nor a location stays an unknown table.
@@ -180,13 +176,9 @@ async fn expect_error(s: &Session, sql: &str) -> String {
 /// The error of reading the external table `ddl` makes: at `CREATE` where the files' schema is
 /// inferred, or at the first query that reads them.
 async fn expect_read_error(s: &Session, ddl: &str, name: &str) -> String {
-    let created = match s.sql(ddl).await {
-        Ok(df) => df.collect().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    let e = match created {
+    let e = match try_dirk(s, ddl).await {
         Err(e) => e.to_string(),
-        Ok(()) => expect_error(s, &format!("SELECT * FROM {name}")).await,
+        Ok(_) => expect_error(s, &format!("SELECT * FROM {name}")).await,
     };
     assert!(!e.contains('\n'), "one line: {e}");
     e
@@ -388,13 +380,7 @@ async fn an_external_table_reads_its_files_at_each_query_and_insert_writes_new_o
     );
     let reference = SessionContext::new();
     reference.sql(&ddl).await.unwrap().collect().await.unwrap();
-    let want = reference
-        .sql("SELECT count(*), sum(a) FROM f")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let want = run_datafusion(&reference, "SELECT count(*), sum(a) FROM f").await;
     let got = run_dirk(&s, "SELECT count(*), sum(a) FROM f", "read back").await;
     assert_same(&got, &want, true, "what INSERT wrote, read by DataFusion");
     std::fs::write(dir.join("3.csv"), csv(200..210)).unwrap();

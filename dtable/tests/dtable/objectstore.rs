@@ -8,7 +8,7 @@
 //! `$HOME/.cache/dirk/moto` (or `DIRK_MOTO_DIR`). Without it these tests say so and pass,
 //! unless `DIRK_REQUIRE_S3=1` (CI sets it).
 
-use super::compare::{assert_same, run_dirk, storage_read, text_of, try_dirk};
+use super::compare::{assert_same, run_datafusion, run_dirk, storage_read, text_of, try_dirk};
 use arrow::array::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use dirk_dtable::tpch::{QUERIES, TABLES};
@@ -335,13 +335,7 @@ async fn tpch_from_an_s3_bucket_equals_datafusion_and_keeps_the_secret() {
     // A location in FROM, read with the store the bucket's tables configured.
     let sql = format!("SELECT count(*), sum(n_nationkey) FROM 's3://{bucket}/tpch/nation/'");
     let got = run_dirk(&s, &sql, &sql).await;
-    let want = reference
-        .sql("SELECT count(*), sum(n_nationkey) FROM nation")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let want = run_datafusion(&reference, "SELECT count(*), sum(n_nationkey) FROM nation").await;
     assert_same(&got, &want, true, &sql);
     // The secret shows nowhere: not in EXPLAIN, SHOW, the event log or an error.
     let mut seen = Vec::new();
