@@ -215,12 +215,10 @@ impl Catalog {
         self.homes.lock().insert(name.to_string(), home);
         let replaced = tables.remove(name);
         self.external.lock().insert(name.to_string(), table);
-        drop(tables);
-        if let Some(old) = replaced {
-            self.engine
-                .free(&old.chunks().cloned().collect::<Vec<_>>())?;
+        match replaced {
+            Some(old) => self.release(tables, &old, &HashSet::new()),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Registers `table` as `name` (replacing a table of that name if `replace`) and runs
@@ -245,25 +243,36 @@ impl Catalog {
         let kept: HashSet<_> = table.chunks().map(|c| c.id).collect();
         let replaced = tables.insert(name.to_string(), table);
         if let Some(old) = replaced {
-            // Statistics of chunks no table holds any more go with them.
-            let live: HashSet<_> = tables
-                .values()
-                .flat_map(|t| t.chunks().map(|c| c.id))
-                .collect();
-            self.stats
-                .cache()
-                .lock()
-                .retain(|(id, _), _| live.contains(id));
-            drop(tables);
-            // A new version (an INSERT) shares its old chunks; free only what it dropped.
-            let gone: Vec<_> = old
-                .chunks()
-                .filter(|c| !kept.contains(&c.id))
-                .cloned()
-                .collect();
-            self.engine.free(&gone)?;
+            self.release(tables, &old, &kept)?;
         }
         Ok(done)
+    }
+
+    /// Frees the chunks of `old`, a table just replaced or dropped under the `tables` lock,
+    /// that are not `kept` (a new version, such as an INSERT's, shares its old chunks), and
+    /// forgets the statistics of chunks no table holds any more.
+    fn release(
+        &self,
+        tables: MutexGuard<'_, BTreeMap<String, DTable>>,
+        old: &DTable,
+        kept: &HashSet<dirk_engine::ChunkId>,
+    ) -> Result<()> {
+        let live: HashSet<_> = tables
+            .values()
+            .flat_map(|t| t.chunks().map(|c| c.id))
+            .collect();
+        self.stats
+            .cache()
+            .lock()
+            .retain(|(id, _), _| live.contains(id));
+        drop(tables);
+        let gone: Vec<_> = old
+            .chunks()
+            .filter(|c| !kept.contains(&c.id))
+            .cloned()
+            .collect();
+        self.engine.free(&gone)?;
+        Ok(())
     }
 
     /// Registers a table a statement needs while it runs, under a fresh name with `what` in it;
