@@ -57,6 +57,7 @@ pub struct SessionBuilder {
     cluster: dirk_flight::ClientOptions,
     partitions: Option<usize>,
     memory: Option<usize>,
+    spill_dir: Option<std::path::PathBuf>,
     planner_state: Option<SessionState>,
 }
 
@@ -95,14 +96,22 @@ impl SessionBuilder {
         self
     }
 
-    /// Memory for running queries, in bytes, shared equally by the tasks that run at once (one
-    /// per CPU slot): a task's sorts, aggregations and joins spill to disk beyond its share, or
-    /// fail with "Resources exhausted" where they cannot. In-process workers also get it as
-    /// their budget (split equally), one pool each that their tasks share; a worker process's
-    /// budget is its own (`dirk worker --memory-limit`). Default: no limit. Resident DTables
-    /// are not counted.
+    /// Memory the session's in-process workers may use, in bytes, split equally between them:
+    /// each worker's resident chunks and running operators share its part. Beyond it the least
+    /// recently used chunks spill to disk (read back when a task needs them) and sorts and
+    /// aggregations spill their state; what cannot spill fails with "Resources exhausted". A
+    /// task also holds at most an equal share of it per task slot. Default: three quarters of
+    /// the machine's memory. A worker process's budget is its own (`dirk worker
+    /// --memory-limit`).
     pub fn memory(mut self, bytes: usize) -> Self {
         self.memory = Some(bytes);
+        self
+    }
+
+    /// Where in-process workers write spill files (default: `dirk-spill` under the system's
+    /// temporary directory).
+    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.spill_dir = Some(dir.into());
         self
     }
 
@@ -112,6 +121,14 @@ impl SessionBuilder {
     pub fn planner_state(mut self, state: SessionState) -> Self {
         self.planner_state = Some(state);
         self
+    }
+
+    fn in_process(&self) -> dirk_engine::ContextBuilder {
+        let mut b = Context::builder().memory_limit(self.memory);
+        if let Some(dir) = &self.spill_dir {
+            b = b.spill_dir(dir);
+        }
+        b
     }
 
     /// Starts the engine and an empty catalog.
@@ -135,11 +152,8 @@ impl SessionBuilder {
                 });
                 engine
             }
-            Some(Workers::InProcess(n)) => Context::builder()
-                .workers(*n)
-                .memory_limit(self.memory)
-                .build()?,
-            None => Context::builder().memory_limit(self.memory).build()?,
+            Some(Workers::InProcess(n)) => self.in_process().workers(*n).build()?,
+            None => self.in_process().build()?,
         };
         register_kernels(&engine.kernels());
         let slots = engine.cpu_slots().max(1);

@@ -611,7 +611,11 @@ pub(crate) fn explain_analyze_text(
             for r in &records {
                 storage += r.storage;
             }
-            let storage = if storage == Default::default() {
+            let mut spill = dirk_engine::SpillIo::default();
+            for r in &records {
+                spill += r.spill;
+            }
+            let mut storage = if storage == Default::default() {
                 String::new()
             } else {
                 format!(
@@ -619,6 +623,12 @@ pub(crate) fn explain_analyze_text(
                     storage.bytes, storage.requests
                 )
             };
+            if spill != Default::default() {
+                storage.push_str(&format!(
+                    ", spilled_bytes={}, reloaded_bytes={}",
+                    spill.spilled, spill.reloaded
+                ));
+            }
             moved_total += moved;
             format!(
                 "workers={workers:?}, wall={:.3} ms, task_time={:.3} ms, task_cpu={:.3} ms, \

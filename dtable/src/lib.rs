@@ -34,6 +34,7 @@ pub mod stream;
 pub mod table;
 pub mod tpch;
 mod wire;
+mod worker_memory;
 
 pub use builder::{SessionBuilder, Workers};
 pub use dataframe::{DataFrame, GroupBy};

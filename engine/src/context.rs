@@ -111,9 +111,10 @@ impl ContextBuilder {
         self
     }
 
-    /// Memory the in-process workers' tasks may use, in bytes, split equally between the
-    /// workers: each worker's environment ([`crate::WorkerEnv`]) gets its share (default: no
-    /// limit).
+    /// Memory the in-process workers may use, in bytes, split equally between them: each
+    /// worker's environment ([`crate::WorkerEnv`]) gets its share as its budget, which its
+    /// resident chunks and its tasks' operators share (default: three quarters of the machine's
+    /// memory, [`crate::default_budget`]).
     pub fn memory_limit(mut self, bytes: Option<usize>) -> Self {
         self.memory_limit = bytes;
         self
@@ -191,7 +192,10 @@ impl ContextBuilder {
             }),
             scheduler: Mutex::new(Some(thread)),
         };
-        let share = self.memory_limit.map(|m| m / self.workers.max(1));
+        let share = match self.memory_limit {
+            Some(m) => Some(m / self.workers.max(1)),
+            None => crate::memory::default_budget(self.workers),
+        };
         for i in 0..self.workers {
             let env = crate::WorkerEnv::builder()
                 .memory_limit(share)

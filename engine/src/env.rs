@@ -4,6 +4,7 @@
 //! one object per worker of their own (a DataFusion runtime with one memory pool and the
 //! object-store registry) through [`WorkerEnv::extension`].
 
+use crate::memory::{MemoryBudget, MemoryBudgetRef};
 use parking_lot::Mutex;
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +16,7 @@ pub type WorkerEnvRef = Arc<WorkerEnv>;
 
 /// A worker's environment; see the module docs.
 pub struct WorkerEnv {
-    memory_limit: Option<usize>,
+    budget: MemoryBudgetRef,
     spill_dir: PathBuf,
     settings: BTreeMap<String, String>,
     extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
@@ -24,7 +25,7 @@ pub struct WorkerEnv {
 impl std::fmt::Debug for WorkerEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerEnv")
-            .field("memory_limit", &self.memory_limit)
+            .field("budget", &self.budget)
             .field("spill_dir", &self.spill_dir)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
@@ -46,7 +47,13 @@ impl WorkerEnv {
 
     /// Memory the worker's tasks may use together, in bytes; `None` for no limit.
     pub fn memory_limit(&self) -> Option<usize> {
-        self.memory_limit
+        self.budget.limit()
+    }
+
+    /// The worker's memory budget: its resident chunks and its running operators count against
+    /// it together.
+    pub fn budget(&self) -> &MemoryBudgetRef {
+        &self.budget
     }
 
     /// Where the worker's tasks write spill files.
@@ -111,7 +118,7 @@ impl WorkerEnvBuilder {
 
     fn build_env(self) -> WorkerEnv {
         WorkerEnv {
-            memory_limit: self.memory_limit,
+            budget: Arc::new(MemoryBudget::new(self.memory_limit)),
             spill_dir: self
                 .spill_dir
                 .unwrap_or_else(|| std::env::temp_dir().join("dirk-spill")),

@@ -67,6 +67,8 @@ pub struct TaskRecord {
     pub cpu_us: u64,
     /// What it read from storage outside the engine (files, object stores).
     pub storage: StorageRead,
+    /// Chunk bytes its worker spilled to disk and read back for it.
+    pub spill: SpillIo,
     /// Tasks it waited for.
     pub deps: Vec<TaskId>,
     /// How it ended.
@@ -87,6 +89,33 @@ impl std::ops::AddAssign for StorageRead {
     fn add_assign(&mut self, other: StorageRead) {
         self.bytes += other.bytes;
         self.requests += other.requests;
+    }
+}
+
+/// Chunk bytes a task made its worker write to spill files (to make room for its outputs or
+/// its operators) and read back from them (its inputs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpillIo {
+    /// Bytes of chunks written out.
+    pub spilled: u64,
+    /// Bytes of chunks read back.
+    pub reloaded: u64,
+}
+
+impl std::ops::AddAssign for SpillIo {
+    fn add_assign(&mut self, other: SpillIo) {
+        self.spilled += other.spilled;
+        self.reloaded += other.reloaded;
+    }
+}
+
+impl SpillIo {
+    /// What happened between `before` and `self`.
+    pub fn since(self, before: SpillIo) -> SpillIo {
+        SpillIo {
+            spilled: self.spilled.saturating_sub(before.spilled),
+            reloaded: self.reloaded.saturating_sub(before.reloaded),
+        }
     }
 }
 
@@ -261,6 +290,7 @@ impl EventLogSnapshot {
                     "bytes_out": r.bytes_out, "bytes_moved": r.bytes_moved,
                     "fetch_wait_us": r.fetch_wait_us, "cpu_us": r.cpu_us,
                     "storage_bytes": r.storage.bytes, "storage_requests": r.storage.requests,
+                    "spilled_bytes": r.spill.spilled, "reloaded_bytes": r.spill.reloaded,
                     "status": status}
             }));
         }

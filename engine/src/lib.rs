@@ -39,6 +39,7 @@ pub mod error;
 pub mod eventlog;
 pub mod ids;
 pub mod kernel;
+pub mod memory;
 pub mod panics;
 pub mod placement;
 pub mod processor;
@@ -49,13 +50,17 @@ mod wait;
 pub mod worker;
 
 pub use chunk::{
-    compact_view_columns, split_for_transfer, Chunk, ChunkMeta, ChunkRef, ChunkStore, MemorySpace,
+    compact_view_columns, split_for_transfer, Chunk, ChunkMeta, ChunkPlace, ChunkRef, ChunkStore,
+    MemorySpace,
 };
 pub use context::{Context, ContextBuilder, SequentialQueue, TaskCounts};
 pub use env::{WorkerEnv, WorkerEnvBuilder, WorkerEnvRef};
 pub use error::{EngineError, ErrorKind, Result};
-pub use eventlog::{EventLog, EventLogSnapshot, StorageRead, TaskRecord, TaskStatus, Transfer};
+pub use eventlog::{
+    EventLog, EventLogSnapshot, SpillIo, StorageRead, TaskRecord, TaskStatus, Transfer,
+};
 pub use ids::{ChunkId, TaskId, WorkerId};
+pub use memory::{default_budget, physical_memory, MemoryBudget, MemoryBudgetRef};
 pub use kernel::{
     Cancellation, FnKernel, Kernel, KernelCall, KernelInput, KernelRef, KernelRegistry,
 };
@@ -65,5 +70,5 @@ pub use scope::{ProcessorId, ProcessorKind, Scope};
 pub use task::{Access, Arg, TaskHandle, TaskJoin, TaskOptions, TaskOutput};
 pub use worker::{
     InProcessWorker, InputSpec, PeerDirectory, PendingChunk, ReportSink, TaskAssignment, TaskDone,
-    TaskReport, Worker, WorkerRef, WorkerStatus,
+    MemoryStatus, TaskReport, Worker, WorkerRef, WorkerStatus,
 };

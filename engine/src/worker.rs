@@ -6,7 +6,7 @@
 use crate::chunk::{Chunk, ChunkMeta, ChunkStore};
 use crate::env::{WorkerEnv, WorkerEnvRef};
 use crate::error::{EngineError, Result};
-use crate::eventlog::{now_us, StorageRead, Transfer};
+use crate::eventlog::{now_us, SpillIo, StorageRead, Transfer};
 use crate::ids::{ChunkId, TaskId, WorkerId};
 use crate::kernel::{KernelCall, KernelInput, KernelRegistry};
 use crate::processor::{CpuProcessor, FakeProcessor, ProcessorRef};
@@ -56,6 +56,9 @@ pub struct TaskDone {
     /// What the kernel read from storage outside the engine.
     #[serde(default)]
     pub storage: StorageRead,
+    /// Chunk bytes the worker spilled and read back for the task.
+    #[serde(default)]
+    pub spill: SpillIo,
 }
 
 /// A worker's report on one task.
@@ -156,6 +159,26 @@ pub struct WorkerStatus {
     pub running: usize,
     /// Tasks finished since start.
     pub finished: u64,
+    /// Its memory budget and what spilled.
+    #[serde(default)]
+    pub memory: MemoryStatus,
+}
+
+/// A worker's memory budget as it reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// The budget, in bytes (`None`: no limit).
+    pub limit: Option<u64>,
+    /// Bytes its resident chunks and running operators hold now.
+    pub used: u64,
+    /// Bytes of spill files of chunks on disk now.
+    pub disk_bytes: u64,
+    /// Bytes of chunks written to disk since it started.
+    pub spilled_total: u64,
+    /// Bytes of chunks read back since it started.
+    pub reloaded_total: u64,
+    /// The chunks on disk now.
+    pub spilled_chunks: Vec<ChunkId>,
 }
 
 /// What the scheduler needs from a worker.
@@ -336,9 +359,13 @@ impl InProcessWorker {
     /// Gives the worker `env`, the environment every kernel it runs sees (default: no memory
     /// limit, spill files under the system's temporary directory). Workers may share one.
     pub fn with_env(mut self, env: WorkerEnvRef) -> Self {
-        Arc::get_mut(&mut self.core)
-            .expect("a worker's core is shared only once it runs")
-            .env = env;
+        let core = Arc::get_mut(&mut self.core).expect("a worker's core is shared only once it runs");
+        core.store = ChunkStore::with_budget(
+            core.id,
+            Arc::clone(env.budget()),
+            env.spill_dir().to_path_buf(),
+        );
+        core.env = env;
         self
     }
 
@@ -418,10 +445,7 @@ impl Worker for InProcessWorker {
     }
 
     fn fetch_chunk(&self, id: ChunkId) -> Result<Arc<Chunk>> {
-        self.core.store.get(id).ok_or(EngineError::ChunkNotFound {
-            chunk: id,
-            worker: self.core.id,
-        })
+        self.core.store.get(id)
     }
 
     fn store_chunk(&self, id: Option<ChunkId>, chunk: Arc<Chunk>) -> Result<ChunkMeta> {
@@ -439,10 +463,26 @@ impl Worker for InProcessWorker {
     }
 
     fn status(&self) -> WorkerStatus {
+        let budget = self.core.store.budget();
         WorkerStatus {
             id: self.core.id,
             chunks: self.core.store.len(),
             bytes: self.core.store.bytes(),
+            memory: MemoryStatus {
+                limit: budget.limit().map(|l| l as u64),
+                used: budget.used() as u64,
+                disk_bytes: self.core.store.disk_bytes(),
+                spilled_total: budget.spilled_total(),
+                reloaded_total: budget.reloaded_total(),
+                spilled_chunks: self
+                    .core
+                    .store
+                    .spaces()
+                    .into_iter()
+                    .filter(|p| p.space == crate::chunk::MemorySpace::Spilled)
+                    .map(|p| p.id)
+                    .collect(),
+            },
             running: self.core.running.load(Ordering::Relaxed),
             finished: self.core.finished.load(Ordering::Relaxed),
         }
@@ -492,6 +532,7 @@ impl WorkerCore {
         read: &mut InputsRead,
     ) -> Result<TaskDone> {
         let kernel = self.registry.get(&a.kernel)?;
+        let spill_before = crate::memory::thread_spill();
         let mut inputs = Vec::with_capacity(a.inputs.len());
         let mut pending = pending.into_iter();
         for spec in &a.inputs {
@@ -499,15 +540,11 @@ impl WorkerCore {
             let chunk = if spec.owner == self.id {
                 // A local chunk written in place leaves the store while the kernel runs, so the
                 // kernel may hold the only reference and mutate its buffers without copying.
-                let found = if spec.access.writes() {
+                if spec.access.writes() {
                     self.store.take(spec.chunk)
                 } else {
                     self.store.get(spec.chunk)
-                };
-                found.ok_or(EngineError::ChunkNotFound {
-                    chunk: spec.chunk,
-                    worker: self.id,
-                })
+                }
             } else {
                 let waiting = now_us();
                 let fetched = match started {
@@ -575,6 +612,7 @@ impl WorkerCore {
                     outputs,
                     written,
                     storage,
+                    spill: crate::memory::thread_spill().since(spill_before),
                 })
             }
             Err(e) => {

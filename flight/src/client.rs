@@ -510,6 +510,7 @@ impl RemoteWorker {
             bytes: 0,
             running: 0,
             finished: 0,
+            memory: Default::default(),
         };
         RemoteWorker {
             link,

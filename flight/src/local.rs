@@ -54,6 +54,7 @@ pub struct LocalWorkers {
     token: String,
     binary: PathBuf,
     threads: usize,
+    args: Vec<String>,
 }
 
 impl LocalWorkers {
@@ -64,6 +65,17 @@ impl LocalWorkers {
         n: usize,
         threads: usize,
     ) -> Result<LocalWorkers, EngineError> {
+        Self::start_with_args(dirk_binary, n, threads, &[])
+    }
+
+    /// [`LocalWorkers::start`], passing each worker `args` too (`--memory-limit 64M`, ...);
+    /// workers started later in place of one that died get them as well.
+    pub fn start_with_args(
+        dirk_binary: &Path,
+        n: usize,
+        threads: usize,
+        args: &[String],
+    ) -> Result<LocalWorkers, EngineError> {
         let token = random_token();
         let mut workers = LocalWorkers {
             children: Vec::new(),
@@ -71,6 +83,7 @@ impl LocalWorkers {
             token,
             binary: dirk_binary.to_path_buf(),
             threads,
+            args: args.to_vec(),
         };
         for _ in 0..n {
             let (child, address) = workers.spawn()?;
@@ -89,6 +102,7 @@ impl LocalWorkers {
         let mut child = Command::new(dirk_binary)
             .args(["worker", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
             .args(["--threads", &threads.max(1).to_string()])
+            .args(&self.args)
             .env(TOKEN_ENV, &self.token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -45,8 +45,9 @@ pub struct WorkerOptions {
     pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     /// TLS: the certificate authority (PEM) to verify other workers by when fetching from them.
     pub tls_ca: Option<Vec<u8>>,
-    /// Memory this worker's tasks may use together, in bytes: one budget in the worker's
-    /// environment, shared by every driver attached to it. Default: no limit.
+    /// Memory this worker may use, in bytes: one budget in the worker's environment that its
+    /// resident chunks and its tasks' operators share, for every driver attached to it.
+    /// Default: three quarters of the machine's memory ([`dirk_engine::default_budget`]).
     pub memory_limit: Option<u64>,
     /// Where tasks write spill files (default: `dirk-spill` under the system's temporary
     /// directory).
@@ -171,7 +172,12 @@ impl WorkerServer {
                 ..ClientOptions::default()
             },
             env: WorkerEnv::builder()
-                .memory_limit(options.memory_limit.map(|m| m as usize))
+                .memory_limit(
+                    options
+                        .memory_limit
+                        .map(|m| m as usize)
+                        .or_else(|| dirk_engine::default_budget(1)),
+                )
                 .spill_dir(options.spill_dir.clone())
                 .build(),
             calls: Arc::new(tokio::sync::Semaphore::new(
@@ -411,7 +417,7 @@ impl WorkerService {
             protocol: PROTOCOL_VERSION,
             attachment: key,
             processors,
-            memory_limit: self.state.options.memory_limit,
+            memory_limit: self.state.env.memory_limit().map(|m| m as u64),
             clock_us: dirk_engine::eventlog::now_us(),
             release: env!("CARGO_PKG_VERSION").to_string(),
         })
@@ -635,7 +641,7 @@ impl FlightService for WorkerService {
             action::STATUS => {
                 let reply = StatusReply {
                     status: a.worker.status(),
-                    memory_limit: self.state.options.memory_limit,
+                    memory_limit: self.state.env.memory_limit().map(|m| m as u64),
                     attachments: self.state.attachments.lock().len(),
                     clock_us: dirk_engine::eventlog::now_us(),
                 };

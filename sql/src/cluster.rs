@@ -70,13 +70,28 @@ pub(crate) struct LocalCluster {
 const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 impl LocalCluster {
-    pub(crate) fn start(n: usize, threads: Option<usize>) -> anyhow::Result<LocalCluster> {
+    /// Starts `n` worker processes. Each gets `memory_limit` as its budget, or by default an
+    /// equal share of the machine's ([`dirk_engine::default_budget`]), and `spill_dir`.
+    pub(crate) fn start(
+        n: usize,
+        threads: Option<usize>,
+        memory_limit: Option<u64>,
+        spill_dir: Option<&Path>,
+    ) -> anyhow::Result<LocalCluster> {
         anyhow::ensure!(n > 0, "--local needs at least one worker");
         let cores = std::thread::available_parallelism()
             .map(|c| c.get())
             .unwrap_or(1);
         let exe = std::env::current_exe()?;
-        let workers = LocalWorkers::start(&exe, n, threads.unwrap_or((cores / n).max(1)))?;
+        let mut args = Vec::new();
+        if let Some(limit) = memory_limit.or(dirk_engine::default_budget(n).map(|b| b as u64)) {
+            args.extend(["--memory-limit".to_string(), limit.to_string()]);
+        }
+        if let Some(dir) = spill_dir {
+            args.extend(["--spill-dir".to_string(), dir.display().to_string()]);
+        }
+        let workers =
+            LocalWorkers::start_with_args(&exe, n, threads.unwrap_or((cores / n).max(1)), &args)?;
         eprintln!(
             "started {n} local workers: {}",
             workers.addresses().join(", ")

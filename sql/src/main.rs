@@ -100,6 +100,17 @@ struct ShellArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Memory the workers this shell starts may use together (bytes, or with K, M, G, T),
+    /// split equally between them: resident tables and running queries share it; tables spill
+    /// their least recently used chunks to disk beyond it, and sorts and aggregations spill
+    /// their state (default: three quarters of the machine's memory). Workers attached with
+    /// `--workers` have their own (`dirk worker --memory-limit`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_limit: Option<u64>,
+    /// Where the workers this shell starts write spill files (default: `dirk-spill` under the
+    /// system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
 }
 
 /// `dirk worker`'s options.
@@ -128,8 +139,10 @@ struct WorkerArgs {
     /// TLS: the certificate authority (PEM file) to verify other workers by.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
-    /// Memory this worker's tasks may use together (bytes, or with K, M, G, T): sorts,
-    /// aggregations and joins spill to disk beyond it, or fail with "Resources exhausted".
+    /// Memory this worker may use (bytes, or with K, M, G, T): its resident chunks and its
+    /// running queries share it; chunks spill to disk beyond it, least recently used first, and
+    /// sorts and aggregations spill their state (default: three quarters of the machine's
+    /// memory).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory_limit: Option<u64>,
     /// Where tasks write spill files (default: `dirk-spill` under the system's temporary
@@ -176,7 +189,12 @@ fn main() {
             local,
             threads,
             shell,
-        }) => cluster::LocalCluster::start(local, threads)
+        }) => cluster::LocalCluster::start(
+            local,
+            threads,
+            shell.memory_limit.map(|m| m / local.max(1) as u64),
+            shell.spill_dir.as_deref(),
+        )
             .and_then(|cluster| run_shell(shell, Some(&cluster))),
         None => run_shell(cli.shell, None),
     };
@@ -215,6 +233,14 @@ fn run_shell(cli: ShellArgs, local: Option<&cluster::LocalCluster>) -> anyhow::R
     }
     if let Some(n) = cli.partitions {
         builder = builder.partitions(n);
+    }
+    if local.is_none() && cli.workers.is_empty() {
+        if let Some(m) = cli.memory_limit {
+            builder = builder.memory(m as usize);
+        }
+        if let Some(dir) = &cli.spill_dir {
+            builder = builder.spill_dir(dir);
+        }
     }
     let session = builder.build()?;
     if let Some(cluster) = local {

@@ -10,8 +10,9 @@ use crate::storage_meter::{MeteredStores, StorageMeter};
 use crate::stores::{StoreRegistry, StoreSpec, TaskStores};
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
+use crate::worker_memory::WorkerPool;
 use datafusion::execution::memory_pool::{
-    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+    MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -182,7 +183,10 @@ impl WorkerDataFusion {
             .with_temp_file_path(env.spill_dir())
             .with_object_store_registry(Arc::clone(&stores) as _);
         if let Some(limit) = env.memory_limit() {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+            runtime = runtime.with_memory_pool(Arc::new(WorkerPool::new(
+                Arc::clone(env.budget()),
+                limit,
+            )));
         }
         let state = runtime
             .build_arc()

@@ -67,6 +67,7 @@ impl Scheduler {
             fetch_wait_us: 0,
             cpu_us: 0,
             storage: Default::default(),
+            spill: Default::default(),
             deps: deps.to_vec(),
             status: match e {
                 EngineError::Cancelled { .. } => TaskStatus::Cancelled,

@@ -430,6 +430,7 @@ impl Scheduler {
             .learn(&t.sub.kernel, t.sub.cost_class, dur_s, input_bytes);
 
         let storage = r.result.as_ref().map(|d| d.storage).unwrap_or_default();
+        let spill = r.result.as_ref().map(|d| d.spill).unwrap_or_default();
         let result = match r.result {
             Ok(done) => {
                 let lineage = || Lineage::Task {
@@ -487,6 +488,7 @@ impl Scheduler {
             fetch_wait_us: r.fetch_wait_us,
             cpu_us: r.cpu_us,
             storage,
+            spill,
             deps: std::mem::take(&mut deps),
             status,
         };
