@@ -625,8 +625,8 @@ pub(crate) fn explain_analyze_text(
             };
             if spill != Default::default() {
                 storage.push_str(&format!(
-                    ", spilled_bytes={}, reloaded_bytes={}",
-                    spill.spilled, spill.reloaded
+                    ", chunks_spilled_bytes={}, chunks_reloaded_bytes={}, operators_spilled_bytes={}",
+                    spill.spilled, spill.reloaded, spill.operators
                 ));
             }
             moved_total += moved;

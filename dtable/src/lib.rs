@@ -43,6 +43,6 @@ pub use datafusion;
 pub use dirk_flight as flight;
 pub use error::{DirkError, Result};
 pub use kernels::register_kernels;
-pub use session::Session;
+pub use session::{Session, TableStorage};
 pub use stream::RecordBatchStream;
 pub use table::DTable;

@@ -63,6 +63,48 @@ impl Session {
         self.core.catalog.names()
     }
 
+    /// Where each resident table's chunks are: per table and worker, chunks and rows, and the
+    /// bytes in memory and on disk (chunks spilled by the worker's memory budget). Sorted by
+    /// table and worker; tables that stay in their files are not listed.
+    pub fn table_storage(&self) -> Vec<TableStorage> {
+        let spilled: std::collections::HashMap<dirk_engine::ChunkId, u64> = self
+            .engine()
+            .worker_status()
+            .into_iter()
+            .flat_map(|w| w.memory.spilled_chunks)
+            .collect();
+        let mut rows = Vec::new();
+        for name in self.table_names() {
+            let Ok(table) = self.table(&name) else {
+                continue;
+            };
+            let mut per_worker: std::collections::BTreeMap<WorkerId, TableStorage> =
+                Default::default();
+            for c in table.chunks() {
+                let e = per_worker.entry(c.owner).or_insert_with(|| TableStorage {
+                    table: name.clone(),
+                    worker: c.owner,
+                    chunks: 0,
+                    rows: 0,
+                    spilled_chunks: 0,
+                    memory_bytes: 0,
+                    disk_bytes: 0,
+                });
+                e.chunks += 1;
+                e.rows += c.rows;
+                match spilled.get(&c.id) {
+                    Some(disk) => {
+                        e.spilled_chunks += 1;
+                        e.disk_bytes += disk;
+                    }
+                    None => e.memory_bytes += c.bytes,
+                }
+            }
+            rows.extend(per_worker.into_values());
+        }
+        rows
+    }
+
     /// A snapshot of a table.
     pub fn table(&self, name: &str) -> Result<DTable> {
         self.core.table(name)
@@ -300,4 +342,23 @@ impl Session {
     pub(crate) async fn explain_plan(&self, df: DfDataFrame) -> Result<String> {
         self.core.executor.explain_plan(df).await
     }
+}
+
+/// One resident table's chunks on one worker ([`Session::table_storage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStorage {
+    /// The table.
+    pub table: String,
+    /// The worker.
+    pub worker: WorkerId,
+    /// Its chunks there.
+    pub chunks: usize,
+    /// Rows in them.
+    pub rows: u64,
+    /// How many are spilled to disk.
+    pub spilled_chunks: usize,
+    /// Bytes of the chunks in memory (their values).
+    pub memory_bytes: u64,
+    /// Bytes of the spill files of the chunks on disk (compressed).
+    pub disk_bytes: u64,
 }

@@ -78,12 +78,39 @@ impl Chunk {
             .sum()
     }
 
-    /// Bytes of Arrow memory the batches occupy.
+    /// Bytes of Arrow memory the batches hold: each underlying allocation counted once, whole,
+    /// however many columns or slices share it (a batch decoded from one Flight message, or
+    /// the parts of a split that keep their input's string data, share their buffers).
     pub fn bytes(&self) -> u64 {
-        self.batches
-            .iter()
-            .map(|b| b.get_array_memory_size() as u64)
-            .sum()
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0u64;
+        for b in &self.batches {
+            for c in b.columns() {
+                add_buffers(&c.to_data(), &mut seen, &mut total);
+            }
+        }
+        total
+    }
+}
+
+fn add_buffers(
+    data: &arrow::array::ArrayData,
+    seen: &mut std::collections::HashSet<usize>,
+    total: &mut u64,
+) {
+    let mut add = |b: &arrow::buffer::Buffer| {
+        if seen.insert(b.data_ptr().as_ptr() as usize) {
+            *total += b.capacity() as u64;
+        }
+    };
+    for b in data.buffers() {
+        add(b);
+    }
+    if let Some(n) = data.nulls() {
+        add(n.buffer());
+    }
+    for child in data.child_data() {
+        add_buffers(child, seen, total);
     }
 }
 

@@ -93,19 +93,23 @@ impl std::ops::AddAssign for StorageRead {
 }
 
 /// Chunk bytes a task made its worker write to spill files (to make room for its outputs or
-/// its operators) and read back from them (its inputs).
+/// its operators) and read back from them (its inputs), and bytes its operators spilled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpillIo {
     /// Bytes of chunks written out.
     pub spilled: u64,
     /// Bytes of chunks read back.
     pub reloaded: u64,
+    /// Bytes the task's own operators wrote to spill files.
+    #[serde(default)]
+    pub operators: u64,
 }
 
 impl std::ops::AddAssign for SpillIo {
     fn add_assign(&mut self, other: SpillIo) {
         self.spilled += other.spilled;
         self.reloaded += other.reloaded;
+        self.operators += other.operators;
     }
 }
 
@@ -115,6 +119,7 @@ impl SpillIo {
         SpillIo {
             spilled: self.spilled.saturating_sub(before.spilled),
             reloaded: self.reloaded.saturating_sub(before.reloaded),
+            operators: self.operators.saturating_sub(before.operators),
         }
     }
 }
@@ -291,6 +296,7 @@ impl EventLogSnapshot {
                     "fetch_wait_us": r.fetch_wait_us, "cpu_us": r.cpu_us,
                     "storage_bytes": r.storage.bytes, "storage_requests": r.storage.requests,
                     "spilled_bytes": r.spill.spilled, "reloaded_bytes": r.spill.reloaded,
+                    "operator_spill_bytes": r.spill.operators,
                     "status": status}
             }));
         }

@@ -132,6 +132,7 @@ pub struct KernelCall<'a> {
     cancels: &'a Arc<CancelSet>,
     env: &'a WorkerEnv,
     storage: StorageRead,
+    operator_spill: u64,
 }
 
 /// Whether one task has been cancelled: see [`KernelCall::cancellation`].
@@ -174,6 +175,7 @@ impl<'a> KernelCall<'a> {
             cancels,
             env,
             storage: StorageRead::default(),
+            operator_spill: 0,
         }
     }
 
@@ -243,6 +245,18 @@ impl<'a> KernelCall<'a> {
     /// task's record, and `EXPLAIN ANALYZE`, show it.
     pub fn add_storage_read(&mut self, read: StorageRead) {
         self.storage += read;
+    }
+
+    /// Counts bytes the kernel's own operators wrote to spill files (a sort or an aggregation
+    /// past its share of the worker's memory): the task's record shows them with the chunks its
+    /// worker spilled.
+    pub fn add_operator_spill(&mut self, bytes: u64) {
+        self.operator_spill += bytes;
+    }
+
+    /// What [`add_operator_spill`](Self::add_operator_spill) counted.
+    pub fn operator_spill(&self) -> u64 {
+        self.operator_spill
     }
 
     /// What [`add_storage_read`](Self::add_storage_read) counted.

@@ -110,7 +110,8 @@ impl MemoryBudget {
     }
 
     /// Spills chunks (other than `keep`) until `bytes` more fit under the limit; whether they do.
-    pub(crate) fn make_room(&self, bytes: usize, keep: Option<crate::ids::ChunkId>) -> bool {
+    /// With 0, brings the worker back under its limit where it can.
+    pub fn make_room(&self, bytes: usize, keep: Option<crate::ids::ChunkId>) -> bool {
         let Some(limit) = self.limit else {
             return true;
         };
@@ -169,7 +170,7 @@ thread_local! {
     /// Chunk bytes this thread wrote to and read back from spill files: a task's kernel, its
     /// inputs' reloads and its outputs' inserts all run on the task's thread, so the difference
     /// across a task is what the task caused.
-    static THREAD_SPILL: std::cell::Cell<SpillIo> = const { std::cell::Cell::new(SpillIo { spilled: 0, reloaded: 0 }) };
+    static THREAD_SPILL: std::cell::Cell<SpillIo> = const { std::cell::Cell::new(SpillIo { spilled: 0, reloaded: 0, operators: 0 }) };
 }
 
 /// What this thread has spilled and reloaded so far.

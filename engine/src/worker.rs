@@ -177,8 +177,8 @@ pub struct MemoryStatus {
     pub spilled_total: u64,
     /// Bytes of chunks read back since it started.
     pub reloaded_total: u64,
-    /// The chunks on disk now.
-    pub spilled_chunks: Vec<ChunkId>,
+    /// The chunks on disk now, with the bytes of each one's spill file.
+    pub spilled_chunks: Vec<(ChunkId, u64)>,
 }
 
 /// What the scheduler needs from a worker.
@@ -480,7 +480,7 @@ impl Worker for InProcessWorker {
                     .spaces()
                     .into_iter()
                     .filter(|p| p.space == crate::chunk::MemorySpace::Spilled)
-                    .map(|p| p.id)
+                    .map(|p| (p.id, p.disk_bytes))
                     .collect(),
             },
             running: self.core.running.load(Ordering::Relaxed),
@@ -508,6 +508,8 @@ impl WorkerCore {
         let started_us = clock.started_us();
         let mut read = InputsRead::default();
         let result = self.execute_inner(a, pending, &mut read);
+        // The task's inputs are free to spill again: bring the worker back under its budget.
+        self.store.budget().make_room(0, None);
         let finished_us = now_us();
         let cpu_us = clock.cpu_us(finished_us);
         TaskReport {
@@ -592,6 +594,7 @@ impl WorkerCore {
             Err(EngineError::internal(format!("kernel panicked: {panic}")))
         });
         let storage = call.storage_read();
+        let operator_spill = call.operator_spill();
         let inputs = call.into_inputs();
         match outcome {
             Ok(outs) => {
@@ -612,7 +615,10 @@ impl WorkerCore {
                     outputs,
                     written,
                     storage,
-                    spill: crate::memory::thread_spill().since(spill_before),
+                    spill: SpillIo {
+                        operators: operator_spill,
+                        ..crate::memory::thread_spill().since(spill_before)
+                    },
                 })
             }
             Err(e) => {

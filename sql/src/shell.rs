@@ -71,6 +71,7 @@ const HELP: &str = "\
 \\q              quit
 \\dt             list tables
 \\d TABLE        describe a table
+\\memory         each worker's memory budget, and where each table's chunks are
 \\timing         toggle timing of statements
 \\mode MODE      output as table, csv or json
 \\tpch SCALE     generate TPC-H at SCALE and register its tables
@@ -180,6 +181,10 @@ impl Shell {
                 }
                 self.run_sql(&format!("DESCRIBE {t}"))
             }
+            ("memory", _) => {
+                self.print_memory();
+                true
+            }
             ("mode", Some(m)) => {
                 self.format = match m {
                     "table" => Format::Table,
@@ -272,6 +277,64 @@ impl Shell {
             }
         }
         Ok(())
+    }
+
+    /// Each worker's budget and use, then each resident table's chunks per worker: in memory
+    /// or spilled to disk.
+    fn print_memory(&self) {
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        for w in self.session.engine().worker_status() {
+            let m = &w.memory;
+            println!(
+                "{}: {} used of {}; {} on disk; {} spilled and {} read back since start",
+                w.id,
+                mb(m.used),
+                m.limit.map_or("no limit".to_string(), mb),
+                mb(m.disk_bytes),
+                mb(m.spilled_total),
+                mb(m.reloaded_total),
+            );
+        }
+        let rows = self.session.table_storage();
+        if rows.is_empty() {
+            return;
+        }
+        let mut t = vec![vec![
+            "table".to_string(),
+            "worker".into(),
+            "chunks".into(),
+            "rows".into(),
+            "in memory".into(),
+            "spilled".into(),
+            "on disk".into(),
+        ]];
+        for r in rows {
+            t.push(vec![
+                r.table,
+                r.worker.to_string(),
+                r.chunks.to_string(),
+                r.rows.to_string(),
+                mb(r.memory_bytes),
+                r.spilled_chunks.to_string(),
+                mb(r.disk_bytes),
+            ]);
+        }
+        let widths: Vec<usize> = (0..t[0].len())
+            .map(|c| t.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        for (i, r) in t.iter().enumerate() {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, (v, w))| if c < 2 { format!("{v:<w$}") } else { format!("{v:>w$}") })
+                .collect();
+            println!("{}", cells.join("  "));
+            if i == 0 {
+                let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+                println!("{}", rule.join("  "));
+            }
+        }
     }
 
     /// Table and column names for tab completion.

@@ -14,6 +14,7 @@ use crate::worker_memory::WorkerPool;
 use datafusion::execution::memory_pool::{
     MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
 };
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -188,8 +189,16 @@ impl WorkerDataFusion {
                 limit,
             )));
         }
+        // A spill directory that cannot be made leaves operators unable to spill (they fail
+        // with "Resources exhausted" past the budget) rather than the worker unable to run.
+        let runtime = runtime.clone().build_arc().or_else(|_| {
+            runtime
+                .with_disk_manager_builder(
+                    DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+                )
+                .build_arc()
+        });
         let state = runtime
-            .build_arc()
             .map(|runtime| {
                 SessionStateBuilder::new()
                     .with_default_features()
@@ -366,14 +375,31 @@ impl Kernel for FragmentKernel {
             let ctx = Arc::new(ctx);
             let plan = decode_fragment(plan_bytes, &ctx).map_err(df_err)?;
             let cancelled = || call.is_cancelled();
-            runtime.block_on(run_fragment(plan, &header, ctx, &cancelled))
+            let outputs = runtime.block_on(run_fragment(Arc::clone(&plan), &header, ctx, &cancelled));
+            Ok::<_, EngineError>((outputs, operator_spill(plan.as_ref())))
         });
         call.add_storage_read(meter.read());
+        let (outputs, spilled) = outputs?;
+        call.add_operator_spill(spilled);
         outputs
     }
 }
 
 use crate::error::kernel_error as df_err;
+
+/// Bytes the operators of `plan` wrote to spill files (sorts, aggregations, joins), from their
+/// metrics.
+fn operator_spill(plan: &dyn ExecutionPlan) -> u64 {
+    let own = plan
+        .metrics()
+        .and_then(|m| m.spilled_bytes())
+        .unwrap_or(0) as u64;
+    own + plan
+        .children()
+        .into_iter()
+        .map(|c| operator_spill(c.as_ref()))
+        .sum::<u64>()
+}
 
 /// Runs one partition of `plan`; stops between batches once the task is cancelled (a sibling
 /// task of the query failed, or the caller gave up).

@@ -339,9 +339,11 @@ async fn set_reaches_the_tasks_and_cannot_turn_on_shared_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_limit_applies_to_each_task() {
+    // 12 MiB per task: room for a partition of the table (about 6 MiB) and a small aggregate,
+    // not for a hash table over half of it.
     let s = super::harness::builder(2)
         .partitions(2)
-        .memory(2 << 20)
+        .memory(24 << 20)
         .build()
         .unwrap();
     run_dirk(
@@ -353,7 +355,7 @@ async fn the_memory_limit_applies_to_each_task() {
     .await;
     // A hash join's build side cannot spill: beyond its share of memory it fails, cleanly.
     let e = match s
-        .sql("SELECT count(*) FROM big a JOIN big b ON a.v = b.v")
+        .sql("SELECT count(*) FROM big a JOIN big b ON a.v = b.v AND a.pad = b.pad")
         .await
     {
         Ok(df) => df.collect().await.err(),

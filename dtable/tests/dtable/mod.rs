@@ -2,6 +2,7 @@ mod api;
 pub(crate) mod compare;
 mod files;
 pub(crate) mod harness;
+mod memory;
 mod mutation;
 pub(crate) mod objectstore;
 mod providers;

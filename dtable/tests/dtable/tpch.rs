@@ -13,8 +13,13 @@ const SCALE: f64 = 0.01;
 
 /// DataFusion on one node, over the tables as generated whole (one part each).
 async fn reference() -> SessionContext {
+    reference_at(SCALE).await
+}
+
+/// DataFusion on one node over TPC-H at `scale`, the tables as generated whole.
+pub(super) async fn reference_at(scale: f64) -> SessionContext {
     let gen = Session::builder().workers(1).partitions(1).build().unwrap();
-    gen.load_tpch(SCALE).await.unwrap();
+    gen.load_tpch(scale).await.unwrap();
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     for t in TABLES {
         let table = gen.table(t).unwrap();
