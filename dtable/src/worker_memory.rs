@@ -36,7 +36,12 @@ impl WorkerPool {
         }
     }
 
-    fn refuse(&self, reservation: &MemoryReservation, additional: usize, why: &str) -> DataFusionError {
+    fn refuse(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+        why: &str,
+    ) -> DataFusionError {
         let spill = self
             .budget
             .spill_error()

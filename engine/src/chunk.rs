@@ -1,10 +1,10 @@
 //! Chunks: Arrow data held by one worker's chunk store, and the references that name them.
 
+use crate::error::{EngineError, Result};
 use crate::ids::{ChunkId, WorkerId};
+use crate::memory::{MemoryBudget, MemoryBudgetRef, Spill};
 use arrow::array::{GenericByteViewArray, RecordBatch};
 use arrow::datatypes::{ByteViewType, Schema, SchemaRef};
-use crate::error::{EngineError, Result};
-use crate::memory::{MemoryBudget, MemoryBudgetRef, Spill};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -493,15 +493,20 @@ impl StoreInner {
                 (None, None) => unreachable!("a slot holds its chunk or its file"),
             }
         };
-        let chunk = Arc::new(read_spill_file(&file.path).map_err(|message| EngineError::Io {
-            path: file.path.display().to_string(),
-            message: format!("reading back spilled {id} on {}: {message}", self.worker),
-        })?);
+        let chunk = Arc::new(
+            read_spill_file(&file.path).map_err(|message| EngineError::Io {
+                path: file.path.display().to_string(),
+                message: format!("reading back spilled {id} on {}: {message}", self.worker),
+            })?,
+        );
         let bytes = {
             let mut map = self.slots.write();
             match map.get_mut(&id) {
                 // Still the spilled chunk this file holds: it is resident again.
-                Some(slot) if slot.chunk.is_none() && slot.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, &file)) => {
+                Some(slot)
+                    if slot.chunk.is_none()
+                        && slot.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, &file)) =>
+                {
                     slot.chunk = Some(Arc::clone(&chunk));
                     slot.bytes
                 }
@@ -518,7 +523,10 @@ impl StoreInner {
     }
 
     /// Picks the least recently used chunk in memory that no task holds, other than `keep`.
-    fn victim(&self, keep: Option<ChunkId>) -> Option<(ChunkId, Arc<Chunk>, Option<Arc<SpillFile>>)> {
+    fn victim(
+        &self,
+        keep: Option<ChunkId>,
+    ) -> Option<(ChunkId, Arc<Chunk>, Option<Arc<SpillFile>>)> {
         let map = self.slots.read();
         map.iter()
             .filter(|(id, _)| Some(**id) != keep)
@@ -712,7 +720,8 @@ mod tests {
         }
 
         fn temp_dir(name: &str) -> std::path::PathBuf {
-            let d = std::env::temp_dir().join(format!("dirk-chunk-test-{}-{name}", std::process::id()));
+            let d =
+                std::env::temp_dir().join(format!("dirk-chunk-test-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&d);
             d
         }
@@ -724,7 +733,13 @@ mod tests {
         fn walk(dir: &std::path::Path) -> usize {
             std::fs::read_dir(dir).map_or(0, |rd| {
                 rd.flatten()
-                    .map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 })
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            walk(&e.path())
+                        } else {
+                            1
+                        }
+                    })
                     .sum()
             })
         }
@@ -742,7 +757,14 @@ mod tests {
             // `a` is used again, so `b` is now the least recently used.
             drop(store.get(a).unwrap());
             let c = store.insert(chunk(2, 10_000)).id;
-            let place = |id| store.spaces().into_iter().find(|p| p.id == id).unwrap().space;
+            let place = |id| {
+                store
+                    .spaces()
+                    .into_iter()
+                    .find(|p| p.id == id)
+                    .unwrap()
+                    .space
+            };
             assert_eq!(place(b), MemorySpace::Spilled);
             assert_eq!(place(a), MemorySpace::Host);
             assert_eq!(place(c), MemorySpace::Host);
@@ -756,7 +778,11 @@ mod tests {
             assert_eq!(budget.reloaded_total(), size as u64);
             assert_eq!(place(b), MemorySpace::Host);
             assert_eq!(
-                store.spaces().iter().filter(|p| p.space == MemorySpace::Spilled).count(),
+                store
+                    .spaces()
+                    .iter()
+                    .filter(|p| p.space == MemorySpace::Spilled)
+                    .count(),
                 1
             );
             // Removing chunks deletes their files; dropping the store, its directory.
@@ -778,10 +804,20 @@ mod tests {
             let b = store.insert(chunk(1, 10_000)).id;
             let held = store.get(a).unwrap();
             assert!(budget.try_reserve(size / 2));
-            let place = |id| store.spaces().into_iter().find(|p| p.id == id).unwrap().space;
+            let place = |id| {
+                store
+                    .spaces()
+                    .into_iter()
+                    .find(|p| p.id == id)
+                    .unwrap()
+                    .space
+            };
             assert_eq!(place(a), MemorySpace::Host);
             assert_eq!(place(b), MemorySpace::Spilled);
-            assert!(!budget.try_reserve(size), "only the held chunk is left in memory");
+            assert!(
+                !budget.try_reserve(size),
+                "only the held chunk is left in memory"
+            );
             budget.release(size / 2);
             drop(held);
             assert!(budget.try_reserve(size * 2));
@@ -807,7 +843,10 @@ mod tests {
             assert_eq!(store.disk_bytes(), 0);
             assert_eq!(store.len(), 2);
             let why = budget.spill_error().expect("the failure is kept");
-            assert!(why.contains("worker 3") && why.contains("cannot write a spill file"), "{why}");
+            assert!(
+                why.contains("worker 3") && why.contains("cannot write a spill file"),
+                "{why}"
+            );
             assert_eq!(store.get(a).unwrap().batches(), chunk(0, 10_000).batches());
             std::fs::remove_file(&blocked).unwrap();
 
@@ -816,7 +855,11 @@ mod tests {
             let store = ChunkStore::with_budget(WorkerId(0), budget, dir.clone());
             let a = store.insert(chunk(0, 10_000)).id;
             let _b = store.insert(chunk(1, 10_000)).id;
-            let spilled = store.spaces().into_iter().find(|p| p.space == MemorySpace::Spilled).unwrap();
+            let spilled = store
+                .spaces()
+                .into_iter()
+                .find(|p| p.space == MemorySpace::Spilled)
+                .unwrap();
             assert_eq!(spilled.id, a);
             fn corrupt(dir: &std::path::Path) {
                 for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -829,7 +872,10 @@ mod tests {
             }
             corrupt(&dir);
             let e = store.get(a).unwrap_err().to_string();
-            assert!(e.contains("reading back spilled") && e.contains(".arrow"), "{e}");
+            assert!(
+                e.contains("reading back spilled") && e.contains(".arrow"),
+                "{e}"
+            );
         }
     }
 }

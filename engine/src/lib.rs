@@ -60,15 +60,15 @@ pub use eventlog::{
     EventLog, EventLogSnapshot, SpillIo, StorageRead, TaskRecord, TaskStatus, Transfer,
 };
 pub use ids::{ChunkId, TaskId, WorkerId};
-pub use memory::{default_budget, physical_memory, MemoryBudget, MemoryBudgetRef};
 pub use kernel::{
     Cancellation, FnKernel, Kernel, KernelCall, KernelInput, KernelRef, KernelRegistry,
 };
+pub use memory::{default_budget, physical_memory, MemoryBudget, MemoryBudgetRef};
 pub use processor::{CpuProcessor, FakeProcessor, Processor, ProcessorRef, PROCESSOR_STACK};
 pub use scheduler::{ChunkEntry, Lineage};
 pub use scope::{ProcessorId, ProcessorKind, Scope};
 pub use task::{Access, Arg, TaskHandle, TaskJoin, TaskOptions, TaskOutput};
 pub use worker::{
-    InProcessWorker, InputSpec, PeerDirectory, PendingChunk, ReportSink, TaskAssignment, TaskDone,
-    MemoryStatus, TaskReport, Worker, WorkerRef, WorkerStatus,
+    InProcessWorker, InputSpec, MemoryStatus, PeerDirectory, PendingChunk, ReportSink,
+    TaskAssignment, TaskDone, TaskReport, Worker, WorkerRef, WorkerStatus,
 };

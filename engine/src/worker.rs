@@ -359,7 +359,8 @@ impl InProcessWorker {
     /// Gives the worker `env`, the environment every kernel it runs sees (default: no memory
     /// limit, spill files under the system's temporary directory). Workers may share one.
     pub fn with_env(mut self, env: WorkerEnvRef) -> Self {
-        let core = Arc::get_mut(&mut self.core).expect("a worker's core is shared only once it runs");
+        let core =
+            Arc::get_mut(&mut self.core).expect("a worker's core is shared only once it runs");
         core.store = ChunkStore::with_budget(
             core.id,
             Arc::clone(env.budget()),

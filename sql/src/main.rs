@@ -195,7 +195,7 @@ fn main() {
             shell.memory_limit.map(|m| m / local.max(1) as u64),
             shell.spill_dir.as_deref(),
         )
-            .and_then(|cluster| run_shell(shell, Some(&cluster))),
+        .and_then(|cluster| run_shell(shell, Some(&cluster))),
         None => run_shell(cli.shell, None),
     };
     let code = match result {

@@ -327,7 +327,13 @@ impl Shell {
                 .iter()
                 .zip(&widths)
                 .enumerate()
-                .map(|(c, (v, w))| if c < 2 { format!("{v:<w$}") } else { format!("{v:>w$}") })
+                .map(|(c, (v, w))| {
+                    if c < 2 {
+                        format!("{v:<w$}")
+                    } else {
+                        format!("{v:>w$}")
+                    }
+                })
                 .collect();
             println!("{}", cells.join("  "));
             if i == 0 {

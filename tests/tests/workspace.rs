@@ -139,6 +139,7 @@ const DTABLE_LEVELS: &[&[&str]] = &[
         "wire",
         "stores",
         "storage_meter",
+        "worker_memory",
     ],
     &["table", "stages"],
     &["broadcast", "kernels"],

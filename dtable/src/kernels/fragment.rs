@@ -8,13 +8,13 @@ use crate::exec::{DirkCodec, LeafId, TaskInputs};
 use crate::proto::FieldPreservingConverter;
 use crate::storage_meter::{MeteredStores, StorageMeter};
 use crate::stores::{StoreRegistry, StoreSpec, TaskStores};
+use crate::worker_memory::WorkerPool;
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
-use crate::worker_memory::WorkerPool;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{
     MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
 };
-use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -184,10 +184,8 @@ impl WorkerDataFusion {
             .with_temp_file_path(env.spill_dir())
             .with_object_store_registry(Arc::clone(&stores) as _);
         if let Some(limit) = env.memory_limit() {
-            runtime = runtime.with_memory_pool(Arc::new(WorkerPool::new(
-                Arc::clone(env.budget()),
-                limit,
-            )));
+            runtime = runtime
+                .with_memory_pool(Arc::new(WorkerPool::new(Arc::clone(env.budget()), limit)));
         }
         // A spill directory that cannot be made leaves operators unable to spill (they fail
         // with "Resources exhausted" past the budget) rather than the worker unable to run.
@@ -375,7 +373,8 @@ impl Kernel for FragmentKernel {
             let ctx = Arc::new(ctx);
             let plan = decode_fragment(plan_bytes, &ctx).map_err(df_err)?;
             let cancelled = || call.is_cancelled();
-            let outputs = runtime.block_on(run_fragment(Arc::clone(&plan), &header, ctx, &cancelled));
+            let outputs =
+                runtime.block_on(run_fragment(Arc::clone(&plan), &header, ctx, &cancelled));
             Ok::<_, EngineError>((outputs, operator_spill(plan.as_ref())))
         });
         call.add_storage_read(meter.read());
@@ -390,10 +389,7 @@ use crate::error::kernel_error as df_err;
 /// Bytes the operators of `plan` wrote to spill files (sorts, aggregations, joins), from their
 /// metrics.
 fn operator_spill(plan: &dyn ExecutionPlan) -> u64 {
-    let own = plan
-        .metrics()
-        .and_then(|m| m.spilled_bytes())
-        .unwrap_or(0) as u64;
+    let own = plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0) as u64;
     own + plan
         .children()
         .into_iter()

@@ -71,7 +71,12 @@ fn spilled_and_reloaded(s: &Session) -> (u64, u64) {
 fn analyzed(text: &str, name: &str) -> u64 {
     text.split(&format!("{name}="))
         .skip(1)
-        .filter_map(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .filter_map(|v| {
+            v.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -103,7 +108,10 @@ async fn tpch_on_a_budget_far_below_its_size_spills_and_equals_datafusion() {
         assert_same(&got, &want, true, &what);
     }
     let (spilled, reloaded) = spilled_and_reloaded(&s);
-    assert!(spilled > 0 && reloaded > 0, "spilled {spilled}, reloaded {reloaded}");
+    assert!(
+        spilled > 0 && reloaded > 0,
+        "spilled {spilled}, reloaded {reloaded}"
+    );
 
     // A sort of half of `lineitem` per task, past its share of the budget: it spills.
     let sort = "SELECT max(rn), count(*) FROM (SELECT row_number() OVER \
@@ -122,7 +130,12 @@ async fn tpch_on_a_budget_far_below_its_size_spills_and_equals_datafusion() {
     );
     assert!(analyzed(&plan, "chunks_reloaded_bytes") > 0, "{plan}");
     let want = run_datafusion(&reference, sort).await;
-    assert_same(&run_dirk(&s, sort, "sort").await, &want, true, "spilling sort");
+    assert_same(
+        &run_dirk(&s, sort, "sort").await,
+        &want,
+        true,
+        "spilling sort",
+    );
 
     // In-place changes to spilled chunks: read back, changed, kept.
     let check = "SELECT count(*), sum(l_quantity), sum(l_extendedprice) FROM lineitem";
@@ -133,7 +146,12 @@ async fn tpch_on_a_budget_far_below_its_size_spills_and_equals_datafusion() {
         "update",
     )
     .await;
-    run_dirk(&s, "DELETE FROM lineitem WHERE l_orderkey % 5 = 0", "delete").await;
+    run_dirk(
+        &s,
+        "DELETE FROM lineitem WHERE l_orderkey % 5 = 0",
+        "delete",
+    )
+    .await;
     let want = run_datafusion(
         &reference,
         "SELECT count(*), CAST(sum(CASE WHEN l_orderkey % 3 = 0 THEN l_quantity + 1 \
@@ -142,7 +160,12 @@ async fn tpch_on_a_budget_far_below_its_size_spills_and_equals_datafusion() {
     )
     .await;
     assert_ne!(text_of(&before), text_of(&want));
-    assert_same(&run_dirk(&s, check, "after").await, &want, true, "after UPDATE and DELETE");
+    assert_same(
+        &run_dirk(&s, check, "after").await,
+        &want,
+        true,
+        "after UPDATE and DELETE",
+    );
     drop(s);
     drop(_workers);
     let _ = std::fs::remove_dir_all(&dir);
