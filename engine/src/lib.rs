@@ -45,13 +45,13 @@ pub mod placement;
 pub mod processor;
 pub mod scheduler;
 pub mod scope;
+pub mod store;
 pub mod task;
 mod wait;
 pub mod worker;
 
 pub use chunk::{
-    compact_view_columns, split_for_transfer, Chunk, ChunkMeta, ChunkPlace, ChunkRef, ChunkStore,
-    MemorySpace,
+    compact_view_columns, split_for_transfer, Chunk, ChunkMeta, ChunkRef, MemorySpace,
 };
 pub use context::{Context, ContextBuilder, SequentialQueue, TaskCounts};
 pub use env::{WorkerEnv, WorkerEnvBuilder, WorkerEnvRef};
@@ -67,6 +67,7 @@ pub use memory::{default_budget, physical_memory, MemoryBudget, MemoryBudgetRef}
 pub use processor::{CpuProcessor, FakeProcessor, Processor, ProcessorRef, PROCESSOR_STACK};
 pub use scheduler::{ChunkEntry, Lineage};
 pub use scope::{ProcessorId, ProcessorKind, Scope};
+pub use store::{ChunkPlace, ChunkStore};
 pub use task::{Access, Arg, TaskHandle, TaskJoin, TaskOptions, TaskOutput};
 pub use worker::{
     InProcessWorker, InputSpec, MemoryStatus, PeerDirectory, PendingChunk, ReportSink,

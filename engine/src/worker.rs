@@ -3,7 +3,7 @@
 //! Everything the scheduler sends a worker ([`TaskAssignment`]) and everything a worker reports
 //! ([`TaskReport`]) is serializable.
 
-use crate::chunk::{Chunk, ChunkMeta, ChunkStore};
+use crate::chunk::{Chunk, ChunkMeta};
 use crate::env::{WorkerEnv, WorkerEnvRef};
 use crate::error::{EngineError, Result};
 use crate::eventlog::{now_us, SpillIo, StorageRead, Transfer};
@@ -12,6 +12,7 @@ use crate::kernel::{KernelCall, KernelInput, KernelRegistry};
 use crate::processor::{CpuProcessor, FakeProcessor, ProcessorRef};
 use crate::scheduler::Event;
 use crate::scope::ProcessorKind;
+use crate::store::ChunkStore;
 use crate::task::Access;
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
