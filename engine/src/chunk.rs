@@ -1,15 +1,9 @@
 //! Chunks: Arrow data held by one worker's chunk store, and the references that name them.
 
-use crate::error::{EngineError, Result};
 use crate::ids::{ChunkId, WorkerId};
-use crate::memory::{MemoryBudget, MemoryBudgetRef, Spill};
 use arrow::array::{GenericByteViewArray, RecordBatch};
 use arrow::datatypes::{ByteViewType, Schema, SchemaRef};
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The data of one chunk: a schema and zero or more record batches of that schema.
