@@ -58,6 +58,7 @@ pub struct SessionBuilder {
     partitions: Option<usize>,
     memory: Option<usize>,
     spill_dir: Option<std::path::PathBuf>,
+    result_limit: Option<u64>,
     planner_state: Option<SessionState>,
 }
 
@@ -105,6 +106,15 @@ impl SessionBuilder {
     /// --memory-limit`).
     pub fn memory(mut self, bytes: usize) -> Self {
         self.memory = Some(bytes);
+        self
+    }
+
+    /// The most bytes of Arrow memory [`DataFrame::collect`](crate::DataFrame::collect) brings
+    /// into this process; a larger result fails with a clear error instead (stream it with
+    /// `execute_stream`, or write it with `COPY`/`write_parquet`). Default: a quarter of the
+    /// machine's memory.
+    pub fn result_limit(mut self, bytes: u64) -> Self {
+        self.result_limit = Some(bytes);
         self
     }
 
@@ -232,6 +242,9 @@ impl SessionBuilder {
             mutation_lock: tokio::sync::Mutex::new(()),
             chunk_stats,
             cluster,
+            result_limit: self.result_limit.unwrap_or_else(|| {
+                dirk_engine::physical_memory().map_or(u64::MAX, |m| m as u64 / 4)
+            }),
         }))
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct SessionCore {
     pub(crate) chunk_stats: Arc<ChunkStatistics>,
     /// The worker processes of a session on a cluster; `None` when it is embedded.
     pub(crate) cluster: Option<Cluster>,
+    /// The most bytes `collect()` brings to the caller.
+    pub(crate) result_limit: u64,
 }
 
 /// A session's worker processes (lost ones too: their ids are never given again) and how to

@@ -266,10 +266,22 @@ impl DataFrame {
     }
 
     /// Runs the query and brings the whole result to the caller (built on
-    /// [`execute_stream`](Self::execute_stream)).
+    /// [`execute_stream`](Self::execute_stream)). A result past the session's
+    /// [`result_limit`](crate::SessionBuilder::result_limit) fails with
+    /// [`DirkError::ResultTooLarge`](crate::DirkError::ResultTooLarge) as soon as it passes it.
     pub async fn collect(self) -> Result<Vec<RecordBatch>> {
         use futures::TryStreamExt as _;
-        self.execute_stream().await?.try_collect().await
+        let limit = self.session.core().result_limit;
+        let mut stream = self.execute_stream().await?;
+        let (mut batches, mut bytes) = (Vec::new(), 0u64);
+        while let Some(batch) = stream.try_next().await? {
+            bytes += batch.get_array_memory_size() as u64;
+            if bytes > limit {
+                return Err(crate::DirkError::ResultTooLarge { limit });
+            }
+            batches.push(batch);
+        }
+        Ok(batches)
     }
 
     /// Counts the rows (a `count(*)` run as tasks; only the count comes back).

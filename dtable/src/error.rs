@@ -55,6 +55,16 @@ pub enum DirkError {
         /// What differs.
         detail: String,
     },
+    /// A result larger than `collect()` may bring into the caller's memory.
+    #[error(
+        "the result passed {limit} bytes, more than collect() brings into memory \
+         (SessionBuilder::result_limit); stream it with execute_stream(), or write it with COPY \
+         or write_parquet"
+    )]
+    ResultTooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// Code under Dirk (the planner) panicked on a statement; the session goes on.
     #[error("internal error while {during}: {message}")]
     Panicked {
@@ -94,6 +104,7 @@ impl DirkError {
             | DirkError::ExternalTable { .. }
             | DirkError::TableExists { .. }
             | DirkError::Unsupported { .. }
+            | DirkError::ResultTooLarge { .. }
             | DirkError::SchemaMismatch { .. } => ErrorKind::User,
         }
     }

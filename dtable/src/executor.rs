@@ -20,7 +20,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use dirk_engine::{
-    Arg, Chunk, ChunkRef, Context, Scope, TaskHandle, TaskId, TaskOptions, WorkerId,
+    Arg, Chunk, ChunkRef, Context, ErrorKind, Scope, TaskHandle, TaskId, TaskOptions, WorkerId,
 };
 use futures::StreamExt as _;
 use std::collections::{BTreeMap, HashMap};
@@ -94,9 +94,38 @@ impl Executor {
     }
 
     /// Plans and runs a logical plan, streaming its result to the caller.
+    ///
+    /// A hash join's build side cannot spill: when one fails for want of memory before the
+    /// result has begun, the query runs again with sort-merge joins, whose sorts and buffers
+    /// spill (queries only read, so running one again changes nothing).
     pub(crate) async fn execute_stream(&self, plan: LogicalPlan) -> Result<RecordBatchStream> {
-        let df = DfDataFrame::new(self.planner.state(), plan);
+        let df = DfDataFrame::new(self.planner.state(), plan.clone());
         let physical = df.create_physical_plan().await?;
+        let schema = physical.schema();
+        let hash_join = contains_hash_join(physical.as_ref());
+        let (run, _) = self.start(physical, &[]).await?;
+        let mut stream = run.into_stream(SchemaRef::clone(&schema));
+        if !hash_join {
+            return Ok(stream);
+        }
+        let first = stream.next().await;
+        if let Some(Err(e)) = &first {
+            if e.kind() == ErrorKind::Retryable && e.to_string().contains("Resources exhausted") {
+                return self.execute_merge_joined(plan).await;
+            }
+        }
+        let rest = stream.boxed();
+        Ok(RecordBatchStream::new(
+            schema,
+            futures::stream::iter(first).chain(rest).boxed(),
+        ))
+    }
+
+    /// Runs `plan` with sort-merge joins in place of hash joins.
+    async fn execute_merge_joined(&self, plan: LogicalPlan) -> Result<RecordBatchStream> {
+        let mut state = self.planner.state();
+        state.config_mut().options_mut().optimizer.prefer_hash_join = false;
+        let physical = DfDataFrame::new(state, plan).create_physical_plan().await?;
         let schema = physical.schema();
         let (run, _) = self.start(physical, &[]).await?;
         Ok(run.into_stream(schema))
@@ -655,4 +684,13 @@ pub(crate) fn explain_analyze_text(
         wall.as_secs_f64() * 1000.0,
     ));
     text
+}
+
+/// Whether `plan` joins by hashing anywhere.
+fn contains_hash_join(plan: &dyn ExecutionPlan) -> bool {
+    plan.is::<datafusion::physical_plan::joins::HashJoinExec>()
+        || plan
+            .children()
+            .into_iter()
+            .any(|c| contains_hash_join(c.as_ref()))
 }

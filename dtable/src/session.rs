@@ -32,6 +32,10 @@ pub struct Session {
 
 impl Session {
     /// The session the builder made.
+    pub(crate) fn core(&self) -> &SessionCore {
+        &self.core
+    }
+
     pub(crate) fn assemble(core: SessionCore) -> Session {
         Session {
             core: Arc::new(core),

@@ -2,7 +2,8 @@
 //! Its operators reserve out of the worker's [`MemoryBudget`], the same count its resident
 //! chunks are in, so asking for memory the chunks hold makes the least recently used of them
 //! spill. Between spilling operators (sorts, aggregations) it is fair as DataFusion's
-//! `FairSpillPool` is: none may hold more than an equal share of what the unspillable ones leave.
+//! `FairSpillPool` is: none may hold more than an equal share of what unspillable operators and
+//! the chunks running tasks hold leave.
 
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{
@@ -49,11 +50,13 @@ impl WorkerPool {
             .unwrap_or_default();
         DataFusionError::ResourcesExhausted(format!(
             "{} needed {additional} more bytes (holding {}) and {why} of the worker's memory \
-             limit of {} bytes ({} in resident chunks that cannot spill now, {} in operators){spill}",
+             limit of {} bytes ({} in resident chunks, {} of them held by running tasks; {} in \
+             operators){spill}",
             reservation.consumer().name(),
             reservation.size(),
             self.limit,
             self.budget.chunk_bytes(),
+            self.budget.held_chunk_bytes(),
             self.budget.operator_bytes(),
         ))
     }
@@ -104,12 +107,17 @@ impl MemoryPool for WorkerPool {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        if additional == 0 {
+            return Ok(());
+        }
         let spills = reservation.consumer().can_spill();
         if spills {
+            // Chunks running tasks hold cannot make room, so they come off the top first.
+            let held = self.budget.held_chunk_bytes();
             let s = self.state.lock();
             let share = self
                 .limit
-                .saturating_sub(s.unspillable)
+                .saturating_sub(s.unspillable + held)
                 .checked_div(s.spillers)
                 .unwrap_or(self.limit);
             if reservation.size() + additional > share {

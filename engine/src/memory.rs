@@ -14,6 +14,9 @@ pub(crate) trait Spill: Send + Sync {
     /// Writes chunks out until about `want` bytes are freed, least recently used first, skipping
     /// `keep`; returns the bytes freed (0 when nothing more can go).
     fn spill(&self, want: usize, keep: Option<crate::ids::ChunkId>) -> usize;
+    /// Bytes of resident chunks that something besides the store holds (a running task, a
+    /// transfer): writing them out would free nothing.
+    fn held(&self) -> usize;
 }
 
 /// Shared handle to a worker's budget.
@@ -136,6 +139,17 @@ impl MemoryBudget {
                 return false;
             }
         }
+    }
+
+    /// Bytes of resident chunks that running tasks or transfers hold, so cannot spill now.
+    pub fn held_chunk_bytes(&self) -> usize {
+        let spillers: Vec<Arc<dyn Spill>> = self
+            .spillers
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        spillers.iter().map(|s| s.held()).sum()
     }
 
     pub(crate) fn add_spiller(&self, spiller: Weak<dyn Spill>) {

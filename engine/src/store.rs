@@ -37,7 +37,7 @@ struct Slot {
     /// Its spill file, once written (kept after a reload: the chunk is immutable in the store,
     /// so spilling it again costs no write).
     file: Option<Arc<SpillFile>>,
-    /// Bytes of Arrow memory it holds when resident ([`Chunk::bytes`]).
+    /// Bytes its values take when resident ([`Chunk::data_bytes`]).
     bytes: u64,
     last_used: AtomicU64,
 }
@@ -123,7 +123,9 @@ impl ChunkStore {
     /// needs room for it.
     pub fn insert_with_id(&self, id: ChunkId, chunk: Arc<Chunk>) -> ChunkMeta {
         let meta = ChunkMeta::describe(id, self.worker, &chunk);
-        let bytes = chunk.bytes();
+        // What the chunk's values take: where it shares buffers with other chunks (the parts
+        // of a split, columns passed through a projection), each counts its own part once.
+        let bytes = meta.bytes;
         let slot = Slot {
             chunk: Some(chunk),
             file: None,
@@ -339,6 +341,16 @@ impl StoreInner {
 }
 
 impl Spill for StoreInner {
+    fn held(&self) -> usize {
+        self.slots
+            .read()
+            .values()
+            .filter_map(|s| s.chunk.as_ref().map(|c| (c, s.bytes)))
+            .filter(|(c, _)| Arc::strong_count(c) > 1)
+            .map(|(_, b)| b as usize)
+            .sum()
+    }
+
     fn spill(&self, want: usize, keep: Option<ChunkId>) -> usize {
         let mut freed = 0usize;
         let mut misses = 0;
@@ -453,7 +465,7 @@ mod tests {
     #[test]
     fn the_least_recently_used_chunks_spill_and_read_back_equal() {
         let one = chunk(0, 10_000);
-        let size = one.bytes() as usize;
+        let size = one.data_bytes() as usize;
         let budget = Arc::new(MemoryBudget::new(Some(size * 5 / 2)));
         let dir = temp_dir("lru");
         let store = ChunkStore::with_budget(WorkerId(0), budget.clone(), dir.clone());
@@ -502,7 +514,7 @@ mod tests {
     /// asks for memory gets what spilling the others frees, and a no when nothing can go.
     #[test]
     fn chunks_in_use_stay_and_operators_are_refused_when_nothing_can_spill() {
-        let size = chunk(0, 10_000).bytes() as usize;
+        let size = chunk(0, 10_000).data_bytes() as usize;
         let budget = Arc::new(MemoryBudget::new(Some(size * 2)));
         let store = ChunkStore::with_budget(WorkerId(0), budget.clone(), temp_dir("held"));
         let a = store.insert(chunk(0, 10_000)).id;
@@ -538,7 +550,7 @@ mod tests {
     /// file that cannot be read back is an error naming it, never different data.
     #[test]
     fn spill_failures_are_errors_not_wrong_answers() {
-        let size = chunk(0, 10_000).bytes() as usize;
+        let size = chunk(0, 10_000).data_bytes() as usize;
         let blocked = temp_dir("blocked");
         std::fs::write(&blocked, b"a file where the directory should be").unwrap();
         let budget = Arc::new(MemoryBudget::new(Some(size)));

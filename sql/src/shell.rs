@@ -79,6 +79,10 @@ const HELP: &str = "\
 \\?              this help
 Statements end with `;`.";
 
+/// Rows per printed table: a larger result prints as several tables, one after another, each
+/// as its rows arrive.
+const TABLE_PAGE_ROWS: usize = 10_000;
+
 pub(crate) struct Shell {
     session: Session,
     runtime: tokio::runtime::Runtime,
@@ -245,11 +249,29 @@ impl Shell {
         let stdout = std::io::stdout();
         match self.format {
             Format::Table => {
-                let batches: Vec<RecordBatch> = stream.try_collect().await?;
-                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                let table =
-                    arrow::util::pretty::pretty_format_batches(&batches).map_err(cannot_print)?;
-                println!("{table}\n({rows} row{})", if rows == 1 { "" } else { "s" });
+                // Printed a page at a time, so a result larger than memory still prints.
+                let mut page: Vec<RecordBatch> = Vec::new();
+                let (mut in_page, mut rows, mut pages) = (0usize, 0usize, 0usize);
+                let print_page = |page: &[RecordBatch]| -> dirk_dtable::Result<()> {
+                    let table =
+                        arrow::util::pretty::pretty_format_batches(page).map_err(cannot_print)?;
+                    println!("{table}");
+                    Ok(())
+                };
+                while let Some(batch) = stream.try_next().await? {
+                    in_page += batch.num_rows();
+                    rows += batch.num_rows();
+                    page.push(batch);
+                    if in_page >= TABLE_PAGE_ROWS {
+                        print_page(&page)?;
+                        page.clear();
+                        (in_page, pages) = (0, pages + 1);
+                    }
+                }
+                if in_page > 0 || pages == 0 {
+                    print_page(&page)?;
+                }
+                println!("({rows} row{})", if rows == 1 { "" } else { "s" });
             }
             Format::Csv => {
                 let mut w = arrow::csv::WriterBuilder::new()

@@ -442,3 +442,57 @@ fn an_external_table_is_described_queried_and_appended_to() {
     assert_eq!(files, 2, "the INSERT wrote one new file beside a.csv");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With a budget below a table's size, the table's chunks spill and `\memory` shows where they
+/// are; a result of more rows than a printed page prints as several tables, every row once.
+#[test]
+fn a_small_budget_spills_and_memory_shows_where_each_table_is() {
+    let spill = std::env::temp_dir().join(format!("dirk-shell-spill-{}", std::process::id()));
+    let out = dirk(
+        &[
+            "--memory-limit",
+            "8M",
+            "--spill-dir",
+            spill.to_str().unwrap(),
+            "--partitions",
+            "8",
+            "-c",
+            "CREATE TABLE big AS SELECT value AS v, repeat('x', 40) AS pad \
+             FROM generate_series(1, 200000)",
+            "-c",
+            "\\memory",
+            "-c",
+            "SELECT v FROM big WHERE v <= 25000",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("used of 4.2 MB"), "{stdout}");
+    let big: Vec<&str> = stdout.lines().filter(|l| l.starts_with("big ")).collect();
+    assert!(
+        !big.is_empty(),
+        "a line per worker holding part of it: {stdout}"
+    );
+    let spilled: usize = big
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .nth(7)
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert!(spilled > 0, "{stdout}");
+    // 25,000 rows: pages of at least 10,000 rows, one header each, every value once.
+    let pages = stdout.matches("| v ").count();
+    assert!((2..=3).contains(&pages), "{pages} pages: {stdout}");
+    assert!(stdout.contains("(25000 rows)"), "{stdout}");
+    let values: std::collections::BTreeSet<u64> = stdout
+        .lines()
+        .filter_map(|l| l.trim_matches(|c| c == '|' || c == ' ').parse().ok())
+        .collect();
+    assert_eq!(values.len(), 25_000);
+    let _ = std::fs::remove_dir_all(&spill);
+}

@@ -22,6 +22,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::metrics::Time;
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
+use datafusion::prelude::SessionConfig;
 use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_proto_converter, physical_plan_to_bytes_with_proto_converter,
 };
@@ -196,10 +197,18 @@ impl WorkerDataFusion {
                 )
                 .build_arc()
         });
+        // A sort sets aside this much to merge what it spilled; DataFusion's 10 MiB would be
+        // most of a small budget's share, so it is capped at 1/32 of the worker's budget.
+        let mut config = SessionConfig::new();
+        if let Some(limit) = env.memory_limit() {
+            let reserve = &mut config.options_mut().execution.sort_spill_reservation_bytes;
+            *reserve = (*reserve).min(limit / 32);
+        }
         let state = runtime
             .map(|runtime| {
                 SessionStateBuilder::new()
                     .with_default_features()
+                    .with_config(config)
                     .with_runtime_env(runtime)
                     .build()
             })

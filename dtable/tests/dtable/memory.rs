@@ -19,11 +19,21 @@ const PARTITIONS: usize = 8;
 /// workers, or worker processes started with `--memory-limit` (kept alive by the returned
 /// handle).
 fn budgeted(per_worker: u64, spill_dir: &Path) -> (Session, Option<LocalWorkers>) {
+    budgeted_on(WORKERS, PARTITIONS, per_worker, spill_dir)
+}
+
+/// [`budgeted`] with `workers` workers and `partitions` partitions.
+fn budgeted_on(
+    workers: usize,
+    partitions: usize,
+    per_worker: u64,
+    spill_dir: &Path,
+) -> (Session, Option<LocalWorkers>) {
     if !on_cluster() {
         let s = Session::builder()
-            .workers(WORKERS)
-            .partitions(PARTITIONS)
-            .memory(per_worker as usize * WORKERS)
+            .workers(workers)
+            .partitions(partitions)
+            .memory(per_worker as usize * workers)
             .spill_dir(spill_dir)
             .build()
             .unwrap();
@@ -37,15 +47,15 @@ fn budgeted(per_worker: u64, spill_dir: &Path) -> (Session, Option<LocalWorkers>
     ];
     // One task at a time per worker, as in-process workers run them: each running task holds
     // its input chunks in memory, so the budget has to cover one task's inputs per thread.
-    let workers = LocalWorkers::start_with_args(&dirk_binary(), WORKERS, 1, &args)
+    let processes = LocalWorkers::start_with_args(&dirk_binary(), workers, 1, &args)
         .unwrap_or_else(|e| panic!("cannot start budgeted workers: {e}"));
     let s = Session::builder()
-        .workers(workers.addresses())
-        .token(workers.token())
-        .partitions(PARTITIONS)
+        .workers(processes.addresses())
+        .token(processes.token())
+        .partitions(partitions)
         .build()
         .unwrap();
-    (s, Some(workers))
+    (s, Some(processes))
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -205,4 +215,73 @@ async fn a_spill_directory_that_cannot_be_written_is_a_clear_error() {
         .sum();
     assert_eq!(collected, rows);
     let _ = std::fs::remove_file(&blocked);
+}
+
+/// A hash join's build side cannot spill: past the budget it fails. The query then runs again
+/// with sort-merge joins, whose sorts spill, and answers as DataFusion does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_join_past_the_budget_runs_again_as_a_spilling_sort_merge_join() {
+    let dir = scratch("join");
+    let (s, _workers) = budgeted_on(1, 4, 14 << 20, &dir);
+    let make = "CREATE TABLE big AS SELECT value AS v, value % 1000 AS k, repeat('x', 40) AS pad \
+                FROM generate_series(1, 300000)";
+    run_dirk(&s, make, "setup").await;
+    let join = "SELECT count(*) AS n, sum(b.v) AS total, max(a.k) AS k FROM big a JOIN big b \
+                ON a.v = b.v AND a.pad = b.pad";
+    // As planned (hash joins; EXPLAIN ANALYZE runs the plan as it is): out of memory.
+    let err = try_dirk(&s, &format!("EXPLAIN ANALYZE {join}"))
+        .await
+        .expect_err("the build side does not fit")
+        .to_string();
+    assert!(
+        err.contains("Resources exhausted") && err.contains("HashJoin"),
+        "{err}"
+    );
+    let got = run_dirk(&s, join, "join").await;
+    let reference = datafusion::prelude::SessionContext::new();
+    run_datafusion(&reference, make).await;
+    let want = run_datafusion(&reference, join).await;
+    assert_same(
+        &got,
+        &want,
+        true,
+        "the join run again with sort-merge joins",
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `collect()` of a result past the session's result limit says so instead of filling memory;
+/// the same result streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collecting_a_result_past_the_limit_says_so_and_the_stream_still_reads_it() {
+    use futures::TryStreamExt as _;
+    let s = super::harness::builder(2)
+        .partitions(4)
+        .result_limit(1 << 20)
+        .build()
+        .unwrap();
+    let sql = "SELECT value AS v, repeat('x', 40) AS pad FROM generate_series(1, 200000)";
+    let err = try_dirk(&s, sql)
+        .await
+        .expect_err("10 MB past a 1 MiB limit");
+    assert!(
+        matches!(err, dirk_dtable::DirkError::ResultTooLarge { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("execute_stream"), "{err}");
+    let mut stream = s.sql(sql).await.unwrap().execute_stream().await.unwrap();
+    let mut rows = 0;
+    while let Some(batch) = stream.try_next().await.unwrap() {
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, 200_000);
+    let small = run_dirk(
+        &s,
+        "SELECT max(value) FROM generate_series(1, 200000)",
+        "small",
+    )
+    .await;
+    assert_eq!(small[0].num_rows(), 1);
+    super::harness::assert_workers_hold(&s, 0, "after the refused and the streamed result").await;
 }
