@@ -311,7 +311,11 @@ impl StoreInner {
             None => {
                 std::fs::create_dir_all(&self.spill_dir)
                     .map_err(|e| format!("{}: {e}", self.spill_dir.display()))?;
-                let path = self.spill_dir.join(format!("{}.arrow", id.0));
+                // A new name per file: a chunk rewritten in place and spilled again must not
+                // take the name of its old file, which a reader may still hold (and delete).
+                let path = self
+                    .spill_dir
+                    .join(format!("{}-{}.arrow", id.0, self.tick()));
                 let file_bytes = write_spill_file(&path, &chunk)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 Arc::new(SpillFile { path, file_bytes })
