@@ -104,20 +104,21 @@ impl Executor {
         let schema = physical.schema();
         let hash_join = contains_hash_join(physical.as_ref());
         let (run, _) = self.start(physical, &[]).await?;
-        let mut stream = run.into_stream(SchemaRef::clone(&schema));
+        let stream = run.into_stream(SchemaRef::clone(&schema));
         if !hash_join {
             return Ok(stream);
         }
+        // Fused: a result with no batches has ended at the first poll, and ends again after.
+        let mut stream = stream.fuse();
         let first = stream.next().await;
         if let Some(Err(e)) = &first {
             if e.kind() == ErrorKind::Retryable && e.to_string().contains("Resources exhausted") {
                 return self.execute_merge_joined(plan).await;
             }
         }
-        let rest = stream.boxed();
         Ok(RecordBatchStream::new(
             schema,
-            futures::stream::iter(first).chain(rest).boxed(),
+            futures::stream::iter(first).chain(stream).boxed(),
         ))
     }
 
