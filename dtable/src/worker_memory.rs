@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 /// One worker's memory pool; see the module docs.
 #[derive(Debug)]
 pub(crate) struct WorkerPool {
+    worker: String,
     budget: MemoryBudgetRef,
     limit: usize,
     state: Mutex<PoolState>,
@@ -28,9 +29,10 @@ struct PoolState {
 }
 
 impl WorkerPool {
-    /// The pool of a worker with `budget`, which must have a limit.
-    pub(crate) fn new(budget: MemoryBudgetRef, limit: usize) -> Self {
+    /// The pool of `worker` (its name in errors) with `budget`, which must have a limit.
+    pub(crate) fn new(worker: &str, budget: MemoryBudgetRef, limit: usize) -> Self {
         WorkerPool {
+            worker: worker.to_string(),
             budget,
             limit,
             state: Mutex::new(PoolState::default()),
@@ -49,9 +51,10 @@ impl WorkerPool {
             .map(|e| format!("; {e}"))
             .unwrap_or_default();
         DataFusionError::ResourcesExhausted(format!(
-            "{} needed {additional} more bytes (holding {}) and {why} of the worker's memory \
+            "{}: {} needed {additional} more bytes (holding {}) and {why} of its memory \
              limit of {} bytes ({} in resident chunks, {} of them held by running tasks; {} in \
              operators){spill}",
+            self.worker,
             reservation.consumer().name(),
             reservation.size(),
             self.limit,

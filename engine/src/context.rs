@@ -198,6 +198,7 @@ impl ContextBuilder {
         };
         for i in 0..self.workers {
             let env = crate::WorkerEnv::builder()
+                .name(WorkerId(i as u32).to_string())
                 .memory_limit(share)
                 .spill_dir(self.spill_dir.clone())
                 .build();

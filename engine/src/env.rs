@@ -16,6 +16,7 @@ pub type WorkerEnvRef = Arc<WorkerEnv>;
 
 /// A worker's environment; see the module docs.
 pub struct WorkerEnv {
+    name: String,
     budget: MemoryBudgetRef,
     spill_dir: PathBuf,
     settings: BTreeMap<String, String>,
@@ -43,6 +44,11 @@ impl WorkerEnv {
     /// directory, no settings.
     pub fn builder() -> WorkerEnvBuilder {
         WorkerEnvBuilder::default()
+    }
+
+    /// How errors name the worker (`worker 0`, `the worker at 10.0.0.5:7001`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Memory the worker's tasks may use together, in bytes; `None` for no limit.
@@ -87,6 +93,7 @@ impl WorkerEnv {
 /// Builds a [`WorkerEnv`].
 #[derive(Debug, Clone, Default)]
 pub struct WorkerEnvBuilder {
+    name: Option<String>,
     memory_limit: Option<usize>,
     spill_dir: Option<PathBuf>,
     settings: BTreeMap<String, String>,
@@ -105,6 +112,12 @@ impl WorkerEnvBuilder {
         self
     }
 
+    /// How errors name the worker (default: "the worker").
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// A setting kernels may read.
     pub fn setting(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.insert(key.into(), value.into());
@@ -118,6 +131,7 @@ impl WorkerEnvBuilder {
 
     fn build_env(self) -> WorkerEnv {
         WorkerEnv {
+            name: self.name.unwrap_or_else(|| "the worker".to_string()),
             budget: Arc::new(MemoryBudget::new(self.memory_limit)),
             spill_dir: self
                 .spill_dir

@@ -172,6 +172,7 @@ impl WorkerServer {
                 ..ClientOptions::default()
             },
             env: WorkerEnv::builder()
+                .name(format!("the worker at {local_addr}"))
                 .memory_limit(
                     options
                         .memory_limit

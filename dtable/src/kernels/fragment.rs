@@ -185,8 +185,11 @@ impl WorkerDataFusion {
             .with_temp_file_path(env.spill_dir())
             .with_object_store_registry(Arc::clone(&stores) as _);
         if let Some(limit) = env.memory_limit() {
-            runtime = runtime
-                .with_memory_pool(Arc::new(WorkerPool::new(Arc::clone(env.budget()), limit)));
+            runtime = runtime.with_memory_pool(Arc::new(WorkerPool::new(
+                env.name(),
+                Arc::clone(env.budget()),
+                limit,
+            )));
         }
         // A spill directory that cannot be made leaves operators unable to spill (they fail
         // with "Resources exhausted" past the budget) rather than the worker unable to run.

@@ -237,6 +237,11 @@ async fn a_hash_join_past_the_budget_runs_again_as_a_spilling_sort_merge_join() 
         err.contains("Resources exhausted") && err.contains("HashJoin"),
         "{err}"
     );
+    // It names the worker: in-process ones by id, worker processes by address.
+    assert!(
+        err.contains("worker 0: HashJoin") || err.contains("the worker at 127.0.0.1:"),
+        "{err}"
+    );
     let got = run_dirk(&s, join, "join").await;
     // A join with no rows to return ends cleanly (its stream is read past its end once).
     let none = "SELECT a.v FROM big a JOIN big b ON a.v = b.v WHERE a.v < 0";
