@@ -447,6 +447,15 @@ mod tests {
         d
     }
 
+    fn space_of(store: &ChunkStore, id: crate::ids::ChunkId) -> MemorySpace {
+        store
+            .spaces()
+            .into_iter()
+            .find(|p| p.id == id)
+            .unwrap()
+            .space
+    }
+
     fn files_under(dir: &std::path::Path) -> usize {
         walk(dir)
     }
@@ -478,14 +487,7 @@ mod tests {
         // `a` is used again, so `b` is now the least recently used.
         drop(store.get(a).unwrap());
         let c = store.insert(chunk(2, 10_000)).id;
-        let place = |id| {
-            store
-                .spaces()
-                .into_iter()
-                .find(|p| p.id == id)
-                .unwrap()
-                .space
-        };
+        let place = |id| space_of(&store, id);
         assert_eq!(place(b), MemorySpace::Spilled);
         assert_eq!(place(a), MemorySpace::Host);
         assert_eq!(place(c), MemorySpace::Host);
@@ -526,14 +528,7 @@ mod tests {
         let b = store.insert(chunk(1, 10_000)).id;
         let held = store.get(a).unwrap();
         assert!(budget.try_reserve(size / 2));
-        let place = |id| {
-            store
-                .spaces()
-                .into_iter()
-                .find(|p| p.id == id)
-                .unwrap()
-                .space
-        };
+        let place = |id| space_of(&store, id);
         assert_eq!(place(a), MemorySpace::Host);
         assert_eq!(place(b), MemorySpace::Spilled);
         assert!(
