@@ -59,6 +59,7 @@ pub struct SessionBuilder {
     memory: Option<usize>,
     spill_dir: Option<std::path::PathBuf>,
     result_limit: Option<u64>,
+    task_attempts: Option<u32>,
     planner_state: Option<SessionState>,
 }
 
@@ -118,6 +119,14 @@ impl SessionBuilder {
         self
     }
 
+    /// How many times a task is sent to a worker before its query fails, when its worker is
+    /// lost or one of its inputs cannot be fetched (default 4; 1 never retries). A task that
+    /// fails on its data (a bad cast, a missing file) is never retried.
+    pub fn task_attempts(mut self, n: u32) -> Self {
+        self.task_attempts = Some(n.max(1));
+        self
+    }
+
     /// Where in-process workers write spill files (default: `dirk-spill` under the system's
     /// temporary directory).
     pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
@@ -133,8 +142,20 @@ impl SessionBuilder {
         self
     }
 
+    /// The engine's settings that apply wherever its workers are.
+    fn engine(&self) -> dirk_engine::ContextBuilder {
+        let mut b = Context::builder();
+        if let Some(attempts) = self.task_attempts {
+            b = b.retry(dirk_engine::RetryPolicy {
+                attempts,
+                ..Default::default()
+            });
+        }
+        b
+    }
+
     fn in_process(&self) -> dirk_engine::ContextBuilder {
-        let mut b = Context::builder().memory_limit(self.memory);
+        let mut b = self.engine().memory_limit(self.memory);
         if let Some(dir) = &self.spill_dir {
             b = b.spill_dir(dir);
         }
@@ -152,7 +173,8 @@ impl SessionBuilder {
                     });
                 }
                 let remote = dirk_flight::connect_cluster_blocking(addresses, &self.cluster)?;
-                let engine = Context::builder().workers(0).build()?;
+                // Worker processes can be lost: what the driver puts into them is kept twice.
+                let engine = self.engine().workers(0).replicate_puts(true).build()?;
                 for w in &remote {
                     engine.add_worker(w.clone())?;
                 }

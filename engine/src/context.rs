@@ -7,6 +7,7 @@ use crate::eventlog::{now_us, EventLog, EventLogSnapshot, Transfer};
 use crate::ids::{ChunkId, TaskId, WorkerId};
 use crate::kernel::{KernelRef, KernelRegistry};
 use crate::placement::CostModel;
+use crate::scheduler::RetryPolicy;
 use crate::scheduler::{Admission, ChunkEntry, Event, Scheduler, Submission};
 use crate::scope::ProcessorKind;
 use crate::task::{Arg, TaskHandle, TaskOptions, TaskSlot};
@@ -20,8 +21,9 @@ use std::thread::JoinHandle;
 /// State shared by the context and its task handles.
 pub(crate) struct Shared {
     events: Sender<Event>,
-    next_task: AtomicU64,
+    next_task: Arc<AtomicU64>,
     next_put: AtomicUsize,
+    replicate_puts: bool,
     registry: Arc<KernelRegistry>,
     peers: PeerDirectory,
     log: Arc<EventLog>,
@@ -53,7 +55,7 @@ impl Shared {
                 worker: entry.meta.owner,
             });
         }
-        let data = self.peers.get(entry.meta.owner)?.fetch_chunk(chunk)?;
+        let data = self.peers.get(entry.meta.owner)?.fetch_chunk(entry.stored)?;
         self.log.transfer(Transfer {
             chunk,
             from: entry.meta.owner,
@@ -84,6 +86,8 @@ pub struct ContextBuilder {
     cost_model: CostModel,
     memory_limit: Option<usize>,
     spill_dir: Option<std::path::PathBuf>,
+    retry: RetryPolicy,
+    replicate_puts: bool,
 }
 
 impl Default for ContextBuilder {
@@ -99,6 +103,8 @@ impl Default for ContextBuilder {
             cost_model: CostModel::default(),
             memory_limit: None,
             spill_dir: None,
+            retry: RetryPolicy::default(),
+            replicate_puts: false,
         }
     }
 }
@@ -152,6 +158,25 @@ impl ContextBuilder {
         self
     }
 
+    /// How tasks whose worker was lost, or whose input could not be fetched, run again
+    /// (default: 4 attempts in all; see [`RetryPolicy`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = RetryPolicy {
+            attempts: policy.attempts.max(1),
+            ..policy
+        };
+        self
+    }
+
+    /// Keeps a copy of every chunk the caller puts on a second worker (default: no). Chunks
+    /// made by tasks are rebuilt from their lineage when their worker is lost; what the caller
+    /// put has none, and without a copy it is lost with its worker. The copy costs its size
+    /// again in the second worker's memory (it spills like any chunk).
+    pub fn replicate_puts(mut self, on: bool) -> Self {
+        self.replicate_puts = on;
+        self
+    }
+
     /// The placement cost model.
     pub fn cost_model(mut self, model: CostModel) -> Self {
         self.cost_model = model;
@@ -165,15 +190,20 @@ impl ContextBuilder {
         let registry = Arc::new(KernelRegistry::with_builtins());
         let peers = PeerDirectory::default();
         let admission = Arc::new(Admission::new(self.max_outstanding));
+        let next_task = Arc::new(AtomicU64::new(0));
         let sched = Scheduler::new(
             rx,
             ReportSink::new(tx.clone(), peers.clone()),
             self.cost_model,
             log.clone(),
             admission.clone(),
+            self.retry,
+            next_task.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("dirk-scheduler".into())
+            // Rebuilding a chunk written in place N times recurses N deep.
+            .stack_size(64 << 20)
             .spawn(move || sched.run())
             .map_err(|e| EngineError::Io {
                 path: "scheduler thread".into(),
@@ -182,8 +212,9 @@ impl ContextBuilder {
         let ctx = Context {
             shared: Arc::new(Shared {
                 events: tx.clone(),
-                next_task: AtomicU64::new(0),
+                next_task,
                 next_put: AtomicUsize::new(0),
+                replicate_puts: self.replicate_puts,
                 registry,
                 peers: peers.clone(),
                 log,
@@ -292,6 +323,7 @@ impl Context {
             cost_class: options.cost_class,
             slot: slot.clone(),
             submitted_us: now_us(),
+            counted: true,
         };
         if self.shared.send(Event::Submit(Box::new(sub))).is_err() {
             slot.complete(Err(EngineError::Shutdown));
@@ -327,14 +359,28 @@ impl Context {
     /// Puts data into `worker`'s store. A pinned chunk never moves: tasks that use it run on
     /// `worker` (Dagger's `@mutable worker=N`).
     pub fn put_on(&self, worker: WorkerId, chunk: Chunk, pinned: bool) -> Result<ChunkRef> {
+        let chunk = Arc::new(chunk);
         let meta = self
             .shared
             .peers
             .get(worker)?
-            .store_chunk(None, Arc::new(chunk))?;
+            .store_chunk(None, chunk.clone())?;
+        // The copy goes to the next worker after the owner.
+        let replica = match self.shared.replicate_puts {
+            true => {
+                let all = self.shared.peers.all();
+                let at = all.iter().position(|w| w.id() == worker).unwrap_or(0);
+                match all.get((at + 1) % all.len().max(1)).filter(|w| w.id() != worker) {
+                    Some(w) => Some(w.store_chunk(None, chunk)?),
+                    None => None,
+                }
+            }
+            false => None,
+        };
         self.shared.send(Event::ChunkAdded {
             meta: meta.clone(),
             pinned,
+            replica,
         })?;
         Ok(meta)
     }

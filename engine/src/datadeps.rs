@@ -90,6 +90,11 @@ impl DataDeps {
         accessors
     }
 
+    /// The unfinished task that writes `key` last, if any.
+    pub(crate) fn pending_writer(&self, key: DataKey) -> Option<TaskId> {
+        self.keys.get(&key).and_then(|s| s.writer)
+    }
+
     /// True while an unfinished task reads or writes `key`.
     pub(crate) fn in_use(&self, key: DataKey) -> bool {
         self.keys.contains_key(&key)

@@ -238,6 +238,19 @@ impl EngineError {
         }
     }
 
+    /// Whether the failure is the machine's or the network's rather than the work's: a worker
+    /// lost or unreachable, a chunk that was not where it should be. The same task can run
+    /// again elsewhere; the scheduler retries such failures ([`crate::RetryPolicy`]). A kernel's
+    /// own failures, retryable ones included (memory short for now), are left to the caller,
+    /// which knows what to change before running again.
+    pub fn is_lost_work(&self) -> bool {
+        use EngineError::*;
+        matches!(
+            self,
+            WorkerLost { .. } | Remote { .. } | ChunkNotFound { .. } | ChunkLost { .. }
+        )
+    }
+
     /// The task the failure belongs to, where one is known.
     pub fn task(&self) -> Option<TaskId> {
         use EngineError::*;

@@ -27,6 +27,9 @@ pub enum TaskStatus {
     Failed(String),
     /// It was cancelled.
     Cancelled,
+    /// This attempt failed with the machine or the network (the message), and the task ran
+    /// again: the record of a later attempt follows.
+    Retried(String),
 }
 
 /// One finished task.
@@ -284,6 +287,7 @@ impl EventLogSnapshot {
                 TaskStatus::Ok => "ok".to_string(),
                 TaskStatus::Failed(m) => format!("failed: {m}"),
                 TaskStatus::Cancelled => "cancelled".to_string(),
+                TaskStatus::Retried(m) => format!("retried: {m}"),
             };
             events.push(serde_json::json!({
                 "ph": "X", "name": r.name, "cat": "task", "pid": pid, "tid": tid,

@@ -70,6 +70,25 @@ impl Kernel for NoopKernel {
     }
 }
 
+/// The built-in kernel that copies its one input to its one output: the scheduler's private
+/// copy of a chunk it rebuilds another from.
+pub const COPY_KERNEL: &str = "dirk.copy";
+
+struct CopyKernel;
+
+impl Kernel for CopyKernel {
+    fn name(&self) -> &str {
+        COPY_KERNEL
+    }
+    fn run(&self, call: &mut KernelCall<'_>) -> Result<Vec<Chunk>> {
+        let input = call.input(0);
+        Ok(vec![Chunk::new(
+            input.schema().clone(),
+            input.batches().to_vec(),
+        )])
+    }
+}
+
 /// Kernels by name. Each worker looks kernels up here; in-process workers share one registry.
 #[derive(Default)]
 pub struct KernelRegistry {
@@ -81,6 +100,7 @@ impl KernelRegistry {
     pub fn with_builtins() -> Self {
         let r = KernelRegistry::default();
         r.register(Arc::new(NoopKernel));
+        r.register(Arc::new(CopyKernel));
         r
     }
 

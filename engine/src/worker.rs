@@ -604,13 +604,9 @@ impl WorkerCore {
                 let mut written = Vec::new();
                 for (spec, input) in a.inputs.iter().zip(inputs) {
                     if spec.access.writes() {
+                        // A chunk fetched to be written moves here with its new contents; the
+                        // scheduler frees the stale copy once it accepts this report.
                         written.push(self.store.insert_with_id(spec.chunk, input.chunk));
-                        if spec.owner != self.id {
-                            // The chunk moved here with its new contents; the old copy is stale.
-                            if let Ok(peer) = self.peers.get(spec.owner) {
-                                peer.free_chunks(&[spec.chunk]);
-                            }
-                        }
                     }
                 }
                 Ok(TaskDone {

@@ -227,6 +227,20 @@ impl Link {
         }
     }
 
+    /// A call's failure. One the transport reports as `Unavailable` (the connection refused or
+    /// reset, or the keep-alive unanswered) means the worker cannot be reached: it is lost as
+    /// far as this caller can tell, whether or not the driver's heartbeat has said so yet.
+    fn failed(&self, what: &str, status: &Status) -> EngineError {
+        if status.code() == tonic::Code::Unavailable {
+            EngineError::WorkerLost {
+                worker: self.id,
+                reason: format!("unreachable at {}: {what}: {}", self.address, describe(status)),
+            }
+        } else {
+            self.error(format!("{what}: {}", describe(status)))
+        }
+    }
+
     async fn action(&self, kind: &str, body: Vec<u8>) -> Result<Bytes, Status> {
         let mut client = self.client.clone();
         let response = client
@@ -284,7 +298,7 @@ impl Link {
         let response = client
             .do_get(Request::new(ticket))
             .await
-            .map_err(|s| self.error(format!("fetching {id}: {}", describe(&s))))?;
+            .map_err(|s| self.failed(&format!("fetching {id}"), &s))?;
         let data = response
             .into_inner()
             .map_err(|s| FlightError::Tonic(Box::new(s)));
@@ -294,7 +308,10 @@ impl Link {
         let mut decoded = protocol::ChunkReader::new(FlightRecordBatchStream::new(decoder));
         let mut batches = Vec::new();
         while let Some(batch) = decoded.next().await {
-            batches.push(batch.map_err(|e| self.error(format!("fetching {id}: {}", flight(e))))?);
+            batches.push(batch.map_err(|e| match e {
+                FlightError::Tonic(s) => self.failed(&format!("fetching {id}"), &s),
+                other => self.error(format!("fetching {id}: {}", flight(other))),
+            })?);
         }
         let schema = decoded
             .schema()

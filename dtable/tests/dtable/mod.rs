@@ -8,4 +8,4 @@ pub(crate) mod objectstore;
 mod providers;
 mod queries;
 mod statements;
-mod tpch;
+pub(crate) mod tpch;

@@ -17,7 +17,7 @@ async fn reference() -> SessionContext {
 }
 
 /// DataFusion on one node over TPC-H at `scale`, the tables as generated whole.
-pub(super) async fn reference_at(scale: f64) -> SessionContext {
+pub(crate) async fn reference_at(scale: f64) -> SessionContext {
     let gen = Session::builder().workers(1).partitions(1).build().unwrap();
     gen.load_tpch(scale).await.unwrap();
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));

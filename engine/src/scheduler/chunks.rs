@@ -55,8 +55,16 @@ impl Scheduler {
         }
         let mut by_owner: HashMap<WorkerId, Vec<ChunkId>> = HashMap::new();
         for id in ids {
-            if let Some(e) = self.chunks.remove(&id) {
-                by_owner.entry(e.meta.owner).or_default().push(id);
+            let Some(e) = self.chunks.remove(&id) else {
+                continue;
+            };
+            if e.stored != id {
+                self.aliases.remove(&e.stored);
+            }
+            by_owner.entry(e.meta.owner).or_default().push(e.stored);
+            // A replica goes with its chunk.
+            if let Some(r) = e.replica.and_then(|r| self.chunks.remove(&r)) {
+                by_owner.entry(r.meta.owner).or_default().push(r.stored);
             }
         }
         for (owner, ids) in by_owner {

@@ -44,11 +44,28 @@ impl Scheduler {
         let t = self.tasks.get_mut(&id).expect("queued task exists");
         t.phase = Phase::Running(pi);
         t.dispatched_us = now_us();
+        t.attempts += 1;
+        // What running it again takes, for a retry or to rebuild what it makes if that is lost.
+        let params: Arc<[u8]> = match &t.recipe {
+            Some(r) => r.params.clone(),
+            None => Arc::from(std::mem::take(&mut t.sub.params)),
+        };
+        let inputs = std::mem::take(&mut t.versions)
+            .into_iter()
+            .zip(t.sub.args.iter().map(|a| a.access))
+            .collect();
+        t.recipe = Some(Arc::new(Recipe {
+            kernel: t.sub.kernel.clone(),
+            params: params.clone(),
+            scope: t.sub.scope.clone(),
+            label: t.sub.label.clone(),
+            cost_class: t.sub.cost_class,
+            inputs,
+        }));
         let assignment = TaskAssignment {
             task: id,
             kernel: t.sub.kernel.clone(),
-            // A task is dispatched once; its parameters are not needed afterwards.
-            params: std::mem::take(&mut t.sub.params),
+            params: params.to_vec(),
             processor: pid.kind,
             // Nothing reads a running task's inputs again.
             inputs: std::mem::take(&mut t.inputs),

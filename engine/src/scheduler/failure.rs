@@ -14,9 +14,12 @@ impl Scheduler {
             p.queued_s = (p.queued_s - t.est_s).max(0.0);
         }
         self.release_keys(id, &t.keys);
-        self.record_unrun(&t.sub, &t.deps, &e);
+        self.record_unrun(&t.sub, &t.deps, &e, None, false);
+        if let Some(restore) = t.restores {
+            self.restore_failed(restore);
+        }
         self.fail_dependents(id, &t.dependents, &e);
-        self.complete(&t.sub.slot, Err(e));
+        self.complete(&t.sub, Err(e));
         self.check_idle();
     }
 
@@ -47,12 +50,21 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn record_unrun(&self, sub: &Submission, deps: &[TaskId], e: &EngineError) {
+    /// Records a task that ended without a report from a worker: it failed before it ran, or
+    /// its attempt on `worker` was lost with it (`retried`: and it runs again).
+    pub(super) fn record_unrun(
+        &self,
+        sub: &Submission,
+        deps: &[TaskId],
+        e: &EngineError,
+        worker: Option<WorkerId>,
+        retried: bool,
+    ) {
         let now = now_us();
         self.log.task(TaskRecord {
             task: sub.id,
             name: sub.label.clone().unwrap_or_else(|| sub.kernel.clone()),
-            worker: None,
+            worker,
             processor: None,
             queued_us: sub.submitted_us,
             dispatched_us: 0,
@@ -70,6 +82,7 @@ impl Scheduler {
             spill: Default::default(),
             deps: deps.to_vec(),
             status: match e {
+                _ if retried => TaskStatus::Retried(e.to_string()),
                 EngineError::Cancelled { .. } => TaskStatus::Cancelled,
                 e => TaskStatus::Failed(e.to_string()),
             },
@@ -94,8 +107,9 @@ impl Scheduler {
         }
     }
 
-    /// A worker is gone: its chunks are lost (their lineage is kept for recovery), its running
-    /// tasks fail, its queued tasks are placed again elsewhere.
+    /// A worker is gone: its chunks are lost and rebuilt elsewhere from their lineage, its
+    /// running tasks run again elsewhere (or fail, see [`Scheduler::may_run_again`]), its queued
+    /// tasks are placed again.
     pub(super) fn lose_worker(&mut self, worker: WorkerId, reason: String) {
         let Some(entry) = self.workers.get_mut(&worker) else {
             return;
@@ -104,11 +118,15 @@ impl Scheduler {
             return;
         }
         entry.alive = false;
-        for c in self.chunks.values_mut() {
+        self.losses_seen = true;
+        let mut lost = Vec::new();
+        for (id, c) in self.chunks.iter_mut() {
             if c.meta.owner == worker {
                 c.lost = true;
+                lost.push(*id);
             }
         }
+        lost.sort();
         let mut requeue = Vec::new();
         let mut running = Vec::new();
         for (pi, p) in self.procs.iter_mut().enumerate() {
@@ -132,7 +150,17 @@ impl Scheduler {
                 worker,
                 reason: reason.clone(),
             };
-            self.fail(id, e);
+            match self.tasks.get(&id) {
+                Some(t) if self.may_run_again(t) => {
+                    // Run again at once elsewhere; an input lost with the worker fails it there.
+                    self.record_unrun(&t.sub, &t.deps, &e, Some(worker), true);
+                    if let Some(t) = self.tasks.get_mut(&id) {
+                        t.phase = Phase::Waiting;
+                    }
+                    self.make_ready(id);
+                }
+                _ => self.fail(id, e),
+            }
         }
         for id in requeue {
             if let Some(t) = self.tasks.get_mut(&id) {
@@ -140,6 +168,7 @@ impl Scheduler {
                 self.make_ready(id);
             }
         }
+        self.rebuild_lost(lost);
     }
 }
 

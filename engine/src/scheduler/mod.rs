@@ -9,7 +9,8 @@ use crate::eventlog::{now_us, EventLog, TaskRecord, TaskStatus};
 use crate::ids::{ChunkId, IdBuildHasher, IdMap, TaskId, WorkerId};
 use crate::placement::{self, CostModel, InputSite, ProcessorLoad, StealCandidate};
 use crate::scope::{ProcessorId, Scope};
-use crate::task::{Arg, ArgSource, TaskOutput, TaskSlot};
+use crate::error::ErrorKind;
+use crate::task::{Access, Arg, ArgSource, TaskOutput, TaskSlot};
 use crate::worker::{InputSpec, ReportSink, TaskAssignment, TaskReport, WorkerRef};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -21,10 +22,15 @@ mod admission;
 mod chunks;
 mod dispatch;
 mod failure;
+mod recovery;
+mod retry;
 mod runtimes;
 
 pub(crate) use admission::Admission;
 use failure::{name_failure, upstream};
+pub(crate) use recovery::Made;
+use recovery::{Recipe, Restore};
+pub use retry::RetryPolicy;
 use runtimes::RunTimes;
 
 /// How a chunk came to be: what recovery would rerun.
@@ -52,6 +58,32 @@ pub struct ChunkEntry {
     pub lineage: Lineage,
     /// Its owner was lost.
     pub lost: bool,
+    /// What its current contents were made from, to make them again.
+    pub(crate) made: Arc<Made>,
+    /// The id its owner stores it under: its own, unless it was rebuilt after a loss.
+    pub(crate) stored: ChunkId,
+    /// The task rebuilding it, while it is lost.
+    pub(crate) recovering: Option<TaskId>,
+    /// A copy of what the caller put, held on another worker.
+    pub(crate) replica: Option<ChunkId>,
+    /// The chunk this one is the replica of.
+    pub(crate) replica_of: Option<ChunkId>,
+}
+
+impl ChunkEntry {
+    fn new(meta: ChunkMeta, pinned: bool, lineage: Lineage, made: Arc<Made>) -> Self {
+        ChunkEntry {
+            stored: meta.id,
+            meta,
+            pinned,
+            lineage,
+            lost: false,
+            made,
+            recovering: None,
+            replica: None,
+            replica_of: None,
+        }
+    }
 }
 
 /// A task as submitted by a caller.
@@ -66,6 +98,9 @@ pub(crate) struct Submission {
     pub(crate) cost_class: Option<u64>,
     pub(crate) slot: Arc<TaskSlot>,
     pub(crate) submitted_us: u64,
+    /// It holds a place of the caller's bound on unfinished tasks (the scheduler's own
+    /// recomputations do not).
+    pub(crate) counted: bool,
 }
 
 /// Everything the event loop reacts to.
@@ -75,7 +110,12 @@ pub(crate) enum Event {
     Cancel(TaskId),
     WorkerAdded(WorkerRef),
     WorkerLost { worker: WorkerId, reason: String },
-    ChunkAdded { meta: ChunkMeta, pinned: bool },
+    ChunkAdded {
+        meta: ChunkMeta,
+        pinned: bool,
+        /// The same data stored on another worker, to rebuild it from if its owner is lost.
+        replica: Option<ChunkMeta>,
+    },
     FreeChunks(Vec<ChunkId>),
     Locate(ChunkId, Sender<Result<ChunkEntry>>),
     Idle(Sender<()>),
@@ -103,6 +143,15 @@ struct TaskState {
     cancel_requested: bool,
     /// When it was sent to its worker.
     dispatched_us: u64,
+    /// How many times it has been sent to a worker.
+    attempts: u32,
+    /// Resolved at dispatch: each input's chunk (its public id) and contents.
+    input_ids: Vec<ChunkId>,
+    versions: Vec<Arc<Made>>,
+    /// Made at its first dispatch: what running it again takes.
+    recipe: Option<Arc<Recipe>>,
+    /// Set when it rebuilds a lost chunk.
+    restores: Option<Restore>,
 }
 
 struct ProcState {
@@ -137,6 +186,18 @@ pub(crate) struct Scheduler {
     /// Chunks freed while unfinished tasks still access them: freed when those finish, so a
     /// reader that was submitted before the free still finds its data.
     deferred_frees: std::collections::HashSet<ChunkId, IdBuildHasher>,
+    retry: RetryPolicy,
+    /// Worker-side ids of rebuilt chunks, to the ids they are known by.
+    aliases: IdMap<ChunkId, ChunkId>,
+    /// Task ids, shared with the context: recomputations are tasks too.
+    next_task: Arc<AtomicU64>,
+    /// Whether a worker was ever lost: until then no input can be lost, and ready tasks skip
+    /// the check.
+    losses_seen: bool,
+    /// Callers waiting to locate a chunk that is being rebuilt.
+    locate_waiters: IdMap<ChunkId, Vec<Sender<Result<ChunkEntry>>>>,
+    /// Tasks waiting out a retry's backoff, soonest first.
+    retry_at: std::collections::BinaryHeap<std::cmp::Reverse<(std::time::Instant, TaskId)>>,
 }
 
 /// How many queued tasks of each victim a thief looks at when stealing.
@@ -154,6 +215,8 @@ impl Scheduler {
         model: CostModel,
         log: Arc<EventLog>,
         admission: Arc<Admission>,
+        retry: RetryPolicy,
+        next_task: Arc<AtomicU64>,
     ) -> Self {
         Scheduler {
             events,
@@ -170,14 +233,35 @@ impl Scheduler {
             admission,
             idle_waiters: Vec::new(),
             deferred_frees: Default::default(),
+            retry,
+            retry_at: Default::default(),
+            aliases: Default::default(),
+            next_task,
+            locate_waiters: Default::default(),
+            losses_seen: false,
         }
     }
 
     /// Runs until `Shutdown` (or until every sender is gone).
     pub(crate) fn run(mut self) {
-        while let Ok(ev) = crate::wait::recv(&self.events) {
+        loop {
+            let event = match self.next_retry_in() {
+                None => crate::wait::recv(&self.events).ok(),
+                Some(wait) => match self.events.recv_timeout(wait) {
+                    Ok(ev) => Some(ev),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.run_due_retries();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            let Some(ev) = event else { break };
             if !self.handle(ev) {
                 break;
+            }
+            if !self.retry_at.is_empty() {
+                self.run_due_retries();
             }
         }
         self.shutdown();
@@ -190,26 +274,13 @@ impl Scheduler {
             Event::Cancel(task) => self.cancel(task),
             Event::WorkerAdded(w) => self.add_worker(w),
             Event::WorkerLost { worker, reason } => self.lose_worker(worker, reason),
-            Event::ChunkAdded { meta, pinned } => {
-                self.chunks.insert(
-                    meta.id,
-                    ChunkEntry {
-                        meta,
-                        pinned,
-                        lineage: Lineage::Put,
-                        lost: false,
-                    },
-                );
-            }
+            Event::ChunkAdded {
+                meta,
+                pinned,
+                replica,
+            } => self.chunk_added(meta, pinned, replica),
             Event::FreeChunks(ids) => self.free_chunks(ids),
-            Event::Locate(id, reply) => {
-                let _ = reply.send(
-                    self.chunks
-                        .get(&id)
-                        .cloned()
-                        .ok_or(EngineError::UnknownChunk { chunk: id }),
-                );
-            }
+            Event::Locate(id, reply) => self.locate(id, reply),
             Event::Idle(reply) => {
                 if self.tasks.is_empty() {
                     let _ = reply.send(());
@@ -252,6 +323,11 @@ impl Scheduler {
                         sites: Vec::new(),
                         cancel_requested: false,
                         dispatched_us: 0,
+                        attempts: 0,
+                        input_ids: Vec::new(),
+                        versions: Vec::new(),
+                        recipe: None,
+                        restores: None,
                     },
                 );
                 if waiting_on == 0 {
@@ -259,8 +335,8 @@ impl Scheduler {
                 }
             }
             Err(e) => {
-                self.record_unrun(&sub, &[], &e);
-                self.complete(&sub.slot, Err(e));
+                self.record_unrun(&sub, &[], &e, None, false);
+                self.complete(&sub, Err(e));
             }
         }
     }
@@ -276,6 +352,10 @@ impl Scheduler {
         for arg in &sub.args {
             let key = match &arg.source {
                 ArgSource::Chunk(c) => {
+                    if self.chunks.get(c).is_some_and(|e| e.lost) {
+                        // Lost with its worker: rebuilt first, if anything can rebuild it.
+                        deps.extend(self.recover(*c)?);
+                    }
                     let entry = self
                         .chunks
                         .get(c)
@@ -283,12 +363,6 @@ impl Scheduler {
                             task: id,
                             detail: format!("unknown {c}"),
                         })?;
-                    if entry.lost {
-                        return Err(EngineError::ChunkLost {
-                            chunk: *c,
-                            worker: entry.meta.owner,
-                        });
-                    }
                     if entry.pinned {
                         pinned_to.push(entry.meta.owner);
                         let s = narrowed.as_ref().unwrap_or(&sub.scope);
@@ -371,6 +445,13 @@ impl Scheduler {
 
     /// All dependencies are done: resolve inputs, place the task and queue it.
     fn make_ready(&mut self, id: TaskId) {
+        if self.losses_seen {
+            match self.await_lost_inputs(id) {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => return self.fail(id, e),
+            }
+        }
         self.refresh_loads();
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
@@ -415,10 +496,17 @@ impl Scheduler {
             .procs
             .iter()
             .position(|p| p.id.worker == r.worker && p.id.kind == r.processor);
-        let Some(mut t) = self.tasks.remove(&r.task) else {
+        let current = self.tasks.get(&r.task).map(|t| t.phase);
+        if pi.is_none() || current != pi.map(Phase::Running) {
+            // Not the report of the task's current attempt: the task is done or gone, or this
+            // attempt's worker was declared lost (it may have been hung, not dead) and the task
+            // was handed to another. Its results are refused.
             if let Some(pi) = pi {
                 self.release_slot(pi, 0.0);
             }
+            return;
+        }
+        let Some(mut t) = self.tasks.remove(&r.task) else {
             return;
         };
         if let Some(pi) = pi {
@@ -431,27 +519,67 @@ impl Scheduler {
 
         let storage = r.result.as_ref().map(|d| d.storage).unwrap_or_default();
         let spill = r.result.as_ref().map(|d| d.spill).unwrap_or_default();
+        let mut record = TaskRecord {
+            task: r.task,
+            name: t.sub.label.clone().unwrap_or_else(|| t.sub.kernel.clone()),
+            worker: Some(r.worker),
+            processor: Some(r.processor),
+            queued_us: t.sub.submitted_us,
+            dispatched_us: t.dispatched_us,
+            started_us: r.started_us,
+            finished_us: r.finished_us,
+            reported_us,
+            rows_in: r.rows_in,
+            bytes_in: r.bytes_in,
+            rows_out: 0,
+            bytes_out: 0,
+            bytes_moved: r.transfers.iter().map(|x| x.bytes).sum(),
+            fetch_wait_us: r.fetch_wait_us,
+            cpu_us: r.cpu_us,
+            storage,
+            spill,
+            deps: std::mem::take(&mut t.deps),
+            status: TaskStatus::Ok,
+        };
+        if let Err(e) = &r.result {
+            if self.retries(&t, e) {
+                // An input could not be fetched: wait for its owner to answer again, or for the
+                // heartbeat to declare it lost, before the next attempt.
+                t.deps = record.deps.clone();
+                record.status = TaskStatus::Retried(e.to_string());
+                self.log.task(record);
+                let delay = self.backoff(t.attempts);
+                self.retry_later(r.task, t, delay);
+                return;
+            }
+        }
         let result = match r.result {
             Ok(done) => {
                 let lineage = || Lineage::Task {
                     task: t.sub.id,
                     kernel: t.sub.kernel.clone(),
                 };
+                let recipe = t.recipe.clone().expect("a task that ran has its recipe");
                 for m in &done.written {
-                    if let Some(e) = self.chunks.get_mut(&m.id) {
-                        e.meta = m.clone();
+                    let id = self.aliases.get(&m.id).copied().unwrap_or(m.id);
+                    let index = t.input_ids.iter().position(|c| *c == id).unwrap_or(0) as u32;
+                    if let Some(e) = self.chunks.get_mut(&id) {
+                        if e.meta.owner != m.owner {
+                            // It moved to where it was written: the copy left behind is stale.
+                            if let Some(w) = self.workers.get(&e.meta.owner).filter(|w| w.alive) {
+                                w.worker.free_chunks(&[m.id]);
+                            }
+                        }
+                        e.meta = ChunkMeta { id, ..m.clone() };
                         e.lineage = lineage();
+                        e.made = Arc::new(Made::Written(recipe.clone(), index));
                     }
                 }
-                for m in &done.outputs {
+                for (i, m) in done.outputs.iter().enumerate() {
+                    let made = Arc::new(Made::Output(recipe.clone(), i as u32));
                     self.chunks.insert(
                         m.id,
-                        ChunkEntry {
-                            meta: m.clone(),
-                            pinned: false,
-                            lineage: lineage(),
-                            lost: false,
-                        },
+                        ChunkEntry::new(m.clone(), false, lineage(), made),
                     );
                 }
                 if t.cancel_requested {
@@ -469,36 +597,13 @@ impl Scheduler {
                 name_failure(e, r.task, &t.sub.kernel, r.worker)
             }),
         };
-        let mut deps = std::mem::take(&mut t.deps);
-        let mut record = |status: TaskStatus, rows_out, bytes_out| TaskRecord {
-            task: r.task,
-            name: t.sub.label.clone().unwrap_or_else(|| t.sub.kernel.clone()),
-            worker: Some(r.worker),
-            processor: Some(r.processor),
-            queued_us: t.sub.submitted_us,
-            dispatched_us: t.dispatched_us,
-            started_us: r.started_us,
-            finished_us: r.finished_us,
-            reported_us,
-            rows_in: r.rows_in,
-            bytes_in: r.bytes_in,
-            rows_out,
-            bytes_out,
-            bytes_moved: r.transfers.iter().map(|x| x.bytes).sum(),
-            fetch_wait_us: r.fetch_wait_us,
-            cpu_us: r.cpu_us,
-            storage,
-            spill,
-            deps: std::mem::take(&mut deps),
-            status,
-        };
         self.release_keys(r.task, &t.keys);
         match result {
             Ok(outputs) => {
                 if self.log.enabled() {
-                    let rows = outputs.iter().map(|c| c.rows).sum();
-                    let bytes = outputs.iter().map(|c| c.bytes).sum();
-                    self.log.task(record(TaskStatus::Ok, rows, bytes));
+                    record.rows_out = outputs.iter().map(|c| c.rows).sum();
+                    record.bytes_out = outputs.iter().map(|c| c.bytes).sum();
+                    self.log.task(record);
                 }
                 for (i, m) in outputs.iter().enumerate() {
                     let (from, to) = (DataKey::Output(r.task, i as u32), DataKey::Chunk(m.id));
@@ -512,8 +617,11 @@ impl Scheduler {
                         }
                     }
                 }
+                if let Some(restore) = t.restores.take() {
+                    self.restored(restore, &outputs);
+                }
                 self.complete(
-                    &t.sub.slot,
+                    &t.sub,
                     Ok(TaskOutput {
                         task: r.task,
                         chunks: outputs,
@@ -533,18 +641,24 @@ impl Scheduler {
                     EngineError::Cancelled { .. } => TaskStatus::Cancelled,
                     _ => TaskStatus::Failed(e.to_string()),
                 };
-                self.log.task(record(status, 0, 0));
+                record.status = status;
+                self.log.task(record);
+                if let Some(restore) = t.restores.take() {
+                    self.restore_failed(restore);
+                }
                 self.fail_dependents(r.task, &t.dependents, &e);
-                self.complete(&t.sub.slot, Err(e));
+                self.complete(&t.sub, Err(e));
             }
         }
         self.check_idle();
     }
 
     /// Publishes a task's result and lets one more task be submitted.
-    fn complete(&self, slot: &TaskSlot, result: Result<TaskOutput>) {
-        slot.complete(result);
-        self.admission.release();
+    fn complete(&self, sub: &Submission, result: Result<TaskOutput>) {
+        sub.slot.complete(result);
+        if sub.counted {
+            self.admission.release();
+        }
     }
 
     fn check_idle(&mut self) {
@@ -562,7 +676,7 @@ impl Scheduler {
         ids.sort();
         for id in ids {
             if let Some(t) = self.tasks.remove(&id) {
-                self.complete(&t.sub.slot, Err(EngineError::Shutdown));
+                self.complete(&t.sub, Err(EngineError::Shutdown));
             }
         }
         for w in self.idle_waiters.drain(..) {
@@ -581,6 +695,8 @@ fn resolve_inputs(
     let mut narrowed: Option<Scope> = None;
     t.inputs.clear();
     t.sites.clear();
+    t.input_ids.clear();
+    t.versions.clear();
     for arg in &t.sub.args {
         let chunk = match &arg.source {
             ArgSource::Chunk(c) => *c,
@@ -607,10 +723,12 @@ fn resolve_inputs(
             narrowed = Some(s.intersect(&Scope::worker(entry.meta.owner)));
         }
         t.inputs.push(InputSpec {
-            chunk,
+            chunk: entry.stored,
             owner: entry.meta.owner,
             access: arg.access,
         });
+        t.input_ids.push(chunk);
+        t.versions.push(entry.made.clone());
         t.sites.push(InputSite {
             owner: entry.meta.owner,
             bytes: entry.meta.bytes,

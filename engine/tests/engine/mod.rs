@@ -2,5 +2,7 @@ mod common;
 mod datadeps;
 mod eventlog;
 mod placement;
+mod recovery;
+mod retry;
 mod scheduling;
 mod worker;
