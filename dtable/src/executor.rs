@@ -545,11 +545,20 @@ fn spawn_stages(
             if stage.id == final_stage && !homes.is_empty() {
                 opts = opts.scope(Scope::worker(homes[t % homes.len()]));
             }
+            if writes_files(&stage.fragment) {
+                opts = opts.once();
+            }
             stage_handles.push(engine.spawn(FRAGMENT_KERNEL, args, opts));
         }
         handles.push(stage_handles);
     }
     Ok(())
+}
+
+/// Whether a fragment writes files (`COPY`, `INSERT` into an external table): its tasks run at
+/// most once, since a second run would stage its files again beside the first run's.
+fn writes_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.name() == "DataSinkExec" || plan.children().into_iter().any(writes_files)
 }
 
 /// The scheduler learns the run time of a stage's tasks under the stage's fragment: the same

@@ -324,6 +324,7 @@ impl Context {
             slot: slot.clone(),
             submitted_us: now_us(),
             counted: true,
+            once: options.once,
         };
         if self.shared.send(Event::Submit(Box::new(sub))).is_err() {
             slot.complete(Err(EngineError::Shutdown));

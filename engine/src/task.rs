@@ -115,6 +115,7 @@ pub struct TaskOptions {
     pub(crate) after: Vec<(TaskId, Arc<TaskSlot>)>,
     pub(crate) label: Option<String>,
     pub(crate) cost_class: Option<u64>,
+    pub(crate) once: bool,
 }
 
 impl TaskOptions {
@@ -164,6 +165,13 @@ impl TaskOptions {
     /// reads a few columns of a big chunk from one that reads all of them.
     pub fn cost_class(mut self, class: u64) -> Self {
         self.cost_class = Some(class);
+        self
+    }
+
+    /// The task has effects beyond its outputs (it writes files): it is sent to a worker at
+    /// most once, never retried nor rerun to rebuild what it made.
+    pub fn once(mut self) -> Self {
+        self.once = true;
         self
     }
 }

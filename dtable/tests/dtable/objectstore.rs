@@ -141,7 +141,7 @@ impl S3Server {
         assert!(status.contains("200"), "create bucket {bucket}: {status}");
     }
 
-    fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+    pub(crate) fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
         Arc::new(
             AmazonS3Builder::new()
                 .with_bucket_name(bucket)

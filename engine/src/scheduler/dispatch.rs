@@ -60,6 +60,7 @@ impl Scheduler {
             scope: t.sub.scope.clone(),
             label: t.sub.label.clone(),
             cost_class: t.sub.cost_class,
+            once: t.sub.once,
             inputs,
         }));
         let assignment = TaskAssignment {

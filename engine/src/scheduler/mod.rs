@@ -101,6 +101,8 @@ pub(crate) struct Submission {
     /// It holds a place of the caller's bound on unfinished tasks (the scheduler's own
     /// recomputations do not).
     pub(crate) counted: bool,
+    /// Runs at most once ([`crate::TaskOptions::once`]).
+    pub(crate) once: bool,
 }
 
 /// Everything the event loop reacts to.
@@ -453,6 +455,14 @@ impl Scheduler {
             }
         }
         self.refresh_loads();
+        if self.losses_seen {
+            if let Some(t) = self.tasks.get(&id) {
+                let scope = self.surviving_scope(&t.sub.scope);
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.sub.scope = scope;
+                }
+            }
+        }
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };

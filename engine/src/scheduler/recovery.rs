@@ -41,6 +41,9 @@ pub(crate) struct Recipe {
     pub(crate) scope: Scope,
     pub(crate) label: Option<Arc<str>>,
     pub(crate) cost_class: Option<u64>,
+    /// The task runs at most once ([`crate::TaskOptions::once`]): what it made cannot be made
+    /// again.
+    pub(crate) once: bool,
     /// Each input's contents when the task ran, and how the task used it.
     pub(crate) inputs: Vec<(Arc<Made>, Access)>,
 }
@@ -222,6 +225,15 @@ impl Scheduler {
         recipe: &Arc<Recipe>,
         plan: &mut Plan,
     ) -> Result<(TaskId, Arc<TaskSlot>, Vec<ArgSource>)> {
+        if recipe.once {
+            return Err(EngineError::Failed {
+                kind: ErrorKind::Retryable,
+                message: format!(
+                    "lost data was made by a task of `{}` that runs at most once",
+                    recipe.kernel
+                ),
+            });
+        }
         let mut args = Vec::with_capacity(recipe.inputs.len());
         for (made, access) in &recipe.inputs {
             let source = self.materialize(made, access.writes(), plan)?;
@@ -235,22 +247,31 @@ impl Scheduler {
             "recompute: {}",
             recipe.label.as_deref().unwrap_or(&recipe.kernel)
         );
-        // A scope that only the lost worker matched widens to any processor.
-        let scope = if self.procs.iter().any(|p| p.alive && recipe.scope.contains(&p.id)) {
-            recipe.scope.clone()
-        } else {
-            Scope::any()
-        };
         let (task, slot) = self.submit_internal(
             recipe.kernel.clone(),
             recipe.params.clone(),
-            scope,
+            self.surviving_scope(&recipe.scope),
             Some(Arc::from(label)),
             recipe.cost_class,
             args,
         )?;
         plan.slots.push(slot.clone());
         Ok((task, slot, sources))
+    }
+
+    /// `scope`, or any processor when only lost workers matched it: work placed on a worker
+    /// (a partition's home) goes elsewhere when that worker is lost.
+    pub(super) fn surviving_scope(&self, scope: &Scope) -> Scope {
+        let matches = |alive: bool| {
+            self.procs
+                .iter()
+                .any(|p| p.alive == alive && scope.contains(&p.id))
+        };
+        if !matches(true) && matches(false) {
+            Scope::any()
+        } else {
+            scope.clone()
+        }
     }
 
     /// Submits a task of the scheduler's own (it holds no place of the caller's bound).
@@ -277,6 +298,7 @@ impl Scheduler {
             slot: slot.clone(),
             submitted_us: now_us(),
             counted: false,
+            once: false,
         };
         self.submit(Box::new(sub));
         match slot.get() {

@@ -31,17 +31,20 @@ impl Default for RetryPolicy {
 
 impl Scheduler {
     /// Whether a task that failed with `e` runs again: the failure is the machine's or the
-    /// network's (not the kernel's own), the task writes no chunk in place (its writes may
-    /// have begun), it was not cancelled, and it has attempts left.
+    /// network's (not the kernel's own), it was not cancelled, and it has attempts left.
+    ///
+    /// A task that writes chunks in place runs again too. Such a failure comes before its kernel
+    /// changed anything (an input could not be fetched: the chunks taken to be written go back
+    /// unchanged), or with the worker that held the chunks being written (a chunk written
+    /// there was lost with it, its contents before the write are rebuilt from its lineage; one
+    /// fetched from elsewhere was left where it was until the write is accepted).
     pub(super) fn retries(&self, t: &TaskState, e: &EngineError) -> bool {
         e.is_lost_work() && self.may_run_again(t)
     }
 
     /// Whether task `t` may be sent to a worker once more after its attempt failed.
     pub(super) fn may_run_again(&self, t: &TaskState) -> bool {
-        !t.cancel_requested
-            && t.attempts < self.retry.attempts
-            && t.sub.args.iter().all(|a| !a.access.writes())
+        !t.cancel_requested && !t.sub.once && t.attempts < self.retry.attempts
     }
 
     /// Puts back task `t`, whose attempt failed, to run again after `delay`. It keeps its data

@@ -1,5 +1,5 @@
 //! Retries: a task whose worker is lost, or whose input cannot be fetched, runs again on
-//! another worker; a task that writes in place, or fails on its own, does not.
+//! another worker; a task that fails on its own does not.
 
 use super::common::{register, value_chunk, value_of};
 use dirk_engine::{
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A context of `workers` in-process workers whose kernels include `slow_copy` (params
-/// `[ms]`: output = input 0 after `ms` milliseconds) and `slow_set` (params `[ms, c]`:
-/// input 0 := c after `ms`), each noting the worker it started on.
+/// `[ms]`: output = input 0 after `ms` milliseconds) and `slow_double` (params `[ms]`: input
+/// 0 := 2 * input 0 after `ms`), each noting the worker it started on.
 fn context(workers: usize, retry: RetryPolicy) -> (Context, Arc<Mutex<Vec<WorkerId>>>) {
     let ctx = Context::builder()
         .workers(workers)
@@ -31,11 +31,12 @@ fn context(workers: usize, retry: RetryPolicy) -> (Context, Arc<Mutex<Vec<Worker
         Ok(vec![value_chunk(value_of(call.input(0)))])
     }));
     let s = started.clone();
-    ctx.register_kernel(FnKernel::new("slow_set", move |call| {
+    ctx.register_kernel(FnKernel::new("slow_double", move |call| {
         s.lock().push(call.worker);
-        let [ms, c]: [u64; 2] = call.params_json()?;
+        let [ms]: [u64; 1] = call.params_json()?;
         std::thread::sleep(Duration::from_millis(ms));
-        *call.input_mut(0)? = Arc::new(value_chunk(c as i64));
+        let doubled = 2 * value_of(call.input(0));
+        *call.input_mut(0)? = Arc::new(value_chunk(doubled));
         Ok(vec![])
     }));
     (ctx, started)
@@ -90,38 +91,43 @@ fn a_task_whose_worker_is_lost_runs_again_elsewhere_and_the_lost_attempt_is_refu
     assert_eq!(mine[1].status, TaskStatus::Ok);
 }
 
-/// A task that writes a chunk in place may have begun to: it is not run again, and the chunk
-/// keeps its value where it was.
+/// A task that writes a chunk in place runs again too, over the chunk as it was: the write
+/// is applied once. The lost attempt had fetched the chunk from its owner, which keeps it
+/// until a write is accepted.
 #[test]
-fn a_task_that_writes_in_place_is_not_retried() {
+fn a_task_that_writes_in_place_runs_again_over_the_chunk_as_it_was() {
     let (ctx, started) = context(3, RetryPolicy::default());
-    let c = ctx.put_on(WorkerId(0), value_chunk(1), false).unwrap();
-    let h = ctx.spawn("slow_set", vec![Arg::read_write(&c)], on_workers_1_or_2(&[300, 9]));
+    let c = ctx.put_on(WorkerId(0), value_chunk(5), false).unwrap();
+    let h = ctx.spawn("slow_double", vec![Arg::read_write(&c)], on_workers_1_or_2(&[300]));
     let lost = first_start(&started);
     ctx.remove_worker(lost, "killed by test").unwrap();
-    let e = h.wait().expect_err("not retried");
-    assert!(matches!(e, EngineError::WorkerLost { worker, .. } if worker == lost), "{e}");
+    h.wait().expect("the write runs again");
     std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(started.lock().len(), 1);
-    assert_eq!(value_of(&ctx.fetch(&c).unwrap()), 1);
-    assert_eq!(ctx.locate(&c).unwrap().meta.owner, WorkerId(0));
+    assert_eq!(started.lock().len(), 2);
+    assert_eq!(value_of(&ctx.fetch(&c).unwrap()), 10, "doubled once");
+    assert_ne!(ctx.locate(&c).unwrap().meta.owner, lost);
 }
 
-/// With one attempt allowed, a lost worker fails its running task as before.
+/// With one attempt allowed, or for a task that runs at most once, a lost worker fails the
+/// task it ran.
 #[test]
 fn one_attempt_never_retries() {
-    let (ctx, started) = context(
-        3,
-        RetryPolicy {
-            attempts: 1,
-            ..Default::default()
-        },
-    );
-    let input = ctx.put_on(WorkerId(0), value_chunk(7), false).unwrap();
-    let h = ctx.spawn("slow_copy", vec![Arg::read(&input)], on_workers_1_or_2(&[300]));
-    let lost = first_start(&started);
-    ctx.remove_worker(lost, "killed by test").unwrap();
-    assert!(matches!(h.wait(), Err(EngineError::WorkerLost { .. })));
+    let one = RetryPolicy {
+        attempts: 1,
+        ..Default::default()
+    };
+    for (policy, once) in [(one, false), (RetryPolicy::default(), true)] {
+        let (ctx, started) = context(3, policy);
+        let input = ctx.put_on(WorkerId(0), value_chunk(7), false).unwrap();
+        let mut options = on_workers_1_or_2(&[300]);
+        if once {
+            options = options.once();
+        }
+        let h = ctx.spawn("slow_copy", vec![Arg::read(&input)], options);
+        let lost = first_start(&started);
+        ctx.remove_worker(lost, "killed by test").unwrap();
+        assert!(matches!(h.wait(), Err(EngineError::WorkerLost { .. })), "once: {once}");
+    }
 }
 
 /// A kernel's own failures are the caller's to judge: one attempt, whatever their kind.
