@@ -1,5 +1,7 @@
 //! What only a cluster has: the token, the protocol version, workers that die.
 
+mod chaos;
+
 use crate::dtable::compare::{assert_same, run_dirk, text_of, try_dirk};
 use crate::dtable::harness::start;
 use dirk_dtable::flight::{ClientOptions, RemoteWorker, PROTOCOL_VERSION};
