@@ -622,8 +622,16 @@ pub(crate) fn explain_analyze_text(
     rows_out: usize,
 ) -> String {
     let log = engine.event_log();
+    // A task's last record is its last attempt; the earlier ones failed with a lost worker.
     let by_task: HashMap<TaskId, &dirk_engine::TaskRecord> =
         log.records.iter().map(|r| (r.task, r)).collect();
+    let mut retried: HashMap<TaskId, usize> = HashMap::new();
+    for r in &log.records {
+        if matches!(r.status, dirk_engine::TaskStatus::Retried(_)) {
+            *retried.entry(r.task).or_default() += 1;
+        }
+    }
+    let mut retried_total = 0;
     let mut moved_total = 0;
     let notes: Vec<String> = ids
         .iter()
@@ -668,6 +676,11 @@ pub(crate) fn explain_analyze_text(
                     spill.spilled, spill.reloaded, spill.operators
                 ));
             }
+            let again: usize = tasks.iter().filter_map(|t| retried.get(t)).sum();
+            if again > 0 {
+                storage.push_str(&format!(", attempts_retried={again}"));
+                retried_total += again;
+            }
             moved_total += moved;
             format!(
                 "workers={workers:?}, wall={:.3} ms, task_time={:.3} ms, task_cpu={:.3} ms, \
@@ -685,14 +698,34 @@ pub(crate) fn explain_analyze_text(
             )
         })
         .collect();
+    // Chunks lost with a worker while the query ran were rebuilt by tasks of their own.
+    let since = ids
+        .iter()
+        .flatten()
+        .filter_map(|t| by_task.get(t))
+        .map(|r| r.queued_us)
+        .min()
+        .unwrap_or(u64::MAX);
+    let recomputed = log
+        .records
+        .iter()
+        .filter(|r| r.queued_us >= since && r.name.starts_with(dirk_engine::RECOMPUTE_PREFIX))
+        .count();
     let mut text = staged.display_annotated(&notes);
     text.push_str(&format!(
         "Total: {} tasks in {} stages, {:.3} ms, {rows_out} rows out, {moved_total} bytes moved \
-         between workers\n",
+         between workers",
         ids.iter().map(Vec::len).sum::<usize>(),
         ids.len(),
         wall.as_secs_f64() * 1000.0,
     ));
+    if retried_total + recomputed > 0 {
+        text.push_str(&format!(
+            "; a worker was lost: {retried_total} attempts retried, {recomputed} tasks recomputed \
+             lost chunks"
+        ));
+    }
+    text.push('\n');
     text
 }
 

@@ -24,6 +24,7 @@ pub(crate) struct Shared {
     next_task: Arc<AtomicU64>,
     next_put: AtomicUsize,
     replicate_puts: bool,
+    notices: Arc<Mutex<Vec<crate::scheduler::Notice>>>,
     registry: Arc<KernelRegistry>,
     peers: PeerDirectory,
     log: Arc<EventLog>,
@@ -55,7 +56,10 @@ impl Shared {
                 worker: entry.meta.owner,
             });
         }
-        let data = self.peers.get(entry.meta.owner)?.fetch_chunk(entry.stored)?;
+        let data = self
+            .peers
+            .get(entry.meta.owner)?
+            .fetch_chunk(entry.stored)?;
         self.log.transfer(Transfer {
             chunk,
             from: entry.meta.owner,
@@ -191,6 +195,7 @@ impl ContextBuilder {
         let peers = PeerDirectory::default();
         let admission = Arc::new(Admission::new(self.max_outstanding));
         let next_task = Arc::new(AtomicU64::new(0));
+        let notices = Arc::new(Mutex::new(Vec::new()));
         let sched = Scheduler::new(
             rx,
             ReportSink::new(tx.clone(), peers.clone()),
@@ -199,6 +204,7 @@ impl ContextBuilder {
             admission.clone(),
             self.retry,
             next_task.clone(),
+            notices.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("dirk-scheduler".into())
@@ -215,6 +221,7 @@ impl ContextBuilder {
                 next_task,
                 next_put: AtomicUsize::new(0),
                 replicate_puts: self.replicate_puts,
+                notices,
                 registry,
                 peers: peers.clone(),
                 log,
@@ -371,7 +378,10 @@ impl Context {
             true => {
                 let all = self.shared.peers.all();
                 let at = all.iter().position(|w| w.id() == worker).unwrap_or(0);
-                match all.get((at + 1) % all.len().max(1)).filter(|w| w.id() != worker) {
+                match all
+                    .get((at + 1) % all.len().max(1))
+                    .filter(|w| w.id() != worker)
+                {
                     Some(w) => Some(w.store_chunk(None, chunk)?),
                     None => None,
                 }
@@ -418,6 +428,12 @@ impl Context {
             submitted,
             finished,
         }
+    }
+
+    /// What happened to the cluster since the last call, oldest first: workers lost, and the
+    /// rebuilds of what they held.
+    pub fn take_notices(&self) -> Vec<crate::scheduler::Notice> {
+        std::mem::take(&mut *self.shared.notices.lock())
     }
 
     /// A copy of the event log.

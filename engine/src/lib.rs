@@ -65,7 +65,7 @@ pub use kernel::{
 };
 pub use memory::{default_budget, physical_memory, MemoryBudget, MemoryBudgetRef};
 pub use processor::{CpuProcessor, FakeProcessor, Processor, ProcessorRef, PROCESSOR_STACK};
-pub use scheduler::{ChunkEntry, Lineage, RetryPolicy};
+pub use scheduler::{ChunkEntry, Lineage, Notice, RetryPolicy, RECOMPUTE_PREFIX};
 pub use scope::{ProcessorId, ProcessorKind, Scope};
 pub use store::{ChunkPlace, ChunkStore};
 pub use task::{Access, Arg, TaskHandle, TaskJoin, TaskOptions, TaskOutput};

@@ -234,7 +234,11 @@ impl Link {
         if status.code() == tonic::Code::Unavailable {
             EngineError::WorkerLost {
                 worker: self.id,
-                reason: format!("unreachable at {}: {what}: {}", self.address, describe(status)),
+                reason: format!(
+                    "unreachable at {}: {what}: {}",
+                    self.address,
+                    describe(status)
+                ),
             }
         } else {
             self.error(format!("{what}: {}", describe(status)))

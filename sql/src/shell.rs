@@ -133,10 +133,15 @@ impl Shell {
     }
 
     fn run_piece(&mut self, piece: Piece) -> bool {
-        match piece {
+        let ok = match piece {
             Piece::Sql(sql) => self.run_sql(&sql),
             Piece::Command(c) => self.run_command(&c),
+        };
+        // A worker lost, and what it held rebuilt: one line each.
+        for notice in self.session.engine().take_notices() {
+            eprintln!("note: {notice}");
         }
+        ok
     }
 
     fn run_sql(&mut self, sql: &str) -> bool {

@@ -322,7 +322,8 @@ fn a_worker_joins_a_running_shell() {
 }
 
 /// `dirk cluster --local 2` replaces a worker process that dies: the dead one is declared lost
-/// at once, a new process joins in its place, and the statements after it run.
+/// at once, a new process joins in its place, the partitions it held are rebuilt (a line says
+/// so), and the statements after it run over every row.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_local_cluster_replaces_a_worker_process_that_dies() {
@@ -336,53 +337,60 @@ fn a_local_cluster_replaces_a_worker_process_that_dies() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (lines, stderr) = mpsc::channel();
-    let err = shell.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let wait_for = |what: &str| -> String {
+    let lines_of = |pipe: Box<dyn std::io::Read + Send>| {
+        let (lines, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        rx
+    };
+    let stderr = lines_of(Box::new(shell.stderr.take().unwrap()));
+    let stdout = lines_of(Box::new(shell.stdout.take().unwrap()));
+    let wait_for = |rx: &mpsc::Receiver<String>, what: &str| -> String {
         loop {
-            match stderr.recv_timeout(Duration::from_secs(60)) {
+            match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) if line.contains(what) => return line,
                 Ok(_) => continue,
-                Err(e) => panic!("no line with {what:?} on stderr: {e}"),
+                Err(e) => panic!("no line with {what:?}: {e}"),
             }
         }
     };
-    wait_for("started 2 local workers");
-    // The session is attached to both before one dies.
-    wait_for("attached");
+    wait_for(&stderr, "started 2 local workers");
+    // The session is attached to both; the script makes a table with partitions on both and
+    // runs a join of a few seconds, during which one worker dies.
+    wait_for(&stderr, "attached");
+    let mut stdin = shell.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"CREATE TABLE t AS SELECT value AS v FROM generate_series(1, 1000);\n\
+              CREATE TABLE u AS SELECT value AS v FROM generate_series(1, 100000);\n\
+              SELECT sum(a.v % 7 * (b.v % 5)) AS j FROM u a JOIN u b ON a.v % 10 = b.v % 10;\n\
+              SELECT sum(v) AS s FROM t;\n",
+        )
+        .unwrap();
+    drop(stdin);
+    std::thread::sleep(Duration::from_millis(1500));
     let workers = children_of(shell.id());
     assert_eq!(workers.len(), 2, "{workers:?}");
     Command::new("kill")
         .args(["-9", &workers[0].to_string()])
         .status()
         .unwrap();
-    let joined = wait_for("joined as worker 2");
+    let joined = wait_for(&stderr, "joined as worker 2");
     assert!(joined.contains("exited"), "{joined}");
-    shell
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"CREATE TABLE t AS SELECT value AS v FROM generate_series(1, 1000);\n\
-              SELECT sum(v) AS s FROM t;\n",
-        )
-        .unwrap();
-    let out = shell.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?}",
-        stderr.try_iter().collect::<Vec<_>>()
-    );
-    assert!(
-        text(&out.stdout).contains("s\n500500"),
-        "{}",
-        text(&out.stdout)
-    );
+    let status = shell.wait().unwrap();
+    let errors: Vec<String> = stderr.iter().collect();
+    assert!(status.success(), "{errors:?}");
+    let out: Vec<String> = stdout.iter().collect();
+    assert_eq!(out[out.len() - 2..], ["s", "500500"], "{out:?}");
+    let lost = errors.iter().find(|l| l.starts_with("note: worker 0 lost"));
+    assert!(lost.is_some(), "{errors:?}");
+    let rebuilt = errors
+        .iter()
+        .find(|l| l.starts_with("note: the chunks lost with worker 0 rebuilt"));
+    assert!(rebuilt.is_some(), "{errors:?}");
 }
 
 /// The processes whose parent is `pid`.

@@ -154,8 +154,18 @@ async fn statements_survive_killed_replaced_and_hung_workers() {
     for table in dirk_dtable::tpch::TABLES {
         let count = format!("SELECT count(*) FROM {table}");
         let got = try_dirk(&s, &count).await.unwrap();
-        let want = reference.sql(&count).await.unwrap().collect().await.unwrap();
-        assert_eq!(text_of(&got), text_of(&want), "seed {seed}: {table} at the end");
+        let want = reference
+            .sql(&count)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            text_of(&got),
+            text_of(&want),
+            "seed {seed}: {table} at the end"
+        );
     }
     eprintln!(
         "chaos: {rounds} rounds: {queries} queries and {mutations} mutations right, \

@@ -151,7 +151,7 @@ fn retried_and_recomputed(s: &Session) -> (usize, usize) {
     let recomputed = log
         .records
         .iter()
-        .filter(|r| r.name.starts_with("recompute"))
+        .filter(|r| r.name.starts_with(dirk_engine::RECOMPUTE_PREFIX))
         .count();
     (retried, recomputed)
 }
@@ -162,7 +162,10 @@ fn retried_and_recomputed(s: &Session) -> (usize, usize) {
 async fn the_session_goes_on_with_two_workers(s: &Session) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while s.engine().workers().len() != 2 {
-        assert!(Instant::now() < deadline, "the worker is never declared lost");
+        assert!(
+            Instant::now() < deadline,
+            "the worker is never declared lost"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let reference = crate::dtable::tpch::reference_at(0.01).await;
@@ -178,8 +181,18 @@ async fn the_session_goes_on_with_two_workers(s: &Session) {
         let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
         assert_same(&got, &want, false, sql);
     }
-    run_dirk(s, "UPDATE orders SET o_totalprice = 0 WHERE o_orderkey % 3 = 0", "update").await;
-    let got = run_dirk(s, "SELECT count(*) FROM orders WHERE o_totalprice = 0", "after").await;
+    run_dirk(
+        s,
+        "UPDATE orders SET o_totalprice = 0 WHERE o_orderkey % 3 = 0",
+        "update",
+    )
+    .await;
+    let got = run_dirk(
+        s,
+        "SELECT count(*) FROM orders WHERE o_totalprice = 0",
+        "after",
+    )
+    .await;
     let want = reference
         .sql("SELECT count(*) FROM orders WHERE o_orderkey % 3 = 0 OR o_totalprice = 0")
         .await
@@ -204,7 +217,10 @@ async fn a_worker_killed_mid_query_costs_time_not_the_answer() {
     let got = result.unwrap_or_else(|e| panic!("the query fails after {ran:?}: {e}"));
     assert_eq!(text_of(&got), long_query_answer().await);
     let (retried, recomputed) = retried_and_recomputed(&s);
-    assert!(retried + recomputed > 0, "the kill came after the query: make it longer");
+    assert!(
+        retried + recomputed > 0,
+        "the kill came after the query: make it longer"
+    );
     the_session_goes_on_with_two_workers(&s).await;
 }
 
@@ -336,6 +352,14 @@ async fn a_worker_killed_during_copy_leaves_all_or_nothing() {
     let back = reader.sql(&format!("{summary} out")).await.unwrap();
     let back = back.collect().await.unwrap();
     let reference = crate::dtable::tpch::reference_at(0.01).await;
-    let want = reference.sql(&format!("{summary} ({query})")).await.unwrap();
-    assert_same(&back, &want.collect().await.unwrap(), false, "every row once");
+    let want = reference
+        .sql(&format!("{summary} ({query})"))
+        .await
+        .unwrap();
+    assert_same(
+        &back,
+        &want.collect().await.unwrap(),
+        false,
+        "every row once",
+    );
 }

@@ -62,11 +62,21 @@ impl Scheduler {
                 self.aliases.remove(&e.stored);
             }
             by_owner.entry(e.meta.owner).or_default().push(e.stored);
-            // A replica goes with its chunk.
-            if let Some(r) = e.replica.and_then(|r| self.chunks.remove(&r)) {
-                by_owner.entry(r.meta.owner).or_default().push(r.stored);
-            }
+            // The replica stays while the lineage of a live chunk reads what was put (a table
+            // made from this one may have to be made again from it).
+            self.replicas_kept.extend(e.replica);
         }
+        let mut kept = std::mem::take(&mut self.replicas_kept);
+        kept.retain(|r| match self.chunks.get(r) {
+            Some(e) if Arc::strong_count(&e.made) == 1 => {
+                by_owner.entry(e.meta.owner).or_default().push(e.stored);
+                self.chunks.remove(r);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        self.replicas_kept = kept;
         for (owner, ids) in by_owner {
             if let Some(w) = self.workers.get(&owner).filter(|w| w.alive) {
                 w.worker.free_chunks(&ids);

@@ -168,7 +168,7 @@ impl Scheduler {
                 self.make_ready(id);
             }
         }
-        self.rebuild_lost(lost);
+        self.rebuild_lost(worker, reason, lost);
     }
 }
 

@@ -4,12 +4,12 @@
 
 use crate::chunk::ChunkMeta;
 use crate::datadeps::{DataDeps, DataKey};
+use crate::error::ErrorKind;
 use crate::error::{EngineError, Result};
 use crate::eventlog::{now_us, EventLog, TaskRecord, TaskStatus};
 use crate::ids::{ChunkId, IdBuildHasher, IdMap, TaskId, WorkerId};
 use crate::placement::{self, CostModel, InputSite, ProcessorLoad, StealCandidate};
 use crate::scope::{ProcessorId, Scope};
-use crate::error::ErrorKind;
 use crate::task::{Access, Arg, ArgSource, TaskOutput, TaskSlot};
 use crate::worker::{InputSpec, ReportSink, TaskAssignment, TaskReport, WorkerRef};
 use crossbeam_channel::{Receiver, Sender};
@@ -29,7 +29,8 @@ mod runtimes;
 pub(crate) use admission::Admission;
 use failure::{name_failure, upstream};
 pub(crate) use recovery::Made;
-use recovery::{Recipe, Restore};
+pub use recovery::{Notice, RECOMPUTE_PREFIX};
+use recovery::{Rebuild, Recipe, Restore};
 pub use retry::RetryPolicy;
 use runtimes::RunTimes;
 
@@ -111,7 +112,10 @@ pub(crate) enum Event {
     Finished(Box<TaskReport>),
     Cancel(TaskId),
     WorkerAdded(WorkerRef),
-    WorkerLost { worker: WorkerId, reason: String },
+    WorkerLost {
+        worker: WorkerId,
+        reason: String,
+    },
     ChunkAdded {
         meta: ChunkMeta,
         pinned: bool,
@@ -196,6 +200,14 @@ pub(crate) struct Scheduler {
     /// Whether a worker was ever lost: until then no input can be lost, and ready tasks skip
     /// the check.
     losses_seen: bool,
+    /// The rebuilds of what lost workers held, and the worker each chunk being rebuilt was
+    /// lost with.
+    rebuilds: IdMap<WorkerId, Rebuild>,
+    rebuilding_from: IdMap<ChunkId, WorkerId>,
+    /// Replicas whose chunk was freed, kept while some lineage reads what they hold.
+    replicas_kept: Vec<ChunkId>,
+    /// What users should hear of, until they take it.
+    notices: Arc<Mutex<Vec<Notice>>>,
     /// Callers waiting to locate a chunk that is being rebuilt.
     locate_waiters: IdMap<ChunkId, Vec<Sender<Result<ChunkEntry>>>>,
     /// Tasks waiting out a retry's backoff, soonest first.
@@ -219,6 +231,7 @@ impl Scheduler {
         admission: Arc<Admission>,
         retry: RetryPolicy,
         next_task: Arc<AtomicU64>,
+        notices: Arc<Mutex<Vec<Notice>>>,
     ) -> Self {
         Scheduler {
             events,
@@ -241,6 +254,10 @@ impl Scheduler {
             next_task,
             locate_waiters: Default::default(),
             losses_seen: false,
+            rebuilds: Default::default(),
+            replicas_kept: Vec::new(),
+            rebuilding_from: Default::default(),
+            notices,
         }
     }
 
@@ -587,10 +604,8 @@ impl Scheduler {
                 }
                 for (i, m) in done.outputs.iter().enumerate() {
                     let made = Arc::new(Made::Output(recipe.clone(), i as u32));
-                    self.chunks.insert(
-                        m.id,
-                        ChunkEntry::new(m.clone(), false, lineage(), made),
-                    );
+                    self.chunks
+                        .insert(m.id, ChunkEntry::new(m.clone(), false, lineage(), made));
                 }
                 if t.cancel_requested {
                     // Nobody will read the outputs of a cancelled task.

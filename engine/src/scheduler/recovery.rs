@@ -14,6 +14,75 @@
 
 use super::*;
 
+/// What a user of a cluster should hear of: a worker lost, and what it held rebuilt
+/// ([`crate::Context::take_notices`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A worker was declared lost, holding `chunks` chunks.
+    WorkerLost {
+        /// The worker.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+        /// The chunks it held.
+        chunks: usize,
+    },
+    /// Every chunk lost with `worker` has been rebuilt elsewhere, but `failed`.
+    Rebuilt {
+        /// The lost worker.
+        worker: WorkerId,
+        /// The chunks rebuilt (from lineage or from replicas).
+        chunks: usize,
+        /// The chunks nothing could rebuild.
+        failed: usize,
+        /// From the loss to the last rebuild.
+        took: std::time::Duration,
+    },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::WorkerLost {
+                worker,
+                reason,
+                chunks,
+            } => write!(
+                f,
+                "{worker} lost ({reason}); rebuilding the {chunks} chunks it held"
+            ),
+            Notice::Rebuilt {
+                worker,
+                chunks,
+                failed,
+                took,
+            } => {
+                write!(
+                    f,
+                    "the chunks lost with {worker} rebuilt: {chunks} in {:.1} s",
+                    took.as_secs_f64()
+                )?;
+                if *failed > 0 {
+                    write!(f, "; {failed} could not be (put without a replica)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The rebuild of what one lost worker held.
+pub(crate) struct Rebuild {
+    started: std::time::Instant,
+    pending: std::collections::HashSet<ChunkId, IdBuildHasher>,
+    done: usize,
+    failed: usize,
+}
+
+/// How the label of every task that rebuilds a lost chunk begins (in the event log, traces and
+/// `EXPLAIN ANALYZE`).
+pub const RECOMPUTE_PREFIX: &str = "recompute: ";
+
 /// What a chunk's current contents were made from: what recovery runs again.
 pub(crate) enum Made {
     /// Put into a store by the caller.
@@ -188,7 +257,7 @@ impl Scheduler {
                     Arc::from(crate::kernel::COPY_KERNEL),
                     Arc::from(&[][..]),
                     Scope::any(),
-                    Some(Arc::from("recompute: copy")),
+                    Some(Arc::from(format!("{RECOMPUTE_PREFIX}copy"))),
                     None,
                     vec![Arg::chunk(c, Access::Read)],
                 )?;
@@ -244,7 +313,7 @@ impl Scheduler {
         }
         let sources = args.iter().map(|a| a.source.clone()).collect();
         let label = format!(
-            "recompute: {}",
+            "{RECOMPUTE_PREFIX}{}",
             recipe.label.as_deref().unwrap_or(&recipe.kernel)
         );
         let (task, slot) = self.submit_internal(
@@ -310,7 +379,12 @@ impl Scheduler {
 
 impl Scheduler {
     /// The caller put a chunk (and perhaps a replica of it on another worker).
-    pub(super) fn chunk_added(&mut self, meta: ChunkMeta, pinned: bool, replica: Option<ChunkMeta>) {
+    pub(super) fn chunk_added(
+        &mut self,
+        meta: ChunkMeta,
+        pinned: bool,
+        replica: Option<ChunkMeta>,
+    ) {
         let made = Arc::new(Made::Put);
         let id = meta.id;
         let mut entry = ChunkEntry::new(meta, pinned, Lineage::Put, made.clone());
@@ -387,7 +461,13 @@ impl Scheduler {
     /// Starts rebuilding the chunks lost with a worker, in the background: queries that need
     /// them wait for the rebuilds. Replicas lost are dropped; what cannot be rebuilt stays lost
     /// and fails whatever reads it.
-    pub(super) fn rebuild_lost(&mut self, lost: Vec<ChunkId>) {
+    pub(super) fn rebuild_lost(&mut self, worker: WorkerId, reason: String, lost: Vec<ChunkId>) {
+        let mut rebuild = Rebuild {
+            started: std::time::Instant::now(),
+            pending: Default::default(),
+            done: 0,
+            failed: 0,
+        };
         for c in lost {
             let Some(e) = self.chunks.get(&c) else {
                 continue;
@@ -399,8 +479,66 @@ impl Scheduler {
                 }
                 continue;
             }
-            let _ = self.recover(c);
+            match self.recover(c) {
+                Ok(Some(_)) => {
+                    rebuild.pending.insert(c);
+                    self.rebuilding_from.insert(c, worker);
+                }
+                Ok(None) => rebuild.done += 1,
+                Err(_) => rebuild.failed += 1,
+            }
         }
+        self.notify(Notice::WorkerLost {
+            worker,
+            reason,
+            chunks: rebuild.pending.len() + rebuild.done + rebuild.failed,
+        });
+        self.rebuilds.insert(worker, rebuild);
+        self.rebuild_progress(worker);
+    }
+
+    /// Chunk `c`'s rebuild ended (`ok`: it is back): one step of its worker's rebuild.
+    fn rebuild_ended(&mut self, c: ChunkId, ok: bool) {
+        let Some(worker) = self.rebuilding_from.remove(&c) else {
+            return;
+        };
+        if let Some(r) = self.rebuilds.get_mut(&worker) {
+            if r.pending.remove(&c) {
+                if ok {
+                    r.done += 1;
+                } else {
+                    r.failed += 1;
+                }
+            }
+        }
+        self.rebuild_progress(worker);
+    }
+
+    fn rebuild_progress(&mut self, worker: WorkerId) {
+        if self
+            .rebuilds
+            .get(&worker)
+            .is_some_and(|r| r.pending.is_empty())
+        {
+            let r = self.rebuilds.remove(&worker).expect("just seen");
+            if r.done + r.failed > 0 {
+                self.notify(Notice::Rebuilt {
+                    worker,
+                    chunks: r.done,
+                    failed: r.failed,
+                    took: r.started.elapsed(),
+                });
+            }
+        }
+    }
+
+    fn notify(&self, notice: Notice) {
+        let mut notices = self.notices.lock();
+        // Nobody may be reading them: the oldest go first.
+        if notices.len() >= 1000 {
+            notices.remove(0);
+        }
+        notices.push(notice);
     }
 
     /// Chunk `c` is from now on the chunk held as `held` (a replica, or what a rebuild made):
@@ -414,6 +552,7 @@ impl Scheduler {
             if let Some(w) = self.workers.get(&h.meta.owner).filter(|w| w.alive) {
                 w.worker.free_chunks(&[h.stored]);
             }
+            self.rebuild_ended(c, true);
             return;
         };
         if e.stored != c {
@@ -430,6 +569,7 @@ impl Scheduler {
             self.aliases.insert(h.stored, c);
         }
         self.answer_locates(c);
+        self.rebuild_ended(c, true);
     }
 
     /// A lost chunk that was put by the caller comes back as its replica.
@@ -479,5 +619,6 @@ impl Scheduler {
             e.recovering = None;
         }
         self.answer_locates(c);
+        self.rebuild_ended(c, false);
     }
 }

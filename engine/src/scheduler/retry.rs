@@ -75,7 +75,11 @@ impl Scheduler {
                 break;
             }
             self.retry_at.pop();
-            if self.tasks.get(&id).is_some_and(|t| t.phase == Phase::Waiting) {
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.phase == Phase::Waiting)
+            {
                 self.make_ready(id);
             }
         }

@@ -2,7 +2,7 @@
 //! written in place by replaying the writes, chunks the caller put from their replicas.
 
 use super::common::{register, value_chunk, value_of};
-use dirk_engine::{Arg, ChunkRef, Context, EngineError, Scope, TaskOptions, WorkerId};
+use dirk_engine::{Arg, ChunkRef, Context, EngineError, Notice, Scope, TaskOptions, WorkerId};
 
 fn context(workers: usize, replicate_puts: bool) -> Context {
     let ctx = Context::builder()
@@ -27,16 +27,20 @@ fn add(ctx: &Context, inputs: &[&ChunkRef], k: i64, worker: u32) -> ChunkRef {
 /// `c := a * c + b * other` in place, on `worker`.
 fn affine(ctx: &Context, c: &ChunkRef, other: &ChunkRef, [a, b]: [i64; 2], worker: u32) {
     let options = on(worker).params_json(&[a, b]).unwrap();
-    ctx.spawn("affine", vec![Arg::read_write(c), Arg::read(other)], options)
-        .wait()
-        .unwrap();
+    ctx.spawn(
+        "affine",
+        vec![Arg::read_write(c), Arg::read(other)],
+        options,
+    )
+    .wait()
+    .unwrap();
 }
 
 fn recomputed(ctx: &Context) -> usize {
     ctx.event_log()
         .records
         .iter()
-        .filter(|r| r.name.starts_with("recompute"))
+        .filter(|r| r.name.starts_with(dirk_engine::RECOMPUTE_PREFIX))
         .count()
 }
 
@@ -75,11 +79,15 @@ fn a_chunk_written_in_place_is_rebuilt_by_replaying_its_writes() {
     let c = add(&ctx, &[&x], 0, 1); // 3
     affine(&ctx, &c, &x, [2, 1], 1); // 2*3 + 3 = 9
     affine(&ctx, &c, &x, [10, 0], 1); // 90
-    // x changes after those writes; the rebuild must read it as it was (3).
+                                      // x changes after those writes; the rebuild must read it as it was (3).
     affine(&ctx, &x, &x0, [0, -1], 0); // x := -3
     ctx.remove_worker(WorkerId(1), "killed by test").unwrap();
     assert_eq!(value_of(&ctx.fetch(&c).unwrap()), 90);
-    assert_eq!(recomputed(&ctx), 4, "x as it was (once), the add, both writes");
+    assert_eq!(
+        recomputed(&ctx),
+        4,
+        "x as it was (once), the add, both writes"
+    );
     let owner = ctx.locate(&c).unwrap().meta.owner;
     assert_ne!(owner, WorkerId(1));
 
@@ -115,6 +123,41 @@ fn a_chunk_put_by_the_caller_comes_back_from_its_replica() {
     ctx.remove_worker(WorkerId(1), "killed by test").unwrap();
     let e = ctx.fetch(&lone).unwrap_err();
     assert_eq!(e.to_string(), format!("{} was lost with worker 1", lone.id));
+    let rebuilt = ctx.take_notices().pop().unwrap();
+    assert!(
+        matches!(
+            rebuilt,
+            Notice::Rebuilt {
+                chunks: 0,
+                failed: 1,
+                ..
+            }
+        ),
+        "{rebuilt}"
+    );
+    assert!(rebuilt.to_string().contains("1 could not be"), "{rebuilt}");
+}
+
+/// A table made from data the caller put and then freed (a `CREATE TABLE AS` over `VALUES`)
+/// is rebuilt from the replica, kept as long as the lineage of a live chunk reads it.
+#[test]
+fn a_replica_outlives_its_chunk_while_lineage_reads_it() {
+    let ctx = context(3, true);
+    let x = ctx.put_on(WorkerId(0), value_chunk(4), false).unwrap();
+    let y = add(&ctx, &[&x], 1, 2);
+    ctx.free(std::slice::from_ref(&x)).unwrap();
+    ctx.wait_idle().unwrap();
+    let held = |ctx: &Context| -> usize { ctx.worker_status().iter().map(|w| w.chunks).sum() };
+    assert_eq!(held(&ctx), 2, "y, and x's replica");
+    ctx.remove_worker(WorkerId(2), "killed by test").unwrap();
+    assert_eq!(value_of(&ctx.fetch(&y).unwrap()), 5);
+    ctx.free(&[y]).unwrap();
+    ctx.wait_idle().unwrap();
+    assert_eq!(
+        held(&ctx),
+        0,
+        "the replica goes with the last lineage that read it"
+    );
 }
 
 /// Lost chunks are rebuilt when the loss is seen, before anyone asks for them; a task that
@@ -137,4 +180,20 @@ fn lost_chunks_are_rebuilt_in_the_background_and_readers_wait_for_them() {
         assert!(!e.lost && e.meta.owner == WorkerId(0), "{e:?}");
     }
     assert_eq!(recomputed(&ctx), 4);
+    // One line for the loss, one for the rebuild.
+    let notices = ctx.take_notices();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(
+        matches!(&notices[0], Notice::WorkerLost { worker, chunks: 4, reason }
+            if *worker == WorkerId(1) && reason == "killed by test"),
+        "{}",
+        notices[0]
+    );
+    assert!(
+        matches!(&notices[1], Notice::Rebuilt { worker, chunks: 4, failed: 0, .. }
+            if *worker == WorkerId(1)),
+        "{}",
+        notices[1]
+    );
+    assert!(ctx.take_notices().is_empty(), "taken");
 }

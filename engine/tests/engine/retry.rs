@@ -4,8 +4,8 @@
 use super::common::{register, value_chunk, value_of};
 use dirk_engine::{
     Access, Arg, Chunk, ChunkId, ChunkMeta, Context, EngineError, FnKernel, InProcessWorker,
-    PendingChunk, ProcessorKind, ReportSink, Result, RetryPolicy, Scope, TaskAssignment,
-    TaskId, TaskOptions, TaskStatus, Worker, WorkerId, WorkerStatus,
+    PendingChunk, ProcessorKind, ReportSink, Result, RetryPolicy, Scope, TaskAssignment, TaskId,
+    TaskOptions, TaskStatus, Worker, WorkerId, WorkerStatus,
 };
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,11 +68,19 @@ fn on_workers_1_or_2(params: &impl serde::Serialize) -> TaskOptions {
 fn a_task_whose_worker_is_lost_runs_again_elsewhere_and_the_lost_attempt_is_refused() {
     let (ctx, started) = context(3, RetryPolicy::default());
     let input = ctx.put_on(WorkerId(0), value_chunk(7), false).unwrap();
-    let h = ctx.spawn("slow_copy", vec![Arg::read(&input)], on_workers_1_or_2(&[300]));
+    let h = ctx.spawn(
+        "slow_copy",
+        vec![Arg::read(&input)],
+        on_workers_1_or_2(&[300]),
+    );
     let lost = first_start(&started);
     ctx.remove_worker(lost, "killed by test").unwrap();
     let out = h.wait().expect("the task runs again").chunks[0].clone();
-    let survivor = if lost == WorkerId(1) { WorkerId(2) } else { WorkerId(1) };
+    let survivor = if lost == WorkerId(1) {
+        WorkerId(2)
+    } else {
+        WorkerId(1)
+    };
     assert_eq!(*started.lock(), vec![lost, survivor]);
     assert_eq!(ctx.locate(&out).unwrap().meta.owner, survivor);
     assert_eq!(value_of(&ctx.fetch(&out).unwrap()), 7);
@@ -98,7 +106,11 @@ fn a_task_whose_worker_is_lost_runs_again_elsewhere_and_the_lost_attempt_is_refu
 fn a_task_that_writes_in_place_runs_again_over_the_chunk_as_it_was() {
     let (ctx, started) = context(3, RetryPolicy::default());
     let c = ctx.put_on(WorkerId(0), value_chunk(5), false).unwrap();
-    let h = ctx.spawn("slow_double", vec![Arg::read_write(&c)], on_workers_1_or_2(&[300]));
+    let h = ctx.spawn(
+        "slow_double",
+        vec![Arg::read_write(&c)],
+        on_workers_1_or_2(&[300]),
+    );
     let lost = first_start(&started);
     ctx.remove_worker(lost, "killed by test").unwrap();
     h.wait().expect("the write runs again");
@@ -126,7 +138,10 @@ fn one_attempt_never_retries() {
         let h = ctx.spawn("slow_copy", vec![Arg::read(&input)], options);
         let lost = first_start(&started);
         ctx.remove_worker(lost, "killed by test").unwrap();
-        assert!(matches!(h.wait(), Err(EngineError::WorkerLost { .. })), "once: {once}");
+        assert!(
+            matches!(h.wait(), Err(EngineError::WorkerLost { .. })),
+            "once: {once}"
+        );
     }
 }
 
