@@ -8,6 +8,7 @@
 //! cargo run --release -p dirk-benches -- mutation [--rows 50000000] [--json out.jsonl]
 //! cargo run --release -p dirk-benches -- flight [--big-mib 1024] [--small 1000] [--runs 3]
 //! cargo run --release -p dirk-benches -- gpu [--rows 100000000] [--emulate]
+//! cargo run --release -p dirk-benches -- failover --scale 1 [--workers 3] [--queries 1,6]
 //! ```
 
 /// Dirk's binaries use mimalloc: tasks allocate on one thread and free on another, where it is
@@ -18,6 +19,7 @@ static GLOBAL: alloc::Counting = alloc::Counting;
 mod alloc;
 #[path = "../../sql/src/allocator.rs"]
 mod allocator;
+mod failover;
 mod flight;
 mod gpu;
 mod mutation;
@@ -50,6 +52,8 @@ enum Suite {
     Mutation(mutation::Args),
     /// Chunk transfer between two workers over Arrow Flight on loopback.
     Flight(flight::Args),
+    /// TPC-H on worker processes, each query as is and with a worker killed halfway through.
+    Failover(failover::Args),
     /// Filter + SUM and grouped aggregation on GPU-resident data against DataFusion on all
     /// cores, with the device's copy bandwidth as the ceiling.
     Gpu(gpu::Args),
@@ -74,6 +78,7 @@ fn main() {
         Suite::Mutation(args) => mutation::run(&args, &mut report),
         Suite::Flight(args) => flight::run(&args, &mut report),
         Suite::Gpu(args) => gpu::run(&args, &mut report),
+        Suite::Failover(args) => failover::run(&args, &mut report),
     };
     if let Err(e) = result.and_then(|_| report.finish()) {
         eprintln!("error: {e}");

@@ -9,6 +9,7 @@
 //! hold them, never through the driver. See [`protocol`] for the messages.
 
 mod client;
+mod clock;
 mod local;
 pub mod protocol;
 mod server;

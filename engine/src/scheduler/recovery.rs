@@ -133,8 +133,10 @@ impl Drop for Recipe {
 }
 
 /// The tasks of one rebuild, as they are submitted.
-#[derive(Default)]
 struct Plan {
+    /// The chunks not lost, by the address of their contents' `Made` (taken when the rebuild
+    /// starts: submitting its tasks changes no entry).
+    live: HashMap<usize, Vec<ChunkId>>,
     /// Every task's slot, in submission order.
     slots: Vec<Arc<TaskSlot>>,
     /// Contents made (or found) once for readers, by address: read again, not made again.
@@ -175,14 +177,19 @@ impl Scheduler {
         let made = entry.made.clone();
         if let Made::Put = *made {
             // A replica holding the same contents takes its place without running anything.
-            let replica = self.live_version(&made).ok_or(EngineError::ChunkLost {
+            let replica = self.live_version(&self.live_index(), &made);
+            let replica = replica.ok_or(EngineError::ChunkLost {
                 chunk: c,
                 worker: entry.meta.owner,
             })?;
             self.promote(c, replica);
             return Ok(None);
         }
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            live: self.live_index(),
+            slots: Vec::new(),
+            read: HashMap::new(),
+        };
         let (task, from) = match &*made {
             Made::Output(recipe, i) => {
                 let (task, _, _) = self.rerun(recipe, &mut plan)?;
@@ -211,15 +218,28 @@ impl Scheduler {
 
     /// A chunk that holds contents `made` now, is not lost, and that no unfinished task will
     /// write first (a reader submitted now would read after that write).
-    fn live_version(&self, made: &Arc<Made>) -> Option<ChunkId> {
-        self.chunks
+    fn live_version(
+        &self,
+        live: &HashMap<usize, Vec<ChunkId>>,
+        made: &Arc<Made>,
+    ) -> Option<ChunkId> {
+        live.get(&(Arc::as_ptr(made) as usize))?
             .iter()
-            .find(|(id, e)| {
-                !e.lost
-                    && Arc::ptr_eq(&e.made, made)
-                    && self.deps.pending_writer(DataKey::Chunk(**id)).is_none()
-            })
-            .map(|(id, _)| *id)
+            .copied()
+            .find(|id| self.deps.pending_writer(DataKey::Chunk(*id)).is_none())
+    }
+
+    /// The chunks not lost, by the address of their contents.
+    fn live_index(&self) -> HashMap<usize, Vec<ChunkId>> {
+        let mut live: HashMap<usize, Vec<ChunkId>> = HashMap::new();
+        for (id, e) in &self.chunks {
+            if !e.lost {
+                live.entry(Arc::as_ptr(&e.made) as usize)
+                    .or_default()
+                    .push(*id);
+            }
+        }
+        live
     }
 
     /// Submits the tasks that make contents `made` again and says where they will be. A
@@ -249,7 +269,7 @@ impl Scheduler {
         private: bool,
         plan: &mut Plan,
     ) -> Result<ArgSource> {
-        let live = self.live_version(made);
+        let live = self.live_version(&plan.live, made);
         match (&**made, live) {
             (_, Some(c)) if !private => Ok(ArgSource::Chunk(c)),
             (_, Some(c)) => {
