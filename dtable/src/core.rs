@@ -14,8 +14,10 @@ use arrow::datatypes::SchemaRef;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
-use dirk_engine::{Chunk, ChunkRef, Context, Worker, WorkerId};
+use dirk_engine::{Chunk, ChunkRef, Context, Notice, Worker, WorkerId};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Planner options Dirk keeps off: each assumes the partitions of a plan share memory in one
 /// process (see `SessionBuilder::build`). `SET` cannot turn them on.
@@ -54,6 +56,64 @@ pub(crate) struct SessionCore {
 pub(crate) struct Cluster {
     pub(crate) options: dirk_flight::ClientOptions,
     pub(crate) workers: tokio::sync::Mutex<Vec<Arc<dirk_flight::RemoteWorker>>>,
+}
+
+/// How long a lost worker process is watched for, and how often: one that answers again (it
+/// hung, or the network was cut) joins again as a new worker, with nothing of its old
+/// attachment (the process drops that after a minute without the driver's heartbeat).
+const REJOIN_WINDOW: Duration = Duration::from_secs(600);
+const REJOIN_POLL: Duration = Duration::from_secs(2);
+
+/// Watches the worker processes of `core`'s cluster while the session lives (see
+/// [`REJOIN_WINDOW`]).
+pub(crate) fn watch_lost_workers(core: &Arc<SessionCore>) {
+    if core.cluster.is_none() {
+        return;
+    }
+    let weak = Arc::downgrade(core);
+    let watch = move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let mut lost_since: HashMap<String, Instant> = HashMap::new();
+        loop {
+            std::thread::sleep(REJOIN_POLL);
+            let Some(core) = weak.upgrade() else {
+                return;
+            };
+            let Some(cluster) = &core.cluster else {
+                return;
+            };
+            let live = core.engine.workers();
+            let (gone, here): (Vec<_>, Vec<_>) = rt
+                .block_on(cluster.workers.lock())
+                .iter()
+                .map(|w| (w.id(), w.address().to_string()))
+                .partition(|(id, _)| !live.contains(id));
+            for (was, address) in gone {
+                let since = *lost_since
+                    .entry(address.clone())
+                    .or_insert_with(Instant::now);
+                if here.iter().any(|(_, a)| *a == address) || since.elapsed() > REJOIN_WINDOW {
+                    continue;
+                }
+                if let Ok(worker) = rt.block_on(core.add_worker(&address)) {
+                    lost_since.remove(&address);
+                    core.engine.post_notice(Notice::Rejoined {
+                        worker,
+                        was,
+                        address,
+                    });
+                }
+            }
+        }
+    };
+    let _ = std::thread::Builder::new()
+        .name("dirk-rejoin".into())
+        .spawn(watch);
 }
 
 impl SessionCore {

@@ -37,9 +37,9 @@ impl Session {
     }
 
     pub(crate) fn assemble(core: SessionCore) -> Session {
-        Session {
-            core: Arc::new(core),
-        }
+        let core = Arc::new(core);
+        crate::core::watch_lost_workers(&core);
+        Session { core }
     }
 
     /// A builder with the defaults.

@@ -8,7 +8,7 @@ use crate::ids::{ChunkId, TaskId, WorkerId};
 use crate::kernel::{KernelRef, KernelRegistry};
 use crate::placement::CostModel;
 use crate::scheduler::RetryPolicy;
-use crate::scheduler::{Admission, ChunkEntry, Event, Scheduler, Submission};
+use crate::scheduler::{Admission, ChunkEntry, Event, Scheduler, SchedulerLinks, Submission};
 use crate::scope::ProcessorKind;
 use crate::task::{Arg, TaskHandle, TaskOptions, TaskSlot};
 use crate::worker::{InProcessWorker, PeerDirectory, ReportSink, WorkerRef, WorkerStatus};
@@ -196,15 +196,18 @@ impl ContextBuilder {
         let admission = Arc::new(Admission::new(self.max_outstanding));
         let next_task = Arc::new(AtomicU64::new(0));
         let notices = Arc::new(Mutex::new(Vec::new()));
+        let links = SchedulerLinks {
+            log: log.clone(),
+            admission: admission.clone(),
+            next_task: next_task.clone(),
+            notices: notices.clone(),
+        };
         let sched = Scheduler::new(
             rx,
             ReportSink::new(tx.clone(), peers.clone()),
+            links,
             self.cost_model,
-            log.clone(),
-            admission.clone(),
             self.retry,
-            next_task.clone(),
-            notices.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("dirk-scheduler".into())
@@ -434,6 +437,12 @@ impl Context {
     /// rebuilds of what they held.
     pub fn take_notices(&self) -> Vec<crate::scheduler::Notice> {
         std::mem::take(&mut *self.shared.notices.lock())
+    }
+
+    /// Adds a notice for [`Context::take_notices`] (from a layer above the engine that saw
+    /// something users should hear of).
+    pub fn post_notice(&self, notice: crate::scheduler::Notice) {
+        crate::scheduler::push_notice(&self.shared.notices, notice);
     }
 
     /// A copy of the event log.

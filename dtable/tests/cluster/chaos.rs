@@ -99,7 +99,7 @@ async fn statements_survive_killed_replaced_and_hung_workers() {
     s.load_tpch(0.01).await.unwrap();
     let reference = crate::dtable::tpch::reference_at(0.01).await;
     let (mut kills, mut hangs, mut queries, mut mutations) = (0, 0, 0, 0);
-    let mut worst = Duration::ZERO;
+    let (mut slowest, mut worst_slowdown) = (Duration::ZERO, 0.0f64);
     for round in 0..rounds {
         let stmt = statement(&mut rng, round);
         let sql = match &stmt {
@@ -133,12 +133,18 @@ async fn statements_survive_killed_replaced_and_hung_workers() {
             .unwrap_or_else(|_| panic!("{what}: hangs"))
             .unwrap()
             .unwrap_or_else(|e| panic!("{what}: fails: {e}"));
-        worst = worst.max(started.elapsed());
+        let took = started.elapsed();
+        slowest = slowest.max(took);
         match stmt {
             Statement::Query(q) => {
                 queries += 1;
                 let want = reference.sql(q).await.unwrap().collect().await.unwrap();
                 assert_same(&got, &want, true, &what);
+                // What the faults cost it: the same query again, without them.
+                let again = Instant::now();
+                try_dirk(&s, q).await.unwrap();
+                worst_slowdown =
+                    worst_slowdown.max(took.as_secs_f64() / again.elapsed().as_secs_f64());
             }
             Statement::Mutation(_, redo, check) => {
                 mutations += 1;
@@ -169,6 +175,7 @@ async fn statements_survive_killed_replaced_and_hung_workers() {
     }
     eprintln!(
         "chaos: {rounds} rounds: {queries} queries and {mutations} mutations right, \
-         {kills} workers killed and replaced, {hangs} hung for 1.5 s; slowest statement {worst:?}"
+         {kills} workers killed and replaced, {hangs} hung for 1.5 s; slowest statement \
+         {slowest:?}, worst slowdown of a query {worst_slowdown:.1}x"
     );
 }

@@ -156,15 +156,16 @@ fn retried_and_recomputed(s: &Session) -> (usize, usize) {
     (retried, recomputed)
 }
 
-/// After a worker was lost: the session has the two others, `orders` (a third of whose
-/// partitions were on the lost worker) was rebuilt and reads as DataFusion's, and a new table
-/// and a mutation work.
-async fn the_session_goes_on_with_two_workers(s: &Session) {
+/// After a worker was lost: the session has `workers` workers, `orders` (a third of whose
+/// partitions were on the lost worker) was rebuilt and reads as DataFusion's, and a mutation
+/// works.
+async fn the_session_goes_on(s: &Session, workers: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while s.engine().workers().len() != 2 {
+    while s.engine().workers().len() != workers {
         assert!(
             Instant::now() < deadline,
-            "the worker is never declared lost"
+            "{:?}, not {workers} workers",
+            s.engine().workers()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -221,12 +222,12 @@ async fn a_worker_killed_mid_query_costs_time_not_the_answer() {
         retried + recomputed > 0,
         "the kill came after the query: make it longer"
     );
-    the_session_goes_on_with_two_workers(&s).await;
+    the_session_goes_on(&s, 2).await;
 }
 
 /// A worker that stops answering without closing its connections (SIGSTOP: a hung machine) is
 /// declared lost by the heartbeat and handled as a dead one; when it answers again, what it
-/// reports about the tasks taken from it is refused.
+/// reports about the tasks taken from it is refused, and it rejoins as a new worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_worker_is_declared_lost_and_its_work_done_elsewhere() {
     let (mut workers, s, query) = a_long_query_on_three_workers().await;
@@ -238,7 +239,14 @@ async fn a_hung_worker_is_declared_lost_and_its_work_done_elsewhere() {
     let got = result.unwrap_or_else(|e| panic!("the query fails after {ran:?}: {e}"));
     assert_eq!(text_of(&got), long_query_answer().await);
     workers.resume(1);
-    the_session_goes_on_with_two_workers(&s).await;
+    the_session_goes_on(&s, 3).await;
+    let notices = s.engine().take_notices();
+    assert!(
+        notices.iter().any(|n| matches!(n,
+            dirk_engine::Notice::Rejoined { was, worker, .. }
+                if *was == WorkerId(1) && *worker == WorkerId(3))),
+        "{notices:?}"
+    );
 }
 
 /// A running session takes one more worker process: the first worker and it learn of each

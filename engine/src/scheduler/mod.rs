@@ -28,6 +28,7 @@ mod runtimes;
 
 pub(crate) use admission::Admission;
 use failure::{name_failure, upstream};
+pub(crate) use recovery::push_notice;
 pub(crate) use recovery::Made;
 pub use recovery::{Notice, RECOMPUTE_PREFIX};
 use recovery::{Rebuild, Recipe, Restore};
@@ -222,17 +223,29 @@ const STEAL_LOOKAHEAD: usize = 8;
 /// with the scheduler, where it can still be placed or stolen.
 const PREFETCH_PER_SLOT: usize = 4;
 
+/// What the scheduler shares with its context.
+pub(crate) struct SchedulerLinks {
+    pub(crate) log: Arc<EventLog>,
+    pub(crate) admission: Arc<Admission>,
+    /// Task ids: the scheduler's own tasks (rebuilds) take theirs from the same counter.
+    pub(crate) next_task: Arc<AtomicU64>,
+    pub(crate) notices: Arc<Mutex<Vec<Notice>>>,
+}
+
 impl Scheduler {
     pub(crate) fn new(
         events: Receiver<Event>,
         sink: ReportSink,
+        links: SchedulerLinks,
         model: CostModel,
-        log: Arc<EventLog>,
-        admission: Arc<Admission>,
         retry: RetryPolicy,
-        next_task: Arc<AtomicU64>,
-        notices: Arc<Mutex<Vec<Notice>>>,
     ) -> Self {
+        let SchedulerLinks {
+            log,
+            admission,
+            next_task,
+            notices,
+        } = links;
         Scheduler {
             events,
             sink,

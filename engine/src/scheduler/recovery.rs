@@ -27,6 +27,15 @@ pub enum Notice {
         /// The chunks it held.
         chunks: usize,
     },
+    /// A worker declared lost answered again and joined anew.
+    Rejoined {
+        /// Its new id.
+        worker: WorkerId,
+        /// The id it was lost as.
+        was: WorkerId,
+        /// Where it listens.
+        address: String,
+    },
     /// Every chunk lost with `worker` has been rebuilt elsewhere, but `failed`.
     Rebuilt {
         /// The lost worker.
@@ -51,6 +60,14 @@ impl std::fmt::Display for Notice {
                 f,
                 "{worker} lost ({reason}); rebuilding the {chunks} chunks it held"
             ),
+            Notice::Rejoined {
+                worker,
+                was,
+                address,
+            } => write!(
+                f,
+                "{was} at {address} answers again: it rejoined as {worker}"
+            ),
             Notice::Rebuilt {
                 worker,
                 chunks,
@@ -69,6 +86,15 @@ impl std::fmt::Display for Notice {
             }
         }
     }
+}
+
+/// Adds `notice` to `notices`. Nobody may be reading them: past 1,000 the oldest go.
+pub(crate) fn push_notice(notices: &Mutex<Vec<Notice>>, notice: Notice) {
+    let mut notices = notices.lock();
+    if notices.len() >= 1000 {
+        notices.remove(0);
+    }
+    notices.push(notice);
 }
 
 /// The rebuild of what one lost worker held.
@@ -553,12 +579,7 @@ impl Scheduler {
     }
 
     fn notify(&self, notice: Notice) {
-        let mut notices = self.notices.lock();
-        // Nobody may be reading them: the oldest go first.
-        if notices.len() >= 1000 {
-            notices.remove(0);
-        }
-        notices.push(notice);
+        push_notice(&self.notices, notice);
     }
 
     /// Chunk `c` is from now on the chunk held as `held` (a replica, or what a rebuild made):
