@@ -201,6 +201,21 @@ fn with_causes(mut s: String, mut source: Option<&dyn std::error::Error>) -> Str
     s
 }
 
+/// Whether a call failed because nothing listens at the worker's address any more: its process
+/// is gone (a hung or unreachable one times out instead).
+fn refused(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// A gRPC status as one line: its message and, for transport failures, their cause.
 fn describe(status: &Status) -> String {
     let message = if status.message().is_empty() {
@@ -267,6 +282,10 @@ impl Link {
     ) -> Result<Bytes, EngineError> {
         match tokio::time::timeout(limit, self.action(kind, body)).await {
             Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(status)) if refused(&status) => Err(EngineError::WorkerLost {
+                worker: self.id,
+                reason: format!("{}: {}", self.address, describe(&status)),
+            }),
             Ok(Err(status)) => Err(self.error(describe(&status))),
             Err(_) => Err(self.error(format!("no answer to {kind} within {limit:?}"))),
         }
@@ -724,17 +743,23 @@ impl Worker for RemoteWorker {
                         last_answer = Instant::now();
                         continue;
                     }
-                    Err(e) => e.to_string(),
+                    Err(e) => e,
                 };
+                // A process that is gone refuses the connection: lost at once, where a hung
+                // one gets `lost_after` to answer.
+                let gone = matches!(problem, EngineError::WorkerLost { .. });
+                let problem = problem.to_string();
                 let forgotten = problem.contains("unknown attachment");
-                if forgotten || last_answer.elapsed() >= options.lost_after {
-                    let _ = sink.worker_lost(
-                        link.id,
+                if gone || forgotten || last_answer.elapsed() >= options.lost_after {
+                    let reason = if gone {
+                        format!("{} refuses connections: its process is gone", link.address)
+                    } else {
                         format!(
                             "no heartbeat answer for {:.1}s ({problem})",
                             last_answer.elapsed().as_secs_f64()
-                        ),
-                    );
+                        )
+                    };
+                    let _ = sink.worker_lost(link.id, reason);
                     return;
                 }
             }

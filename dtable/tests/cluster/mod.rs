@@ -84,6 +84,35 @@ fn an_unreachable_worker_is_a_clear_error_at_connect_time() {
     assert!(message.contains("cannot connect"), "{message}");
 }
 
+/// A worker process killed while no call to it is in flight is declared lost at the next
+/// heartbeat (it refuses connections), not after the 5 s a hung one is given.
+#[test]
+fn a_killed_idle_worker_is_declared_lost_at_the_next_heartbeat() {
+    let mut workers = start(2);
+    let s = Session::builder()
+        .workers(workers.addresses())
+        .token(workers.token())
+        .build()
+        .unwrap();
+    workers.kill(1);
+    let killed = Instant::now();
+    while s.engine().workers().len() != 1 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let notices = s.engine().take_notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.to_string().contains("its process is gone")),
+        "{notices:?}"
+    );
+}
+
 /// A session on `workers` (6 partitions per table) with TPC-H SF 0.01 loaded.
 async fn tpch_on(workers: &dirk_dtable::flight::LocalWorkers) -> std::sync::Arc<Session> {
     let s = Session::builder()
