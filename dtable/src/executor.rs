@@ -213,6 +213,7 @@ impl Executor {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let children = plan.children();
         if children.is_empty() {
+            let plan = unproject_lazy_memory(plan)?;
             if plan.is::<DTableScanExec>() || encode_plan(&plan).is_ok() {
                 return Ok(plan);
             }
@@ -553,6 +554,46 @@ fn spawn_stages(
         handles.push(stage_handles);
     }
     Ok(())
+}
+
+/// A `LazyMemoryExec` (`generate_series`, `range`) that projects its generator's columns, as a
+/// projection over one that does not. DataFusion's plan codec keeps the projected schema but
+/// not the projection, so a worker would decode a source whose batches do not match its schema
+/// (`SELECT count(*) FROM generate_series(1, 10)` projects no column at all). The full schema
+/// is read off a first batch of a fresh copy of the generator.
+fn unproject_lazy_memory(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::memory::LazyMemoryExec;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    let Some(lazy) = plan.downcast_ref::<LazyMemoryExec>() else {
+        return Ok(plan);
+    };
+    let Some(first) = lazy.generators().first() else {
+        return Ok(plan);
+    };
+    let probe = first.read().reset_state();
+    let Some(batch) = probe.write().generate_next_batch()? else {
+        return Ok(plan);
+    };
+    let full = batch.schema();
+    if full == plan.schema() {
+        return Ok(plan);
+    }
+    let fresh = lazy
+        .generators()
+        .iter()
+        .map(|g| g.read().reset_state())
+        .collect();
+    let unprojected = Arc::new(LazyMemoryExec::try_new(Arc::clone(&full), fresh)?);
+    let mut exprs = Vec::new();
+    for field in plan.schema().fields() {
+        let column = Column::new_with_schema(field.name(), &full)?;
+        exprs.push((
+            Arc::new(column) as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+            field.name().to_string(),
+        ));
+    }
+    Ok(Arc::new(ProjectionExec::try_new(exprs, unprojected)?))
 }
 
 /// Whether a fragment writes files (`COPY`, `INSERT` into an external table): its tasks run at

@@ -102,6 +102,9 @@ const QUERIES: &[(&str, bool)] = &[
     // Field metadata that datafusion-proto does not carry: a function's return field must keep
     // its metadata inside a fragment (casts to extension types: `proto.rs`'s unit test).
     ("SELECT a, arrow_metadata(with_metadata(a, 'unit', 'ms'), 'unit') FROM t WHERE a > 600", false),
+    // A table function none of whose columns are read: its projection must reach the workers.
+    ("SELECT count(*) FROM generate_series(1, 200000)", true),
+    ("SELECT count(*) FROM generate_series(1, 20) x, range(3) y", true),
 ];
 
 pub(crate) async fn reference(sql: &str) -> Vec<RecordBatch> {
