@@ -6,6 +6,7 @@
 //! forget: `run_task` returns at once and the report arrives when the `dirk.run` action answers.
 
 use crate::clock::ClockOffset;
+use crate::failure::{chain, describe, flight, refused};
 use crate::protocol::{
     self, action, Hello, HelloReply, Peer, PutHeader, StatusReply, ATTACHMENT_HEADER,
     PROTOCOL_VERSION, TOKEN_HEADER,
@@ -184,48 +185,6 @@ fn client(
         .max_encoding_message_size(protocol::MAX_MESSAGE))
 }
 
-/// An error and its causes, on one line; a cause whose words are already there is left out.
-fn chain(e: &dyn std::error::Error) -> String {
-    with_causes(e.to_string(), e.source())
-}
-
-fn with_causes(mut s: String, mut source: Option<&dyn std::error::Error>) -> String {
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
-}
-
-/// Whether a call failed because nothing listens at the worker's address any more: its process
-/// is gone (a hung or unreachable one times out instead).
-fn refused(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// A gRPC status as one line: its message and, for transport failures, their cause.
-fn describe(status: &Status) -> String {
-    let message = if status.message().is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        status.message().to_string()
-    };
-    with_causes(message, std::error::Error::source(status))
-}
-
 impl Link {
     fn new(id: WorkerId, address: String, client: Client) -> Link {
         Link {
@@ -382,13 +341,6 @@ impl Link {
             .map_err(|s| self.error(format!("sending a chunk: {}", describe(&s))))?
             .ok_or_else(|| self.error("sending a chunk: no answer".into()))?;
         protocol::decode(&result.app_metadata, "chunk metadata")
-    }
-}
-
-fn flight(e: FlightError) -> String {
-    match e {
-        FlightError::Tonic(s) => describe(&s),
-        other => other.to_string(),
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod client;
 mod clock;
+mod failure;
 mod local;
 pub mod protocol;
 mod server;
