@@ -179,6 +179,20 @@ pub(crate) struct Restore {
     pub(crate) helpers: Vec<Arc<TaskSlot>>,
 }
 
+impl Restore {
+    /// The chunks the helpers made (those that finished).
+    fn helper_outputs(&self) -> Vec<ChunkId> {
+        self.helpers
+            .iter()
+            .filter_map(|slot| match slot.get() {
+                Some(Ok(out)) => Some(out.chunks.into_iter().map(|m| m.id)),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
 pub(crate) enum RestoreFrom {
     /// This output of the task.
     Output(u32),
@@ -208,7 +222,7 @@ impl Scheduler {
                 chunk: c,
                 worker: entry.meta.owner,
             })?;
-            self.promote(c, replica);
+            self.adopt(c, replica);
             return Ok(None);
         }
         let mut plan = Plan {
@@ -613,11 +627,6 @@ impl Scheduler {
         self.rebuild_ended(c, true);
     }
 
-    /// A lost chunk that was put by the caller comes back as its replica.
-    fn promote(&mut self, c: ChunkId, replica: ChunkId) {
-        self.adopt(c, replica);
-    }
-
     /// A rebuild finished: its chunk takes the place of the lost one, and what its helpers
     /// made for it is freed.
     pub(super) fn restored(&mut self, restore: Restore, outputs: &[ChunkMeta]) {
@@ -629,11 +638,7 @@ impl Scheduler {
             }
         };
         let mut temporary: Vec<ChunkId> = outputs.iter().map(|m| m.id).collect();
-        for slot in &restore.helpers {
-            if let Some(Ok(out)) = slot.get() {
-                temporary.extend(out.chunks.iter().map(|m| m.id));
-            }
-        }
+        temporary.extend(restore.helper_outputs());
         if let Some(x) = made {
             temporary.retain(|id| *id != x);
             self.adopt(restore.chunk, x);
@@ -645,13 +650,7 @@ impl Scheduler {
 
     /// A rebuild failed: the chunk stays lost, and what its helpers made is freed.
     pub(super) fn restore_failed(&mut self, restore: Restore) {
-        let mut temporary = Vec::new();
-        for slot in &restore.helpers {
-            if let Some(Ok(out)) = slot.get() {
-                temporary.extend(out.chunks.iter().map(|m| m.id));
-            }
-        }
-        self.free_chunks(temporary);
+        self.free_chunks(restore.helper_outputs());
         self.restore_failed_for(restore.chunk);
     }
 
