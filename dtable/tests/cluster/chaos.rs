@@ -3,8 +3,8 @@
 //! moment. Every answer must equal DataFusion's on one node, every table its reference after
 //! every statement, and no statement may hang or fail.
 //!
-//! CI runs a few rounds; `DIRK_CHAOS_ROUNDS=N` runs more (the figures in the README's
-//! reliability section come from such a run), `DIRK_CHAOS_SEED` replays one.
+//! CI runs a few rounds; `DIRK_CHAOS_ROUNDS=N` runs more (the figures in benches/README.md
+//! come from such a run), `DIRK_CHAOS_SEED` replays one.
 
 use crate::dtable::compare::{assert_same, text_of, try_dirk};
 use crate::dtable::harness::start;
