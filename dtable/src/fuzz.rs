@@ -311,7 +311,7 @@ async fn malformed_input_neither_crashes_nor_hangs_a_worker() {
     let assignment = |kernel: &str, params: Vec<u8>, inputs: Vec<InputSpec>| TaskAssignment {
         task: TaskId(1),
         kernel: kernel.into(),
-        params,
+        params: params.into(),
         processor: ProcessorKind::Cpu,
         inputs,
     };

@@ -325,7 +325,7 @@ impl Context {
         let sub = Submission {
             id,
             kernel: Arc::from(kernel),
-            params: options.params,
+            params: options.params.into(),
             args,
             after: options.after,
             scope: options.scope,

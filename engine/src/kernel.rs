@@ -92,7 +92,9 @@ impl Kernel for CopyKernel {
 /// Kernels by name. Each worker looks kernels up here; in-process workers share one registry.
 #[derive(Default)]
 pub struct KernelRegistry {
-    kernels: RwLock<HashMap<String, KernelRef>>,
+    /// Every task looks its kernel up; names are the engine's and its users', not an
+    /// adversary's, so the ids' cheap hasher serves.
+    kernels: RwLock<HashMap<String, KernelRef, crate::ids::IdBuildHasher>>,
 }
 
 impl KernelRegistry {

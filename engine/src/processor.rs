@@ -47,7 +47,9 @@ impl ThreadPool {
                     .name(format!("{name}-{i}"))
                     .stack_size(PROCESSOR_STACK)
                     .spawn(move || {
-                        while let Ok(job) = crate::wait::recv(&receiver) {
+                        while let Ok(job) =
+                            crate::wait::recv_among(&receiver, &crate::wait::PROCESSOR_SPINNERS)
+                        {
                             job();
                         }
                     })

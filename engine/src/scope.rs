@@ -5,6 +5,7 @@ use crate::ids::WorkerId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 /// A kind of processor a worker offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -82,7 +83,8 @@ impl Clause {
 /// looking at which processors exist.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Scope {
-    clauses: Vec<Clause>,
+    /// Shared: every task carries its scope, and most carry the same one.
+    clauses: Arc<[Clause]>,
 }
 
 impl Default for Scope {
@@ -94,18 +96,19 @@ impl Default for Scope {
 impl Scope {
     /// Anywhere.
     pub fn any() -> Self {
-        Scope {
-            clauses: vec![Clause {
+        static ANY: std::sync::LazyLock<Scope> = std::sync::LazyLock::new(|| Scope {
+            clauses: Arc::new([Clause {
                 workers: None,
                 kinds: None,
-            }],
-        }
+            }]),
+        });
+        ANY.clone()
     }
 
     /// Nowhere.
     pub fn empty() -> Self {
         Scope {
-            clauses: Vec::new(),
+            clauses: Arc::new([]),
         }
     }
 
@@ -121,20 +124,20 @@ impl Scope {
             return Scope::empty();
         }
         Scope {
-            clauses: vec![Clause {
+            clauses: Arc::new([Clause {
                 workers: Some(set),
                 kinds: None,
-            }],
+            }]),
         }
     }
 
     /// Processors of one kind, on any worker.
     pub fn processor(kind: ProcessorKind) -> Self {
         Scope {
-            clauses: vec![Clause {
+            clauses: Arc::new([Clause {
                 workers: None,
                 kinds: Some([kind].into()),
-            }],
+            }]),
         }
     }
 
@@ -152,16 +155,20 @@ impl Scope {
             .collect();
         clauses.sort();
         clauses.dedup();
-        Scope { clauses }
+        Scope {
+            clauses: clauses.into(),
+        }
     }
 
     /// Processors in either scope.
     pub fn union(&self, other: &Scope) -> Scope {
-        let mut clauses = self.clauses.clone();
+        let mut clauses = self.clauses.to_vec();
         clauses.extend(other.clauses.iter().cloned());
         clauses.sort();
         clauses.dedup();
-        Scope { clauses }
+        Scope {
+            clauses: clauses.into(),
+        }
     }
 
     /// True when no processor can ever match.

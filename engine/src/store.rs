@@ -3,10 +3,9 @@
 
 use crate::chunk::{Chunk, ChunkMeta, MemorySpace};
 use crate::error::{EngineError, Result};
-use crate::ids::{ChunkId, WorkerId};
+use crate::ids::{ChunkId, IdMap, WorkerId};
 use crate::memory::{MemoryBudget, MemoryBudgetRef, Spill};
 use parking_lot::RwLock;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ struct StoreInner {
     budget: MemoryBudgetRef,
     spill_dir: PathBuf,
     clock: AtomicU64,
-    slots: RwLock<HashMap<ChunkId, Slot>>,
+    slots: RwLock<IdMap<ChunkId, Slot>>,
 }
 
 #[derive(Debug)]
@@ -93,7 +92,7 @@ impl ChunkStore {
             budget: Arc::clone(&budget),
             spill_dir: dir,
             clock: AtomicU64::new(0),
-            slots: RwLock::new(HashMap::new()),
+            slots: RwLock::new(IdMap::default()),
         });
         let weak: std::sync::Weak<StoreInner> = Arc::downgrade(&inner);
         budget.add_spiller(weak);

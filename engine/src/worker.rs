@@ -39,8 +39,8 @@ pub struct TaskAssignment {
     pub task: TaskId,
     /// The kernel's registered name.
     pub kernel: Arc<str>,
-    /// The kernel's serialized parameters.
-    pub params: Vec<u8>,
+    /// The kernel's serialized parameters (shared with the task's recipe, for a retry).
+    pub params: Arc<[u8]>,
     /// Which processor of the worker runs it.
     pub processor: ProcessorKind,
     /// Inputs, in argument order.

@@ -308,7 +308,7 @@ async fn a_worker_refuses_calls_past_its_limit_in_flight_and_still_answers_heart
         postcard::to_stdvec(&TaskAssignment {
             task: TaskId(task),
             kernel: "sleep".into(),
-            params: Vec::new(),
+            params: Vec::new().into(),
             processor: ProcessorKind::Cpu,
             inputs: Vec::new(),
         })

@@ -46,10 +46,7 @@ impl Scheduler {
         t.dispatched_us = now_us();
         t.attempts += 1;
         // What running it again takes, for a retry or to rebuild what it makes if that is lost.
-        let params: Arc<[u8]> = match &t.recipe {
-            Some(r) => r.params.clone(),
-            None => Arc::from(std::mem::take(&mut t.sub.params)),
-        };
+        let params = t.sub.params.clone();
         let inputs = std::mem::take(&mut t.versions)
             .into_iter()
             .zip(t.sub.args.iter().map(|a| a.access))
@@ -66,7 +63,7 @@ impl Scheduler {
         let assignment = TaskAssignment {
             task: id,
             kernel: t.sub.kernel.clone(),
-            params: params.to_vec(),
+            params,
             processor: pid.kind,
             // Nothing reads a running task's inputs again.
             inputs: std::mem::take(&mut t.inputs),

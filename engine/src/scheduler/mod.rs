@@ -92,7 +92,7 @@ impl ChunkEntry {
 pub(crate) struct Submission {
     pub(crate) id: TaskId,
     pub(crate) kernel: Arc<str>,
-    pub(crate) params: Vec<u8>,
+    pub(crate) params: Arc<[u8]>,
     pub(crate) args: Vec<Arg>,
     pub(crate) after: Vec<(TaskId, Arc<TaskSlot>)>,
     pub(crate) scope: Scope,

@@ -418,7 +418,7 @@ impl Scheduler {
         let sub = Submission {
             id,
             kernel,
-            params: params.to_vec(),
+            params,
             args,
             after: Vec::new(),
             scope,

@@ -95,7 +95,7 @@ fn add(w0: &InProcessWorker, remote: ChunkId) -> (TaskReport, ChunkId) {
         TaskAssignment {
             task: TaskId(1),
             kernel: "add".into(),
-            params: vec![],
+            params: Arc::from([]),
             processor: ProcessorKind::Cpu,
             inputs: vec![
                 InputSpec {
