@@ -73,6 +73,17 @@ pub enum DirkError {
         /// The panic's message.
         message: String,
     },
+    /// A statement's in-place write failed, and so did undoing the writes that had landed.
+    #[error(
+        "the statement failed ({failure}) and undoing its writes failed too ({undo}): the table \
+         may hold part of its changes"
+    )]
+    UndoFailed {
+        /// Why the statement failed.
+        failure: String,
+        /// Why an undo failed.
+        undo: String,
+    },
 }
 
 /// Runs `work`, turning a panic inside it (DataFusion's planner panics on some malformed
@@ -99,7 +110,7 @@ impl DirkError {
             DirkError::DataFusion(e) => datafusion_kind(e),
             DirkError::Engine(e) => e.kind(),
             DirkError::TableChanged { .. } => ErrorKind::Retryable,
-            DirkError::Panicked { .. } => ErrorKind::Internal,
+            DirkError::Panicked { .. } | DirkError::UndoFailed { .. } => ErrorKind::Internal,
             DirkError::TableNotFound { .. }
             | DirkError::ExternalTable { .. }
             | DirkError::TableExists { .. }

@@ -46,3 +46,16 @@ pub use kernels::register_kernels;
 pub use session::{Session, TableStorage};
 pub use stream::RecordBatchStream;
 pub use table::DTable;
+
+/// Sets failpoints from `NAME=ACTIONS;NAME=ACTIONS` (the `fail` crate's action syntax), in this
+/// process: the steps of a statement's commit can be failed on purpose, to test that a failed
+/// statement leaves its table as it was.
+pub fn set_failpoints(spec: &str) -> std::result::Result<(), String> {
+    for entry in spec.split(';').filter(|e| !e.trim().is_empty()) {
+        let (name, actions) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("`{entry}` is not NAME=ACTIONS"))?;
+        fail::cfg(name.trim(), actions.trim())?;
+    }
+    Ok(())
+}

@@ -13,6 +13,9 @@ use std::time::Duration;
 /// Runs a worker process until it is killed (or, with `--exit-with-stdin`, until its standard
 /// input closes).
 pub(crate) fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &args.failpoints {
+        dirk_dtable::set_failpoints(spec).map_err(|e| anyhow::anyhow!("--failpoints: {e}"))?;
+    }
     let read = |p: &Path| {
         std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
     };

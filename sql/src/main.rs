@@ -153,6 +153,10 @@ struct WorkerArgs {
     /// workers never outlive the process that started them).
     #[arg(long, hide = true)]
     exit_with_stdin: bool,
+    /// Failpoints to set, `NAME=ACTIONS;...` in the `fail` crate's syntax (tests fail the
+    /// steps of a statement's commit on worker processes this way).
+    #[arg(long, hide = true, value_name = "SPEC")]
+    failpoints: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

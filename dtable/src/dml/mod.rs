@@ -10,21 +10,25 @@
 //!    access on the chunk that writes the prepared values into it. The engine orders it after
 //!    every earlier reader (write-after-read), so a query submitted before sees the old values;
 //!    a fixed-width column whose buffer the chunk holds alone is written in place, one that is
-//!    shared (a reader still holds it) is copied first. Other mutations swap the catalog entry
-//!    to the prepared chunks; the old ones are freed once their readers are done.
+//!    shared (a reader still holds it) is copied first. The writes of one statement land all
+//!    or none (`commit`): each checks what can fail before it changes its chunk and returns
+//!    the values it overwrote, and when one fails, or the statement is dropped while they
+//!    run, all are undone with those. Other mutations swap the catalog entry to the prepared
+//!    chunks; the old ones are freed once their readers are done.
 //!
 //! Statements that change tables take the session's mutation lock, so they run one at a time;
 //! queries take their table snapshot and submit their tasks under the catalog lock, so each
 //! query sees the state between two statements (serializable).
 
 mod change_query;
+pub(crate) mod commit;
 pub(crate) mod inplace;
 pub(crate) mod rowchange;
 
 use crate::core::SessionCore;
 use crate::error::{DirkError, Result};
 use crate::kernels::fragment::{encode_plan, encode_with_header};
-use crate::kernels::mutation::{Step, MUTATE_KERNEL};
+use crate::kernels::mutation::Step;
 use crate::table::DTable;
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::{DFSchema, DFSchemaRef};
@@ -35,7 +39,7 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::sqlparser::ast;
-use dirk_engine::{Arg, ChunkRef, TaskOptions};
+use dirk_engine::ChunkRef;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -146,45 +150,25 @@ pub(crate) async fn update_rows(
         .filter_map(|(c, p)| Some((c, p?)))
         .collect();
     let rows = pending.iter().map(|(_, p)| p.rows).sum();
-    let apply = Step::UpdateApply {
-        columns: columns.clone(),
-    };
-    let params = encode_with_header(&apply, &[]);
     // Bounds are forgotten before any write is sent, so a write that lands after this statement
     // failed or was dropped leaves no old bounds to prune a chunk that now matches; and again
     // once the writes are done, for bounds a concurrent query computed while they ran.
     core.chunk_stats()
         .forget_stats(pending.iter().map(|(t, _)| t.id), &columns);
-    let handles: Vec<_> = core.with_catalog_locked(|| {
-        pending
-            .iter()
-            .map(|(target, values)| {
-                core.engine().spawn(
-                    MUTATE_KERNEL,
-                    vec![Arg::read_write(target), Arg::read(values)],
-                    TaskOptions::new()
-                        .params(params.clone())
-                        .label("UpdateApply"),
-                )
-            })
-            .collect()
+    let writes = core.with_catalog_locked(|| {
+        commit::InPlaceWrites::spawn(
+            &core.engine,
+            &columns,
+            pending
+                .iter()
+                .map(|(target, values)| (target, std::slice::from_ref(values))),
+        )
     });
-    let mut failure = None;
-    for h in handles {
-        if let Err(e) = h.join().await {
-            failure.get_or_insert(e);
-        }
-    }
+    let values = pending.iter().map(|(_, v)| v.clone()).collect();
+    let done = writes.then_free(values).finish().await;
     core.chunk_stats()
         .forget_stats(pending.iter().map(|(t, _)| t.id), &columns);
-    let values: Vec<ChunkRef> = pending.into_iter().map(|(_, v)| v).collect();
-    core.engine().free(&values)?;
-    match failure {
-        // The prepared values were checked (types, overflow) in the first phase; an apply
-        // task fails only when the engine does (a lost worker).
-        Some(e) => Err(e.into()),
-        None => Ok(rows),
-    }
+    done.map(|()| rows)
 }
 
 /// `DELETE FROM name WHERE predicate` (over `schema`); without a predicate, every row.

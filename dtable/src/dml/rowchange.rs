@@ -20,6 +20,7 @@
 //! Every failure before the commit (a cast error, a row changed twice, a join that cannot be
 //! planned) frees what was made and leaves the table as it was.
 
+use crate::dml::commit::InPlaceWrites;
 use crate::core::SessionCore;
 use crate::dml::change_query::{self, ChangeQuery, Target};
 use crate::error::{DirkError, Result};
@@ -176,14 +177,16 @@ pub(crate) async fn change_rows(core: &SessionCore, statement: ChangeStatement<'
         core, &name, &table, &targets, &updates, &deletes, &inserted, &query,
     )
     .await;
-    // The inserted chunks now belong to the table (or, on failure, to nobody).
-    let scratch: Vec<ChunkRef> = match &result {
-        Ok(_) => pending
-            .into_iter()
-            .filter(|c| !inserted.iter().any(|i| i.id == c.id))
-            .collect(),
-        Err(_) => pending,
-    };
+    // Inserted chunks the table now holds are its own (a failed write is undone after the
+    // catalog entry that holds them was published); the rest was scratch.
+    let held: std::collections::HashSet<_> = core
+        .table(&name)
+        .map(|t| t.chunks().map(|c| c.id).collect())
+        .unwrap_or_default();
+    let scratch: Vec<ChunkRef> = pending
+        .into_iter()
+        .filter(|c| !held.contains(&c.id))
+        .collect();
     core.engine().free(&scratch)?;
     result
 }
@@ -259,29 +262,16 @@ async fn commit_changes(
     changed += inserted.iter().map(|c| c.rows).sum::<u64>();
 
     // 5. Commit: apply tasks and the new catalog entry under one catalog lock.
-    let apply = crate::kernels::fragment::encode_with_header(
-        &Step::UpdateApply {
-            columns: update_columns.clone(),
-        },
-        &[],
-    );
-    let spawn_applies = || -> Vec<_> {
-        targets
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| !updates[*i].is_empty() && !rewritten.contains_key(&t.id))
-            .map(|(i, t)| {
-                let mut args = vec![Arg::read_write(t)];
-                args.extend(updates[i].iter().map(Arg::read));
-                core.engine().spawn(
-                    MUTATE_KERNEL,
-                    args,
-                    TaskOptions::new()
-                        .params(apply.clone())
-                        .label("UpdateApply"),
-                )
-            })
-            .collect()
+    let spawn_applies = || {
+        InPlaceWrites::spawn(
+            &core.engine,
+            &update_columns,
+            targets
+                .iter()
+                .enumerate()
+                .filter(|(i, t)| !updates[*i].is_empty() && !rewritten.contains_key(&t.id))
+                .map(|(i, t)| (t, updates[i].as_slice())),
+        )
     };
     core.chunk_stats().forget_stats(
         targets
@@ -291,7 +281,7 @@ async fn commit_changes(
             .map(|(_, t)| t.id),
         &update_columns,
     );
-    let handles = if rewritten.is_empty() && inserted.is_empty() {
+    let writes = if rewritten.is_empty() && inserted.is_empty() {
         core.with_catalog_locked(spawn_applies)
     } else {
         let partitions = table
@@ -318,20 +308,12 @@ async fn commit_changes(
             .filter(|c| c.rows == 0)
             .cloned()
             .collect();
-        let handles = core.register_replacing_with(name, new_table, spawn_applies)?;
+        let writes = core.register_replacing_with(name, new_table, spawn_applies)?;
         core.engine().free(&emptied)?;
-        handles
+        writes
     };
-    let mut failure = None;
-    for h in handles {
-        if let Err(e) = h.join().await {
-            failure.get_or_insert(e);
-        }
-    }
-    match failure {
-        // Everything that can fail was checked while preparing; an apply task fails only
-        // when the engine does (a lost worker).
-        Some(e) => Err(e.into()),
-        None => Ok(changed),
-    }
+    // Rows that moved between chunks (rewritten, inserted) are published with the catalog
+    // entry above; a failed write undoes the writes in place, not that entry.
+    writes.finish().await?;
+    Ok(changed)
 }

@@ -34,8 +34,9 @@ pub(crate) enum Step {
     /// output when no row matches.
     UpdatePrepare { columns: Vec<usize> },
     /// Writes prepared values (inputs 1..) into the chunk (input 0, read-write): value
-    /// column `k` goes to table column `columns[k]`.
-    UpdateApply { columns: Vec<usize> },
+    /// column `k` goes to table column `columns[k]`. Its output holds the values it
+    /// overwrote, in the same form: applying that output (`undo`) undoes the write.
+    UpdateApply { columns: Vec<usize>, undo: bool },
     /// The chunk with columns naming each row appended (`rowchange::tag`); `chunk` is its
     /// position in the table.
     Tag { chunk: u32 },
@@ -76,8 +77,14 @@ impl Kernel for MutateKernel {
     fn run(&self, call: &mut KernelCall<'_>) -> dirk_engine::Result<Vec<Chunk>> {
         let (step, plan): (Step, &[u8]) = decode_with_header(call.params())?;
         match &step {
-            Step::UpdateApply { columns } => {
-                return apply_update(call, columns).map_err(kernel_err)
+            Step::UpdateApply { columns, undo } => {
+                let name = if *undo {
+                    "dirk-update-undo"
+                } else {
+                    "dirk-update-apply"
+                };
+                failpoint(name, call.input(0)).map_err(kernel_err)?;
+                return apply_update(call, columns).map_err(kernel_err);
             }
             Step::Slice { cuts } => return Ok(slice(call.input(0), cuts)),
             Step::Tag { chunk } => {
@@ -401,28 +408,80 @@ fn apply_update(call: &mut KernelCall<'_>, columns: &[usize]) -> KResult<Vec<Chu
     let target = call
         .input_mut(0)
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    // A reader that holds the chunk keeps its version: the chunk is cloned (cheaply: its
-    // arrays are shared, so each written column is then copied rather than written in place).
-    let chunk = Arc::make_mut(target);
-    let batches = chunk.batches_mut();
+    // Everything that can fail happens before the chunk changes: a statement undoes the
+    // chunks it already wrote when a write fails, so a failed write must leave its chunk as
+    // it was. The old values of the rows written come back as the output (the undo).
+    let mut staged = Vec::with_capacity(pending.len());
+    let mut fields = position_fields();
+    fields.extend(
+        columns
+            .iter()
+            .map(|&c| target.schema().field(c).clone().with_nullable(true)),
+    );
+    let undo_schema = Arc::new(Schema::new(fields));
+    let mut undo = Vec::with_capacity(pending.len());
     for p in &pending {
         let b = p.column(0).as_primitive::<UInt32Type>().value(0) as usize;
-        let rows = p.column(1).as_primitive::<UInt32Type>();
-        let Some(slot) = batches.get_mut(b) else {
+        let rows = p.column(1).as_primitive::<UInt32Type>().clone();
+        let Some(batch) = target.batches().get(b) else {
             return Err(datafusion::error::DataFusionError::Internal(format!(
                 "prepared values name batch {b}, which the chunk does not have"
             )));
         };
+        if rows.values().iter().any(|&r| r as usize >= batch.num_rows()) {
+            return Err(datafusion::error::DataFusionError::Internal(format!(
+                "prepared values name a row past the end of batch {b}"
+            )));
+        }
+        let mut old_values: Vec<ArrayRef> = vec![p.column(0).clone(), p.column(1).clone()];
+        let mut new_values = Vec::with_capacity(columns.len());
+        for (k, &c) in columns.iter().enumerate() {
+            let old = batch.column(c);
+            let new = p.column(2 + k);
+            new_values.push(if new.data_type() == old.data_type() {
+                Arc::clone(new)
+            } else {
+                arrow::compute::cast(new, old.data_type())?
+            });
+            old_values.push(arrow::compute::take(old, &rows, None)?);
+        }
+        undo.push(RecordBatch::try_new(Arc::clone(&undo_schema), old_values)?);
+        staged.push((b, rows, new_values));
+    }
+    // A reader that holds the chunk keeps its version: the chunk is cloned (cheaply: its
+    // arrays are shared, so each written column is then copied rather than written in place).
+    let chunk = Arc::make_mut(target);
+    let batches = chunk.batches_mut();
+    for (b, rows, new_values) in staged {
+        let slot = &mut batches[b];
         let placeholder = RecordBatch::new_empty(slot.schema());
         let (schema, mut cols, n) = std::mem::replace(slot, placeholder).into_parts();
-        for (k, &c) in columns.iter().enumerate() {
+        for (&c, new) in columns.iter().zip(&new_values) {
             let old = std::mem::replace(&mut cols[c], new_empty_array(&DataType::Null));
-            cols[c] = scatter(old, rows, p.column(2 + k))?;
+            cols[c] = scatter(old, &rows, new)?;
         }
         let options = RecordBatchOptions::new().with_row_count(Some(n));
         *slot = RecordBatch::try_new_with_options(schema, cols, &options)?;
     }
-    Ok(Vec::new())
+    Ok(vec![Chunk::new(undo_schema, undo)])
+}
+
+/// Fails when failpoint `name` is set (`fail::cfg`, or `FAILPOINTS` in a worker process's
+/// environment) and names no column, or a column `chunk` has: tests of one table then leave
+/// other tables' statements in the same process alone.
+fn failpoint(name: &str, chunk: &Chunk) -> KResult<()> {
+    match fail::eval(name, |column| column) {
+        Some(column)
+            if column
+                .as_deref()
+                .is_none_or(|c| chunk.schema().index_of(c).is_ok()) =>
+        {
+            Err(datafusion::error::DataFusionError::Execution(format!(
+                "failpoint {name}"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `old` with `rows` set to `new`'s values. A fixed-width column whose buffers `old` holds alone
