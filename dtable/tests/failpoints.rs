@@ -149,7 +149,10 @@ async fn an_undo_that_fails_is_reported_as_such() {
 async fn a_failed_write_on_worker_processes_leaves_the_table_as_it_was() {
     use dirk_dtable::flight::{dirk_binary_of_this_build, LocalWorkers};
     let _turn = TURNS.lock().await;
-    let args = ["--failpoints".to_string(), format!("{WRITE}=1*off->return(fp_x)")];
+    let args = [
+        "--failpoints".to_string(),
+        format!("{WRITE}=1*off->return(fp_x)"),
+    ];
     let binary = dirk_binary_of_this_build().unwrap();
     let workers = LocalWorkers::start_with_args(&binary, 3, 1, &args).unwrap();
     let s = session_on(

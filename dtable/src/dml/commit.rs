@@ -147,7 +147,11 @@ impl Drop for InPlaceWrites {
         let _ = std::thread::Builder::new()
             .name("dirk-undo".into())
             .spawn(move || {
-                for h in writes.iter().map(|(_, h)| h).chain(undos.iter().map(|(_, h)| h)) {
+                for h in writes
+                    .iter()
+                    .map(|(_, h)| h)
+                    .chain(undos.iter().map(|(_, h)| h))
+                {
                     if let Ok(out) = h.wait() {
                         used.extend(out.chunks);
                     }

@@ -20,9 +20,9 @@
 //! Every failure before the commit (a cast error, a row changed twice, a join that cannot be
 //! planned) frees what was made and leaves the table as it was.
 
-use crate::dml::commit::InPlaceWrites;
 use crate::core::SessionCore;
 use crate::dml::change_query::{self, ChangeQuery, Target};
+use crate::dml::commit::InPlaceWrites;
 use crate::error::{DirkError, Result};
 use crate::kernels::mutation::{Step, MUTATE_KERNEL};
 use crate::kernels::rowchange::TAG_COLUMNS;

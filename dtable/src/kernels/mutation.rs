@@ -428,7 +428,11 @@ fn apply_update(call: &mut KernelCall<'_>, columns: &[usize]) -> KResult<Vec<Chu
                 "prepared values name batch {b}, which the chunk does not have"
             )));
         };
-        if rows.values().iter().any(|&r| r as usize >= batch.num_rows()) {
+        if rows
+            .values()
+            .iter()
+            .any(|&r| r as usize >= batch.num_rows())
+        {
             return Err(datafusion::error::DataFusionError::Internal(format!(
                 "prepared values name a row past the end of batch {b}"
             )));
