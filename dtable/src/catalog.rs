@@ -237,15 +237,48 @@ impl Catalog {
             return Err(DirkError::TableExists { name: name.into() });
         }
         let done = alongside();
-        let home = self.current.lock().clone();
-        self.homes.lock().insert(name.to_string(), home);
-        self.external.lock().remove(name);
         let kept: HashSet<_> = table.chunks().map(|c| c.id).collect();
-        let replaced = tables.insert(name.to_string(), table);
-        if let Some(old) = replaced {
+        if let Some(old) = self.insert(&mut tables, name, table) {
             self.release(tables, &old, &kept)?;
         }
         Ok(done)
+    }
+
+    /// Replaces table `name` by `table`, running `alongside` under the lock, and returns the
+    /// version replaced with its chunks still held: the caller keeps the change
+    /// ([`Catalog::release_replaced`]) or puts the old version back (`register_with`).
+    pub(crate) fn replace_holding<T>(
+        &self,
+        name: &str,
+        table: DTable,
+        alongside: impl FnOnce() -> T,
+    ) -> (T, Option<DTable>) {
+        let mut tables = self.tables.lock();
+        let done = alongside();
+        let old = self.insert(&mut tables, name, table);
+        (done, old)
+    }
+
+    /// Frees what `old` (from [`Catalog::replace_holding`]) held that table `name` does not.
+    pub(crate) fn release_replaced(&self, name: &str, old: &DTable) -> Result<()> {
+        let tables = self.tables.lock();
+        let kept: HashSet<_> = tables
+            .get(name)
+            .map(|t| t.chunks().map(|c| c.id).collect())
+            .unwrap_or_default();
+        self.release(tables, old, &kept)
+    }
+
+    fn insert(
+        &self,
+        tables: &mut MutexGuard<'_, BTreeMap<String, DTable>>,
+        name: &str,
+        table: DTable,
+    ) -> Option<DTable> {
+        let home = self.current.lock().clone();
+        self.homes.lock().insert(name.to_string(), home);
+        self.external.lock().remove(name);
+        tables.insert(name.to_string(), table)
     }
 
     /// Frees the chunks of `old`, a table just replaced or dropped under the `tables` lock,

@@ -215,16 +215,23 @@ impl SessionCore {
         self.register(name, table, true)
     }
 
-    /// [`register_replacing`](Self::register_replacing), running `alongside` under the
-    /// catalog's lock: no query sees the new table without what `alongside` submits, or the
-    /// other way round.
-    pub(crate) fn register_replacing_with<T>(
+    /// Replaces table `name`, running `alongside` under the catalog's lock (no query sees the
+    /// new table without what `alongside` submits, or the other way round), and returns the old
+    /// version with its chunks held: the change is kept with
+    /// [`release_replaced`](Self::release_replaced), or undone with
+    /// [`register_replacing`](Self::register_replacing) of the old version.
+    pub(crate) fn replace_holding<T>(
         &self,
         name: &str,
         table: DTable,
         alongside: impl FnOnce() -> T,
-    ) -> Result<T> {
-        self.catalog.register_with(name, table, true, alongside)
+    ) -> (T, Option<DTable>) {
+        self.catalog.replace_holding(name, table, alongside)
+    }
+
+    /// See [`replace_holding`](Self::replace_holding).
+    pub(crate) fn release_replaced(&self, name: &str, old: &DTable) -> Result<()> {
+        self.catalog.release_replaced(name, old)
     }
 
     /// Registers a table a statement needs while it runs, under a fresh name with `what` in it

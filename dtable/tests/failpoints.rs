@@ -43,7 +43,8 @@ async fn session(workers: usize) -> Session {
     session_on(Session::builder().workers(workers)).await
 }
 
-/// A session with table `fp` of 400 rows in 4 chunks, and `other` to join it with.
+/// A session with table `fp` of 400 rows in 4 chunks, and `other` to change it with (50 rows
+/// more).
 async fn session_on(builder: dirk_dtable::SessionBuilder) -> Session {
     let s = builder.partitions(4).build().unwrap();
     run(
@@ -55,7 +56,7 @@ async fn session_on(builder: dirk_dtable::SessionBuilder) -> Session {
     .unwrap();
     run(
         &s,
-        "CREATE TABLE other AS SELECT value AS id, value + 7 AS v FROM generate_series(1, 400)",
+        "CREATE TABLE other AS SELECT value AS id, value + 7 AS v FROM generate_series(1, 450)",
     )
     .await
     .unwrap();
@@ -104,6 +105,16 @@ async fn a_failed_write_leaves_the_table_as_it_was() {
             &s,
             "MERGE INTO fp USING other ON fp.id = other.id \
              WHEN MATCHED AND other.id % 2 = 0 THEN UPDATE SET fp_x = other.v * 3",
+        )
+        .await;
+        // One chunk loses a row (it is rewritten), rows are inserted, the other chunks are
+        // written in place: all of it is undone.
+        fails_whole(
+            &s,
+            "MERGE INTO fp USING other ON fp.id = other.id \
+             WHEN MATCHED AND other.id = 7 THEN DELETE \
+             WHEN MATCHED THEN UPDATE SET fp_x = other.v \
+             WHEN NOT MATCHED THEN INSERT VALUES (other.id, other.v, 'new')",
         )
         .await;
     }

@@ -308,12 +308,37 @@ async fn commit_changes(
             .filter(|c| c.rows == 0)
             .cloned()
             .collect();
-        let writes = core.register_replacing_with(name, new_table, spawn_applies)?;
+        // The old version stays whole until the writes are done: it is put back if one fails
+        // or the statement is dropped first.
+        let (writes, old) = core.replace_holding(name, new_table, spawn_applies);
+        let mut put_back = PutBack { core, name, old };
+        let done = writes.finish().await;
+        if done.is_ok() {
+            if let Some(old) = put_back.old.take() {
+                core.release_replaced(name, &old)?;
+            }
+        }
+        drop(put_back);
         core.engine().free(&emptied)?;
-        writes
+        return done.map(|()| changed);
     };
-    // Rows that moved between chunks (rewritten, inserted) are published with the catalog
-    // entry above; a failed write undoes the writes in place, not that entry.
     writes.finish().await?;
     Ok(changed)
+}
+
+/// A table's version before a statement, put back into the catalog when dropped still holding
+/// it (the statement failed or was dropped); its chunks were held, not freed, meanwhile.
+struct PutBack<'a> {
+    core: &'a SessionCore,
+    name: &'a str,
+    old: Option<DTable>,
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        if let Some(old) = self.old.take() {
+            // Fails only if the engine is gone, and then so is the table.
+            let _ = self.core.register_replacing(self.name, old);
+        }
+    }
 }
