@@ -47,9 +47,7 @@ impl ThreadPool {
                     .name(format!("{name}-{i}"))
                     .stack_size(PROCESSOR_STACK)
                     .spawn(move || {
-                        while let Ok(job) =
-                            crate::wait::recv_among(&receiver, &crate::wait::PROCESSOR_SPINNERS)
-                        {
+                        while let Ok(job) = crate::wait::recv(&receiver) {
                             job();
                         }
                     })
